@@ -1,1 +1,258 @@
-fn main(){}
+//! The threadsync command line: one subcommand per user task, each a thin call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use threadsync::config::Config;
+use threadsync::queue::{admin, enqueue, NewJob};
+use threadsync::worker::Worker;
+use threadsync::{bench, db, jobs};
+
+#[derive(Parser)]
+#[command(name = "threadsync", version, about = "Durable PostgreSQL job queue that keeps message threads from messaging providers in sync")]
+struct Cli {
+    /// jobs.toml (default: ./jobs.toml when present, else built-in defaults).
+    #[arg(long, global = true, env = "THREADSYNC_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Apply the migrations to DATABASE_URL (idempotent).
+    Migrate,
+    /// Run one worker process; any number share one database.
+    Worker {
+        /// Job slots (default: queue.concurrency from jobs.toml).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Name shown as the lease owner (default: host-pid).
+        #[arg(long)]
+        name: Option<String>,
+        /// Independent claim loops in this process, each with --concurrency slots.
+        #[arg(long, default_value_t = 1)]
+        runtimes: usize,
+    },
+    /// Enqueue one job.
+    Enqueue {
+        kind: String,
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// RFC 3339 time, e.g. 2026-11-22T18:00:00Z.
+        #[arg(long)]
+        run_at: Option<String>,
+        #[arg(long)]
+        dedupe_key: Option<String>,
+        #[arg(long)]
+        concurrency_key: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        concurrency_limit: i32,
+        #[arg(long)]
+        max_attempts: Option<i32>,
+    },
+    /// Inspect and manage jobs.
+    #[command(subcommand)]
+    Jobs(JobsCmd),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    Retry {
+        id: i64,
+    },
+    Cancel {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Queue throughput and pickup latency.
+    Queue(bench::queue::QueueBenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    threadsync::init_logging("info,sqlx=warn");
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = Config::load_or_default(cli.config.as_deref())?;
+    match cli.command {
+        Cmd::Migrate => {
+            let pool = db::connect(&db::url_from_env()?, 2).await?;
+            db::migrate(&pool).await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Cmd::Worker { concurrency, name, runtimes } => run_worker(cfg, concurrency, name, runtimes).await,
+        Cmd::Enqueue { kind, payload, priority, run_at, dedupe_key, concurrency_key, concurrency_limit, max_attempts } => {
+            let payload: serde_json::Value =
+                serde_json::from_str(&payload).map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))?;
+            let mut job = NewJob::new(kind, payload).priority(priority);
+            if let Some(t) = run_at {
+                let at = DateTime::parse_from_rfc3339(&t)
+                    .map_err(|e| anyhow::anyhow!("--run-at {t:?} is not an RFC 3339 time: {e}"))?;
+                job = job.run_at(at.with_timezone(&Utc));
+            }
+            if let Some(k) = dedupe_key {
+                job = job.dedupe(k);
+            }
+            if let Some(k) = concurrency_key {
+                anyhow::ensure!(concurrency_limit >= 1, "--concurrency-limit must be at least 1");
+                job = job.concurrency(k, concurrency_limit);
+            }
+            if let Some(m) = max_attempts {
+                anyhow::ensure!(m >= 1, "--max-attempts must be at least 1");
+                job = job.max_attempts(m);
+            }
+            let pool = db::connect(&db::url_from_env()?, 2).await?;
+            let id = enqueue(&pool, &job).await?;
+            println!("{id}");
+            Ok(())
+        }
+        Cmd::Jobs(cmd) => run_jobs(cmd).await,
+        Cmd::Bench(BenchCmd::Queue(args)) => {
+            let json = args.json;
+            let report = bench::queue::run(args).await?;
+            bench::queue::print(&report, json)
+        }
+    }
+}
+
+async fn run_worker(cfg: Config, concurrency: Option<usize>, name: Option<String>, runtimes: usize) -> anyhow::Result<()> {
+    let url = db::url_from_env()?;
+    let concurrency = concurrency.unwrap_or(cfg.queue.concurrency);
+    anyhow::ensure!(concurrency >= 1 && runtimes >= 1, "--concurrency and --runtimes must be at least 1");
+    let pool = db::connect(&url, (runtimes * concurrency.min(32) + 4) as u32).await?;
+    db::migrate(&pool).await?;
+    let name = name.unwrap_or_else(threadsync::default_worker_name);
+    let cfg = Arc::new(cfg);
+    let stop = CancellationToken::new();
+    let signals = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: no new claims; finishing in-flight jobs");
+        signals.cancel();
+    });
+    let mut tasks = Vec::new();
+    for i in 0..runtimes {
+        let n = if runtimes == 1 { name.clone() } else { format!("{name}/{i}") };
+        let w = Worker::new(pool.clone(), cfg.clone(), jobs::registry(), &n, concurrency);
+        tasks.push(tokio::spawn(w.run(stop.clone())));
+    }
+    for t in tasks {
+        t.await.context("worker task")??;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
+    let pool = db::connect(&db::url_from_env()?, 2).await?;
+    match cmd {
+        JobsCmd::List { status, kind, limit, json } => {
+            if let Some(s) = &status {
+                anyhow::ensure!(admin::STATUSES.contains(&s.as_str()), "unknown status {s:?} (one of {})", admin::STATUSES.join(", "));
+            }
+            let rows = admin::list(&pool, status.as_deref(), kind.as_deref(), limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!("{:>8}  {:<24} {:<9} {:>8}  {:<20}  last error", "id", "kind", "status", "attempts", "run at");
+                for j in rows {
+                    let max = j.max_attempts.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:>8}  {:<24} {:<9} {:>8}  {:<20}  {}",
+                        j.id,
+                        j.kind,
+                        j.status,
+                        format!("{}/{}", j.attempts, max),
+                        j.run_at.format("%Y-%m-%d %H:%M:%S"),
+                        j.last_error.unwrap_or_default()
+                    );
+                }
+            }
+        }
+        JobsCmd::Show { id, json } => {
+            let j = admin::show(&pool, id).await?.ok_or_else(|| anyhow::anyhow!("no job with id {id}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            } else {
+                println!("job {}  {}  {}", j.id, j.kind, j.status);
+                println!("  attempts:    {} (max {})", j.attempts, j.max_attempts.map(|m| m.to_string()).unwrap_or_else(|| "from jobs.toml".into()));
+                println!("  last error:  {}", j.last_error.as_deref().unwrap_or("-"));
+                println!("  priority:    {}   run at: {}", j.priority, j.run_at);
+                println!("  created:     {}   started: {:?}   finished: {:?}", j.created_at, j.started_at, j.finished_at);
+                println!("  dedupe key:  {}", j.dedupe_key.as_deref().unwrap_or("-"));
+                println!("  concurrency: {}", j.concurrency_key.as_deref().unwrap_or("-"));
+                println!("  lease:       {} until {:?}", j.lease_owner.as_deref().unwrap_or("-"), j.lease_expires_at);
+                println!("  payload:     {}", j.payload);
+                if let Some(cp) = &j.checkpoint {
+                    println!("  checkpoint:  {cp}");
+                }
+            }
+        }
+        JobsCmd::Retry { id } => {
+            admin::retry(&pool, id).await?;
+            println!("job {id} is pending again");
+        }
+        JobsCmd::Cancel { id } => {
+            admin::cancel(&pool, id).await?;
+            println!("job {id} cancelled");
+        }
+    }
+    Ok(())
+}

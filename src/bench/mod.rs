@@ -1,0 +1,12 @@
+//! Benchmarks (subcommands, not timed tests). Each compares figures measured in one run.
+
+pub mod queue;
+
+/// The p-th percentile (0..=100) of sorted samples.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}

@@ -1,0 +1,110 @@
+//! Database connections, migrations, and scratch databases for benchmarks and tests.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+
+use crate::pg::{Durability, PrivatePg};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// DATABASE_URL, or a one-line error saying what to set.
+pub fn url_from_env() -> anyhow::Result<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(u) if !u.trim().is_empty() => Ok(u),
+        _ => anyhow::bail!("DATABASE_URL is not set: point it at the shared PostgreSQL database, e.g. postgres://user@host:5432/threadsync"),
+    }
+}
+
+/// Where the URL points, without the password, for error messages and logs.
+pub fn describe(url: &str) -> String {
+    match PgConnectOptions::from_str(url) {
+        Ok(o) => format!("{}:{}/{}", o.get_host(), o.get_port(), o.get_database().unwrap_or("")),
+        Err(_) => "an unparsable DATABASE_URL".into(),
+    }
+}
+
+pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let opts = PgConnectOptions::from_str(url)
+        .map_err(|e| anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))?
+        .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5));
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", describe(url)))
+}
+
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// A database for one benchmark or test run: a fresh database on the DATABASE_URL server,
+/// or on a private server started for the purpose. Dropped (and stopped) on `close`.
+pub struct Scratch {
+    pub url: String,
+    admin_url: String,
+    name: String,
+    _server: Option<PrivatePg>,
+}
+
+impl Scratch {
+    pub async fn create(prefix: &str, durability: Durability) -> anyhow::Result<Scratch> {
+        let (admin_url, server) = match std::env::var("DATABASE_URL") {
+            Ok(u) if !u.trim().is_empty() => (u, None),
+            _ => {
+                let pg = tokio::task::spawn_blocking(move || PrivatePg::start(durability)).await??;
+                (pg.admin_url(), Some(pg))
+            }
+        };
+        let name = format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .with_context(|| format!("cannot connect to PostgreSQL at {}", describe(&admin_url)))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .context("creating a scratch database (the DATABASE_URL role needs CREATEDB)")?;
+        let url = with_database(&admin_url, &name);
+        Ok(Scratch { url, admin_url, name, _server: server })
+    }
+
+    pub async fn close(self) {
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// The same server URL pointing at another database (keeps credentials and parameters).
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let host_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let server = match base[host_start..].find('/') {
+        Some(i) => &base[..host_start + i],
+        None => base,
+    };
+    format!("{server}/{name}{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_database_keeps_credentials_and_params() {
+        assert_eq!(
+            super::with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "x"),
+            "postgres://u:p@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(super::with_database("postgres://h", "x"), "postgres://h/x");
+    }
+}

@@ -1,0 +1,123 @@
+//! Batched claims: `FOR UPDATE SKIP LOCKED` in priority then run_at order, never more than
+//! the caller's free slots, honouring fleet-wide concurrency keys.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub attempts: i32,
+    pub max_attempts: Option<i32>,
+    pub lease_token: Uuid,
+    pub checkpoint: Option<Value>,
+    pub run_id: Option<i64>,
+}
+
+/// Claims up to `limit` due jobs for `owner`, skipping kinds in `skip_kinds` (those whose
+/// local per-kind limit is reached).
+pub async fn claim(
+    pool: &PgPool,
+    owner: &str,
+    limit: usize,
+    lease: Duration,
+    skip_kinds: &[String],
+) -> sqlx::Result<Vec<ClaimedJob>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = pool.begin().await?;
+    // Keys already at their limit are filtered out up front so a backlog of one busy
+    // account never starves the rest of the queue.
+    let candidates = sqlx::query(
+        "SELECT id, concurrency_key, concurrency_limit FROM threadsync.jobs
+          WHERE status = 'pending' AND run_at <= now() AND kind <> ALL($2)
+            AND (concurrency_key IS NULL OR concurrency_key <> ALL(ARRAY(
+                   SELECT concurrency_key FROM threadsync.jobs
+                    WHERE status = 'running' AND concurrency_key IS NOT NULL
+                    GROUP BY concurrency_key HAVING count(*) >= min(concurrency_limit))))
+          ORDER BY priority DESC, run_at, id
+          LIMIT $1
+          FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit as i64)
+    .bind(skip_kinds)
+    .fetch_all(&mut *tx)
+    .await?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let mut ids = Vec::with_capacity(candidates.len());
+    let mut keyed: Vec<(i64, String, i32)> = Vec::new();
+    for row in &candidates {
+        let id: i64 = row.get(0);
+        match row.get::<Option<String>, _>(1) {
+            None => ids.push(id),
+            Some(key) => keyed.push((id, key, row.get(2))),
+        }
+    }
+    if !keyed.is_empty() {
+        ids.extend(admit_keyed(&mut tx, keyed).await?);
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    let jobs = sqlx::query_as::<_, ClaimedJob>(
+        "UPDATE threadsync.jobs
+            SET status = 'running', attempts = attempts + 1, lease_owner = $2,
+                lease_token = gen_random_uuid(),
+                lease_expires_at = now() + make_interval(secs => $3), started_at = now()
+          WHERE id = ANY($1)
+      RETURNING id, kind, payload, attempts, max_attempts, lease_token, checkpoint, run_id",
+    )
+    .bind(&ids)
+    .bind(owner)
+    .bind(lease.as_secs_f64())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(jobs)
+}
+
+/// Decides which keyed candidates may start. Claimers serialize per key on a
+/// transaction-scoped advisory lock (taken in key order, so no deadlock), then count the
+/// running jobs that committed before them.
+async fn admit_keyed(
+    tx: &mut sqlx::PgConnection,
+    mut keyed: Vec<(i64, String, i32)>,
+) -> sqlx::Result<Vec<i64>> {
+    let mut keys: Vec<String> = keyed.iter().map(|(_, k, _)| k.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in &keys {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7301))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let running: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT concurrency_key, count(*) FROM threadsync.jobs
+          WHERE status = 'running' AND concurrency_key = ANY($1) GROUP BY concurrency_key",
+    )
+    .bind(&keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut used: std::collections::HashMap<String, i64> = running.into_iter().collect();
+    let mut admitted = Vec::new();
+    // `keyed` is still in claim order.
+    for (id, key, limit) in keyed.drain(..) {
+        let n = used.entry(key).or_insert(0);
+        if *n < limit as i64 {
+            *n += 1;
+            admitted.push(id);
+        }
+    }
+    Ok(admitted)
+}

@@ -1,0 +1,162 @@
+//! Fenced writes. Every state change a worker makes to a claimed job is guarded by
+//! `id = $1 AND lease_token = $2 AND status = 'running'`: a worker whose lease was lost
+//! (partitioned, paused, reaped) changes nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fence {
+    pub id: i64,
+    pub token: Uuid,
+}
+
+/// What a fenced transaction does to the job itself when it commits.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    /// The job is done.
+    Done,
+    /// Save progress; the job keeps running.
+    Checkpoint(Value),
+    /// Done for now: run again at `at` (attempts reset), keeping `checkpoint` when given.
+    Reschedule { at: DateTime<Utc>, checkpoint: Option<Value> },
+}
+
+/// Applies `finish` under the fence as the first statement of the caller's transaction, so
+/// the job row stays locked until the handler's own writes commit with it. Returns false
+/// when the lease is no longer ours.
+pub async fn apply(conn: &mut PgConnection, fence: Fence, finish: &Finish) -> sqlx::Result<bool> {
+    let q = match finish {
+        Finish::Done => sqlx::query(
+            "UPDATE threadsync.jobs SET status = 'done', finished_at = now(), lease_expires_at = NULL
+              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        ),
+        Finish::Checkpoint(cp) => sqlx::query(
+            "UPDATE threadsync.jobs SET checkpoint = $3
+              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        )
+        .bind(cp),
+        Finish::Reschedule { at, checkpoint } => sqlx::query(
+            "UPDATE threadsync.jobs
+                SET status = 'pending', run_at = $3, checkpoint = coalesce($4, checkpoint),
+                    attempts = 0, last_error = NULL, lease_token = NULL, lease_owner = NULL,
+                    lease_expires_at = NULL
+              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+        )
+        .bind(at)
+        .bind(checkpoint),
+    };
+    let n = q
+        .bind(fence.id)
+        .bind(fence.token)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+/// Completes jobs that wrote nothing, many per statement.
+pub async fn complete_batch<'c>(db: impl PgExecutor<'c>, fences: &[Fence]) -> sqlx::Result<u64> {
+    let ids: Vec<i64> = fences.iter().map(|f| f.id).collect();
+    let tokens: Vec<Uuid> = fences.iter().map(|f| f.token).collect();
+    let r = sqlx::query(
+        "UPDATE threadsync.jobs j SET status = 'done', finished_at = now(), lease_expires_at = NULL
+           FROM unnest($1::bigint[], $2::uuid[]) AS a(id, token)
+          WHERE j.id = a.id AND j.lease_token = a.token AND j.status = 'running'",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// The job failed in a way worth retrying: back to pending after `backoff`, or failed
+/// when it has used `max_attempts`. Returns the new status, or None if the lease was lost.
+pub async fn fail_transient<'c>(
+    db: impl PgExecutor<'c>,
+    fence: Fence,
+    max_attempts: i32,
+    backoff: Duration,
+    error: &str,
+) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "UPDATE threadsync.jobs
+            SET status = CASE WHEN attempts >= $3 THEN 'failed' ELSE 'pending' END,
+                finished_at = CASE WHEN attempts >= $3 THEN now() END,
+                run_at = now() + make_interval(secs => $4),
+                last_error = $5, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_token = $2 AND status = 'running'
+      RETURNING status",
+    )
+    .bind(fence.id)
+    .bind(fence.token)
+    .bind(max_attempts)
+    .bind(backoff.as_secs_f64())
+    .bind(error)
+    .fetch_optional(db)
+    .await
+}
+
+/// The provider said when to come back: reschedule without using an attempt.
+pub async fn retry_at<'c>(
+    db: impl PgExecutor<'c>,
+    fence: Fence,
+    at: DateTime<Utc>,
+    reason: &str,
+) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE threadsync.jobs
+            SET status = 'pending', run_at = $3, attempts = greatest(attempts - 1, 0),
+                last_error = $4, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+    )
+    .bind(fence.id)
+    .bind(fence.token)
+    .bind(at)
+    .bind(reason)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Retrying cannot help: fail now and keep the reason.
+pub async fn fail_permanent<'c>(db: impl PgExecutor<'c>, fence: Fence, error: &str) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE threadsync.jobs
+            SET status = 'failed', finished_at = now(), last_error = $3,
+                lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+    )
+    .bind(fence.id)
+    .bind(fence.token)
+    .bind(error)
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Shutdown: hand unfinished jobs back at once, giving back the attempt.
+pub async fn release_batch<'c>(db: impl PgExecutor<'c>, fences: &[Fence]) -> sqlx::Result<u64> {
+    let ids: Vec<i64> = fences.iter().map(|f| f.id).collect();
+    let tokens: Vec<Uuid> = fences.iter().map(|f| f.token).collect();
+    let r = sqlx::query(
+        "UPDATE threadsync.jobs j
+            SET status = 'pending', attempts = greatest(j.attempts - 1, 0), run_at = now(),
+                last_error = 'released at worker shutdown',
+                lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+           FROM unnest($1::bigint[], $2::uuid[]) AS a(id, token)
+          WHERE j.id = a.id AND j.lease_token = a.token AND j.status = 'running'",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
+}

@@ -1,0 +1,136 @@
+//! What a handler sees: the claimed job, its fence, and how it reports the outcome.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::queue::{fence, ClaimedJob, Fence, Finish};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Worth retrying with backoff (network, 5xx, database hiccup).
+    #[error("{0:#}")]
+    Transient(anyhow::Error),
+    /// The provider said when to come back; does not use an attempt.
+    #[error("retry after {at}: {reason}")]
+    RetryAfter { at: DateTime<Utc>, reason: String },
+    /// Retrying cannot help (bad payload, 4xx, unknown kind): fail now, keep the reason.
+    #[error("{0}")]
+    Permanent(String),
+    /// Another worker owns the job now; this one must write nothing more.
+    #[error("lease lost")]
+    LeaseLost,
+}
+
+impl From<sqlx::Error> for JobError {
+    fn from(e: sqlx::Error) -> Self {
+        JobError::Transient(e.into())
+    }
+}
+
+pub type JobResult = Result<(), JobError>;
+
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn run(&self, job: &JobCtx) -> JobResult;
+}
+
+/// Job kinds this worker can run.
+#[derive(Default, Clone)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    pub fn register(&mut self, kind: &str, handler: impl Handler) -> &mut Self {
+        self.handlers.insert(kind.to_string(), Arc::new(handler));
+        self
+    }
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(kind).cloned()
+    }
+}
+
+pub struct JobCtx {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub attempts: i32,
+    pub checkpoint: Option<Value>,
+    pub run_id: Option<i64>,
+    pub worker: Arc<str>,
+    pub pool: PgPool,
+    pub(crate) fence: Fence,
+    /// Set once a Done or Reschedule transaction committed.
+    pub(crate) finished: AtomicBool,
+}
+
+impl JobCtx {
+    pub(crate) fn new(job: ClaimedJob, worker: Arc<str>, pool: PgPool) -> Self {
+        JobCtx {
+            id: job.id,
+            kind: job.kind,
+            payload: job.payload,
+            attempts: job.attempts,
+            checkpoint: job.checkpoint,
+            run_id: job.run_id,
+            worker,
+            pool,
+            fence: Fence { id: job.id, token: job.lease_token },
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// Decodes the payload; an undecodable payload fails this job only, permanently.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, JobError> {
+        serde_json::from_value(self.payload.clone())
+            .map_err(|e| JobError::Permanent(format!("undecodable payload for {}: {e}", self.kind)))
+    }
+
+    /// Opens the fenced transaction: applies `finish` to the job row first (which locks it
+    /// and checks the lease), so the handler's writes, follow-up jobs, checkpoint and
+    /// completion all commit together through [`JobCtx::commit`], or not at all.
+    pub async fn begin(&self, finish: Finish) -> Result<Fenced, JobError> {
+        let mut tx = self.pool.begin().await?;
+        if !fence::apply(&mut tx, self.fence, &finish).await? {
+            return Err(JobError::LeaseLost);
+        }
+        Ok(Fenced { tx, finishes: !matches!(finish, Finish::Checkpoint(_)) })
+    }
+
+    pub async fn commit(&self, fenced: Fenced) -> JobResult {
+        fenced.tx.commit().await?;
+        if fenced.finishes {
+            self.finished.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+}
+
+/// A transaction whose first statement passed the fence.
+pub struct Fenced {
+    pub tx: Transaction<'static, Postgres>,
+    finishes: bool,
+}
+
+impl std::ops::Deref for Fenced {
+    type Target = sqlx::PgConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Fenced {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}

@@ -1,0 +1,492 @@
+//! The worker runtime: LISTEN plus a poll floor, batched claims bounded by free slots,
+//! heartbeats, the reaper/cron/prune loop, graceful shutdown and dispatch to handlers.
+
+pub mod job;
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::task::AbortHandle;
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use job::{Fenced, Handler, JobCtx, JobError, JobResult, Registry};
+
+use crate::config::Config;
+use crate::queue::{self, cron, fence, maintenance, ClaimedJob, Fence};
+
+/// Largest claim in one statement.
+const MAX_BATCH: usize = 1000;
+
+pub struct Worker {
+    shared: Arc<Shared>,
+    acks: mpsc::UnboundedReceiver<Fence>,
+}
+
+struct Shared {
+    pool: PgPool,
+    cfg: Arc<Config>,
+    registry: Registry,
+    name: Arc<str>,
+    concurrency: usize,
+    slots: Arc<Semaphore>,
+    /// Woken by NOTIFY, by finished jobs and by shutdown.
+    wake: Notify,
+    inflight: Mutex<HashMap<i64, InFlight>>,
+    running_by_kind: Mutex<HashMap<String, usize>>,
+    acks: mpsc::UnboundedSender<Fence>,
+}
+
+struct InFlight {
+    fence: Fence,
+    ctx: Arc<JobCtx>,
+    abort: AbortHandle,
+}
+
+impl Worker {
+    pub fn new(pool: PgPool, cfg: Arc<Config>, registry: Registry, name: &str, concurrency: usize) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let concurrency = concurrency.max(1);
+        Worker {
+            shared: Arc::new(Shared {
+                pool,
+                cfg,
+                registry,
+                name: Arc::from(name),
+                concurrency,
+                slots: Arc::new(Semaphore::new(concurrency)),
+                wake: Notify::new(),
+                inflight: Mutex::new(HashMap::new()),
+                running_by_kind: Mutex::new(HashMap::new()),
+                acks: tx,
+            }),
+            acks: rx,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops claiming, lets in-flight jobs finish
+    /// within the grace period and releases the rest to pending at once.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let s = self.shared;
+        info!(worker = %s.name, concurrency = s.concurrency, "worker started");
+        let background = CancellationToken::new();
+        let tasks = vec![
+            tokio::spawn(listen(s.clone(), background.clone())),
+            tokio::spawn(heartbeat(s.clone(), background.clone())),
+            tokio::spawn(maintain(s.clone(), background.clone())),
+        ];
+        let acker = tokio::spawn(ack(s.clone(), self.acks, background.clone()));
+
+        claim_loop(&s, &shutdown).await;
+        drain(&s).await;
+
+        background.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = acker.await;
+        info!(worker = %s.name, "worker stopped");
+        Ok(())
+    }
+}
+
+/// Locks a std mutex, recovering the data if a panicking thread poisoned it (the maps
+/// stay consistent: every mutation is a single insert or remove).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
+    let poll = Duration::from_millis(s.cfg.queue.poll_ms);
+    let mut outage = Outage::default();
+    let mut last_full = false;
+    while !shutdown.is_cancelled() {
+        let free = s.slots.available_permits();
+        // After a full batch, wait for half the slots before claiming again so claims stay
+        // batched under load; an idle worker claims at once.
+        if free == 0 || (last_full && free < s.concurrency / 2) {
+            tokio::select! {
+                _ = s.wake.notified() => {}
+                _ = sleep(poll) => {}
+                _ = shutdown.cancelled() => break,
+            }
+            last_full = false;
+            continue;
+        }
+        let want = free.min(MAX_BATCH);
+        let skip = kinds_at_limit(s);
+        match queue::claim(&s.pool, &s.name, want, s.cfg.queue.lease(), &skip).await {
+            Ok(jobs) => {
+                outage.recovered("claim");
+                let n = jobs.len();
+                start_jobs(s, jobs).await;
+                last_full = n == want;
+                if last_full {
+                    continue;
+                }
+                tokio::select! {
+                    _ = s.wake.notified() => {}
+                    _ = sleep(poll) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            Err(e) => {
+                let wait = outage.failed("claim", &e);
+                tokio::select! {
+                    _ = sleep(wait) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        }
+    }
+}
+
+fn kinds_at_limit(s: &Shared) -> Vec<String> {
+    let running = lock(&s.running_by_kind);
+    s.cfg
+        .kinds
+        .iter()
+        .filter_map(|(k, c)| {
+            let limit = c.concurrency?;
+            (running.get(k).copied().unwrap_or(0) >= limit).then(|| k.clone())
+        })
+        .collect()
+}
+
+async fn start_jobs(s: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
+    let mut over_limit = Vec::new();
+    for job in jobs {
+        let Ok(permit) = s.slots.clone().try_acquire_owned() else {
+            over_limit.push(Fence { id: job.id, token: job.lease_token });
+            continue;
+        };
+        if !take_kind_slot(s, &job.kind) {
+            over_limit.push(Fence { id: job.id, token: job.lease_token });
+            continue;
+        }
+        spawn_job(s, job, permit);
+    }
+    if !over_limit.is_empty() {
+        // Claimed past a per-kind limit within one batch: hand them straight back.
+        if let Err(e) = fence::release_batch(&s.pool, &over_limit).await {
+            warn!(error = %e, "could not release over-limit jobs; the reaper will return them");
+        }
+    }
+}
+
+fn take_kind_slot(s: &Shared, kind: &str) -> bool {
+    let limit = s.cfg.kinds.get(kind).and_then(|k| k.concurrency);
+    let mut running = lock(&s.running_by_kind);
+    let n = running.entry(kind.to_string()).or_insert(0);
+    if limit.is_some_and(|l| *n >= l) {
+        return false;
+    }
+    *n += 1;
+    true
+}
+
+/// Frees the job's slot however its task ends (finished, or aborted at shutdown or on a
+/// lost lease).
+struct SlotGuard {
+    shared: Arc<Shared>,
+    id: i64,
+    kind: String,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.inflight).remove(&self.id);
+        if let Some(n) = lock(&self.shared.running_by_kind).get_mut(&self.kind) {
+            *n = n.saturating_sub(1);
+        }
+        self.shared.wake.notify_one();
+    }
+}
+
+fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
+    let fence = Fence { id: job.id, token: job.lease_token };
+    let ctx = Arc::new(JobCtx::new(job, s.name.clone(), s.pool.clone()));
+    let guard = SlotGuard { shared: s.clone(), id: ctx.id, kind: ctx.kind.clone(), _permit: permit };
+    let shared = s.clone();
+    let task_ctx = ctx.clone();
+    // Hold the map lock across spawn so the task cannot finish before it is registered.
+    let mut inflight = lock(&s.inflight);
+    let handle = tokio::spawn(async move {
+        let _guard = guard;
+        let outcome = match shared.registry.get(&task_ctx.kind) {
+            None => Err(JobError::Permanent(format!("unknown job kind {:?}", task_ctx.kind))),
+            Some(h) => AssertUnwindSafe(h.run(&task_ctx))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| Err(JobError::Transient(anyhow::anyhow!("handler panicked: {}", panic_text(&p))))),
+        };
+        record(&shared, &task_ctx, outcome).await;
+    });
+    inflight.insert(fence.id, InFlight { fence, ctx, abort: handle.abort_handle() });
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+/// Writes the outcome under the fence. Database errors are retried for up to one lease
+/// length; past that the reaper returns the job anyway.
+async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
+    let err = match outcome {
+        Ok(()) if ctx.is_finished() => return,
+        Ok(()) => {
+            // Wrote nothing: completion rides in the next batched acknowledgement.
+            let _ = s.acks.send(ctx.fence);
+            return;
+        }
+        Err(JobError::LeaseLost) => {
+            warn!(job = ctx.id, kind = %ctx.kind, "lease lost: another worker owns this job; its writes were rolled back");
+            return;
+        }
+        Err(e) => e,
+    };
+    let policy = s.cfg.policy(&ctx.kind);
+    let deadline = Instant::now() + s.cfg.queue.lease();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let res = match &err {
+            JobError::Transient(e) => {
+                let text = format!("{e:#}");
+                fence::fail_transient(&s.pool, ctx.fence, policy.max_attempts, policy.backoff(ctx.attempts), &text)
+                    .await
+                    .map(|st| {
+                        match st.as_deref() {
+                            Some("failed") => warn!(job = ctx.id, kind = %ctx.kind, attempts = ctx.attempts, error = %text, "job failed: out of attempts"),
+                            Some(_) => info!(job = ctx.id, kind = %ctx.kind, attempts = ctx.attempts, error = %text, "job will retry"),
+                            None => {}
+                        }
+                    })
+            }
+            JobError::RetryAfter { at, reason } => {
+                debug!(job = ctx.id, kind = %ctx.kind, %at, reason = %reason, "job rescheduled by provider signal");
+                fence::retry_at(&s.pool, ctx.fence, *at, reason).await.map(drop)
+            }
+            JobError::Permanent(reason) => {
+                warn!(job = ctx.id, kind = %ctx.kind, reason = %reason, "job failed permanently");
+                fence::fail_permanent(&s.pool, ctx.fence, reason).await.map(drop)
+            }
+            JobError::LeaseLost => return,
+        };
+        match res {
+            Ok(()) => return,
+            Err(e) if Instant::now() + wait < deadline => {
+                debug!(job = ctx.id, error = %e, "recording outcome failed; retrying");
+                sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                warn!(job = ctx.id, error = %e, "could not record outcome; the reaper will return the job");
+                return;
+            }
+        }
+    }
+}
+
+/// Flushes batched completions of jobs that wrote nothing.
+async fn ack(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Fence>, stop: CancellationToken) {
+    let mut batch: Vec<Fence> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            tokio::select! {
+                f = rx.recv() => match f { Some(f) => batch.push(f), None => return },
+                _ = stop.cancelled() => {
+                    while let Ok(f) = rx.try_recv() { batch.push(f); }
+                    if !batch.is_empty() {
+                        let _ = fence::complete_batch(&s.pool, &batch).await;
+                    }
+                    return;
+                }
+            }
+        }
+        while batch.len() < 5000 {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        match fence::complete_batch(&s.pool, &batch).await {
+            Ok(_) => batch.clear(),
+            Err(e) => {
+                debug!(error = %e, "batched completion failed; retrying");
+                tokio::select! {
+                    _ = sleep(Duration::from_millis(200)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn listen(s: Arc<Shared>, stop: CancellationToken) {
+    let mut outage = Outage::default();
+    let mut listener: Option<PgListener> = None;
+    while !stop.is_cancelled() {
+        let l = match listener.as_mut() {
+            Some(l) => l,
+            None => {
+                let connected = async {
+                    let mut l = PgListener::connect_with(&s.pool).await?;
+                    l.listen(queue::CHANNEL).await?;
+                    Ok::<_, sqlx::Error>(l)
+                }
+                .await;
+                match connected {
+                    Ok(l) => {
+                        outage.recovered("listen");
+                        // Notifications sent while we were away are lost: look now.
+                        s.wake.notify_one();
+                        listener.insert(l)
+                    }
+                    Err(e) => {
+                        let wait = outage.failed("listen", &e);
+                        tokio::select! { _ = sleep(wait) => {}, _ = stop.cancelled() => return }
+                        continue;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            n = l.recv() => match n {
+                Ok(_) => s.wake.notify_one(),
+                Err(e) => {
+                    debug!(error = %e, "listener connection lost");
+                    listener = None;
+                }
+            },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
+    let lease = s.cfg.queue.lease();
+    let every = lease / 3;
+    loop {
+        tokio::select! { _ = sleep(every) => {}, _ = stop.cancelled() => return }
+        let held: Vec<Fence> = lock(&s.inflight).values().map(|f| f.fence).collect();
+        match maintenance::heartbeat(&s.pool, &held, lease).await {
+            Ok(alive) => {
+                let alive: HashSet<i64> = alive.into_iter().collect();
+                let lost: Vec<AbortHandle> = lock(&s.inflight)
+                    .values()
+                    .filter(|f| held.contains(&f.fence) && !alive.contains(&f.fence.id) && !f.ctx.is_finished())
+                    .map(|f| {
+                        warn!(job = f.fence.id, kind = %f.ctx.kind, "lease lost (reaped or cancelled): stopping the handler");
+                        f.abort.clone()
+                    })
+                    .collect();
+                for a in lost {
+                    a.abort();
+                }
+            }
+            Err(e) => debug!(error = %e, "heartbeat failed; will retry"),
+        }
+    }
+}
+
+/// Reaper and cron every second; retention pruning every minute.
+async fn maintain(s: Arc<Shared>, stop: CancellationToken) {
+    let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    loop {
+        match maintenance::reap(&s.pool, &s.cfg).await {
+            Ok(0) => {}
+            Ok(n) => warn!(jobs = n, "returned jobs with expired leases to the queue"),
+            Err(e) => debug!(error = %e, "reaper failed; will retry"),
+        }
+        if let Err(e) = cron::fire_due(&s.pool, &s.cfg.schedules, chrono::Utc::now()).await {
+            debug!(error = %e, "cron check failed; will retry");
+        }
+        if last_prune.elapsed() >= Duration::from_secs(60) {
+            let age = Duration::from_secs(s.cfg.queue.retention_hours * 3600);
+            match maintenance::prune(&s.pool, age, s.cfg.queue.prune_batch).await {
+                Ok(0) => {}
+                Ok(n) => info!(jobs = n, "pruned finished jobs past retention"),
+                Err(e) => debug!(error = %e, "prune failed; will retry"),
+            }
+            last_prune = Instant::now();
+        }
+        let next_cron = cron::next_due(&s.cfg.schedules, chrono::Utc::now())
+            .and_then(|t| (t - chrono::Utc::now()).to_std().ok())
+            .unwrap_or(Duration::from_secs(1));
+        let wait = next_cron.clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::select! { _ = sleep(wait) => {}, _ = stop.cancelled() => return }
+    }
+}
+
+async fn drain(s: &Arc<Shared>) {
+    let grace = Duration::from_secs(s.cfg.queue.shutdown_grace_secs);
+    let deadline = Instant::now() + grace;
+    let busy = || !lock(&s.inflight).is_empty();
+    if busy() {
+        info!(jobs = lock(&s.inflight).len(), ?grace, "shutting down: waiting for in-flight jobs");
+    }
+    while busy() && Instant::now() < deadline {
+        tokio::select! { _ = s.wake.notified() => {}, _ = sleep(Duration::from_millis(50)) => {} }
+    }
+    let rest: Vec<(Fence, AbortHandle)> = lock(&s.inflight)
+        .values()
+        .filter(|f| !f.ctx.is_finished())
+        .map(|f| (f.fence, f.abort.clone()))
+        .collect();
+    if rest.is_empty() {
+        return;
+    }
+    for (_, a) in &rest {
+        a.abort();
+    }
+    let fences: Vec<Fence> = rest.iter().map(|(f, _)| *f).collect();
+    for _ in 0..5 {
+        match fence::release_batch(&s.pool, &fences).await {
+            Ok(n) => {
+                info!(jobs = n, "released unfinished jobs to pending");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "could not release jobs; retrying");
+                sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// Logs a database outage once when it starts and once when it ends, and paces retries
+/// with capped exponential backoff.
+#[derive(Default)]
+struct Outage {
+    since: Option<Instant>,
+    wait: Duration,
+}
+
+impl Outage {
+    fn failed(&mut self, what: &str, e: &sqlx::Error) -> Duration {
+        if self.since.is_none() {
+            warn!(task = what, error = %e, "database unavailable; reconnecting with backoff");
+            self.since = Some(Instant::now());
+            self.wait = Duration::from_millis(100);
+        } else {
+            self.wait = (self.wait * 2).min(Duration::from_secs(5));
+        }
+        self.wait
+    }
+    fn recovered(&mut self, what: &str) {
+        if let Some(t) = self.since.take() {
+            info!(task = what, down_for = ?t.elapsed(), "database reachable again");
+        }
+    }
+}
