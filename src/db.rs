@@ -7,7 +7,6 @@ use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-
 use crate::pg::{Durability, PrivatePg};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -54,24 +53,30 @@ pub struct Scratch {
 }
 
 impl Scratch {
+    /// On DATABASE_URL's server, or on a private server started for this scratch database.
     pub async fn create(prefix: &str, durability: Durability) -> anyhow::Result<Scratch> {
-        let (admin_url, server) = match std::env::var("DATABASE_URL") {
-            Ok(u) if !u.trim().is_empty() => (u, None),
+        match std::env::var("DATABASE_URL") {
+            Ok(u) if !u.trim().is_empty() => Self::create_on(&u, prefix).await,
             _ => {
                 let pg = tokio::task::spawn_blocking(move || PrivatePg::start(durability)).await??;
-                (pg.admin_url(), Some(pg))
+                let mut s = Self::create_on(&pg.admin_url(), prefix).await?;
+                s._server = Some(pg);
+                Ok(s)
             }
-        };
+        }
+    }
+
+    /// A fresh database on the server `admin_url` points at.
+    pub async fn create_on(admin_url: &str, prefix: &str) -> anyhow::Result<Scratch> {
         let name = format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>());
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
+        let mut admin = sqlx::PgConnection::connect(admin_url)
             .await
-            .with_context(|| format!("cannot connect to PostgreSQL at {}", describe(&admin_url)))?;
+            .with_context(|| format!("cannot connect to PostgreSQL at {}", describe(admin_url)))?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .execute(&mut admin)
             .await
             .context("creating a scratch database (the DATABASE_URL role needs CREATEDB)")?;
-        let url = with_database(&admin_url, &name);
-        Ok(Scratch { url, admin_url, name, _server: server })
+        Ok(Scratch { url: with_database(admin_url, &name), admin_url: admin_url.to_string(), name, _server: None })
     }
 
     pub async fn close(self) {

@@ -1,6 +1,7 @@
 //! Batched claims: `FOR UPDATE SKIP LOCKED` in priority then run_at order, never more than
 //! the caller's free slots, honouring fleet-wide concurrency keys.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -32,6 +33,13 @@ pub async fn claim(
         return Ok(Vec::new());
     }
     let mut tx = pool.begin().await?;
+    // Right after a bulk enqueue the planner's row estimate is stale and it picks a bitmap
+    // scan plus a sort of the whole backlog (60 ms for 100k jobs instead of 1.5 ms). The
+    // claim index already yields rows in claim order, so forbid those plans for this
+    // transaction only.
+    sqlx::raw_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
+        .execute(&mut *tx)
+        .await?;
     // Keys already at their limit are filtered out up front so a backlog of one busy
     // account never starves the rest of the queue.
     let candidates = sqlx::query(
@@ -53,23 +61,23 @@ pub async fn claim(
         return Ok(Vec::new());
     }
 
-    let mut ids = Vec::with_capacity(candidates.len());
-    let mut keyed: Vec<(i64, String, i32)> = Vec::new();
-    for row in &candidates {
-        let id: i64 = row.get(0);
-        match row.get::<Option<String>, _>(1) {
-            None => ids.push(id),
-            Some(key) => keyed.push((id, key, row.get(2))),
-        }
-    }
-    if !keyed.is_empty() {
-        ids.extend(admit_keyed(&mut tx, keyed).await?);
-    }
+    let order: Vec<i64> = candidates.iter().map(|r| r.get(0)).collect();
+    let keyed: Vec<(i64, String, i32)> = candidates
+        .iter()
+        .filter_map(|r| Some((r.get(0), r.get::<Option<String>, _>(1)?, r.get(2))))
+        .collect();
+    let ids: Vec<i64> = if keyed.is_empty() {
+        order
+    } else {
+        let keyed_ids: HashSet<i64> = keyed.iter().map(|k| k.0).collect();
+        let admitted: HashSet<i64> = admit_keyed(&mut tx, keyed).await?.into_iter().collect();
+        order.into_iter().filter(|id| !keyed_ids.contains(id) || admitted.contains(id)).collect()
+    };
     if ids.is_empty() {
         return Ok(Vec::new());
     }
 
-    let jobs = sqlx::query_as::<_, ClaimedJob>(
+    let mut jobs = sqlx::query_as::<_, ClaimedJob>(
         "UPDATE threadsync.jobs
             SET status = 'running', attempts = attempts + 1, lease_owner = $2,
                 lease_token = gen_random_uuid(),
@@ -83,6 +91,9 @@ pub async fn claim(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
+    // RETURNING has no defined order: start jobs in claim order.
+    let rank: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    jobs.sort_by_key(|j| rank.get(&j.id).copied().unwrap_or(usize::MAX));
     Ok(jobs)
 }
 
@@ -109,7 +120,7 @@ async fn admit_keyed(
     .bind(&keys)
     .fetch_all(&mut *tx)
     .await?;
-    let mut used: std::collections::HashMap<String, i64> = running.into_iter().collect();
+    let mut used: HashMap<String, i64> = running.into_iter().collect();
     let mut admitted = Vec::new();
     // `keyed` is still in claim order.
     for (id, key, limit) in keyed.drain(..) {
