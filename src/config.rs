@@ -222,13 +222,19 @@ impl Config {
         let q = &raw.queue;
         let queue_span = text.find("[queue]").map(|s| s..s);
         if q.lease_secs < 2 {
-            return Err(err(queue_span, "queue.lease_secs must be at least 2".into()));
+            return Err(err(
+                queue_span,
+                "queue.lease_secs must be at least 2".into(),
+            ));
         }
         if q.poll_ms == 0 || q.poll_ms > 1000 {
             return Err(err(queue_span, "queue.poll_ms must be 1..=1000".into()));
         }
         if q.concurrency == 0 {
-            return Err(err(queue_span, "queue.concurrency must be at least 1".into()));
+            return Err(err(
+                queue_span,
+                "queue.concurrency must be at least 1".into(),
+            ));
         }
         check_policy(&raw.retry).map_err(|p| err(text.find("[retry]").map(|s| s..s), p))?;
 
@@ -241,11 +247,21 @@ impl Config {
                 backoff_base_ms: k.backoff_base_ms.unwrap_or(raw.retry.backoff_base_ms),
                 backoff_cap_ms: k.backoff_cap_ms.unwrap_or(raw.retry.backoff_cap_ms),
             };
-            check_policy(&retry).map_err(|p| err(Some(span.clone()), format!("kinds.{name}: {p}")))?;
+            check_policy(&retry)
+                .map_err(|p| err(Some(span.clone()), format!("kinds.{name}: {p}")))?;
             if k.concurrency == Some(0) {
-                return Err(err(Some(span), format!("kinds.{name}: concurrency must be at least 1")));
+                return Err(err(
+                    Some(span),
+                    format!("kinds.{name}: concurrency must be at least 1"),
+                ));
             }
-            kinds.insert(name, KindConfig { retry, concurrency: k.concurrency });
+            kinds.insert(
+                name,
+                KindConfig {
+                    retry,
+                    concurrency: k.concurrency,
+                },
+            );
         }
 
         let mut schedules: Vec<Schedule> = Vec::new();
@@ -253,19 +269,37 @@ impl Config {
             let span = s.span();
             let s = s.into_inner();
             if schedules.iter().any(|o| o.name == s.name) {
-                return Err(err(Some(span), format!("duplicate schedule name {:?}", s.name)));
+                return Err(err(
+                    Some(span),
+                    format!("duplicate schedule name {:?}", s.name),
+                ));
             }
             let cron = croner::Cron::new(s.cron.get_ref())
                 .with_seconds_optional()
                 .parse()
                 .map_err(|e| {
-                    err(Some(s.cron.span()), format!("schedule {:?}: bad cron expression {:?}: {e}", s.name, s.cron.get_ref()))
+                    err(
+                        Some(s.cron.span()),
+                        format!(
+                            "schedule {:?}: bad cron expression {:?}: {e}",
+                            s.name,
+                            s.cron.get_ref()
+                        ),
+                    )
                 })?;
             let payload = match s.payload {
-                Some(v) => serde_json::to_value(v).map_err(|e| err(Some(span.clone()), e.to_string()))?,
+                Some(v) => {
+                    serde_json::to_value(v).map_err(|e| err(Some(span.clone()), e.to_string()))?
+                }
                 None => serde_json::json!({}),
             };
-            schedules.push(Schedule { name: s.name, cron, kind: s.kind, payload, priority: s.priority });
+            schedules.push(Schedule {
+                name: s.name,
+                cron,
+                kind: s.kind,
+                payload,
+                priority: s.priority,
+            });
         }
 
         let mut accounts: Vec<Account> = Vec::new();
@@ -275,14 +309,26 @@ impl Config {
             if accounts.iter().any(|o| o.id == a.id) {
                 return Err(err(Some(span), format!("duplicate account id {:?}", a.id)));
             }
-            if !(a.requests_per_second > 0.0) {
-                return Err(err(Some(span), format!("account {:?}: requests_per_second must be > 0", a.id)));
+            if !a.requests_per_second.is_finite() || a.requests_per_second <= 0.0 {
+                return Err(err(
+                    Some(span),
+                    format!("account {:?}: requests_per_second must be > 0", a.id),
+                ));
             }
             if a.max_in_flight < 1 {
-                return Err(err(Some(span), format!("account {:?}: max_in_flight must be at least 1", a.id)));
+                return Err(err(
+                    Some(span),
+                    format!("account {:?}: max_in_flight must be at least 1", a.id),
+                ));
             }
             if !(a.base_url.starts_with("http://") || a.base_url.starts_with("https://")) {
-                return Err(err(Some(span), format!("account {:?}: base_url must start with http:// or https://", a.id)));
+                return Err(err(
+                    Some(span),
+                    format!(
+                        "account {:?}: base_url must start with http:// or https://",
+                        a.id
+                    ),
+                ));
             }
             accounts.push(Account {
                 id: a.id,
@@ -351,7 +397,11 @@ mod tests {
 
     #[test]
     fn kind_policy_inherits_defaults() {
-        let c = Config::parse("[retry]\nmax_attempts = 7\n[kinds.k]\nbackoff_base_ms = 50\n", "f").unwrap();
+        let c = Config::parse(
+            "[retry]\nmax_attempts = 7\n[kinds.k]\nbackoff_base_ms = 50\n",
+            "f",
+        )
+        .unwrap();
         let p = c.policy("k");
         assert_eq!((p.max_attempts, p.backoff_base_ms), (7, 50));
         assert_eq!(c.policy("other").max_attempts, 7);
@@ -359,7 +409,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_cap() {
-        let p = RetryPolicy { max_attempts: 5, backoff_base_ms: 100, backoff_cap_ms: 1000 };
+        let p = RetryPolicy {
+            max_attempts: 5,
+            backoff_base_ms: 100,
+            backoff_cap_ms: 1000,
+        };
         for _ in 0..100 {
             let d1 = p.backoff(1).as_millis();
             let d3 = p.backoff(3).as_millis();

@@ -22,7 +22,12 @@ pub fn url_from_env() -> anyhow::Result<String> {
 /// Where the URL points, without the password, for error messages and logs.
 pub fn describe(url: &str) -> String {
     match PgConnectOptions::from_str(url) {
-        Ok(o) => format!("{}:{}/{}", o.get_host(), o.get_port(), o.get_database().unwrap_or("")),
+        Ok(o) => format!(
+            "{}:{}/{}",
+            o.get_host(),
+            o.get_port(),
+            o.get_database().unwrap_or("")
+        ),
         Err(_) => "an unparsable DATABASE_URL".into(),
     }
 }
@@ -58,7 +63,8 @@ impl Scratch {
         match std::env::var("DATABASE_URL") {
             Ok(u) if !u.trim().is_empty() => Self::create_on(&u, prefix).await,
             _ => {
-                let pg = tokio::task::spawn_blocking(move || PrivatePg::start(durability)).await??;
+                let pg =
+                    tokio::task::spawn_blocking(move || PrivatePg::start(durability)).await??;
                 let mut s = Self::create_on(&pg.admin_url(), prefix).await?;
                 s._server = Some(pg);
                 Ok(s)
@@ -68,7 +74,11 @@ impl Scratch {
 
     /// A fresh database on the server `admin_url` points at.
     pub async fn create_on(admin_url: &str, prefix: &str) -> anyhow::Result<Scratch> {
-        let name = format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let name = format!(
+            "{prefix}_{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let mut admin = sqlx::PgConnection::connect(admin_url)
             .await
             .with_context(|| format!("cannot connect to PostgreSQL at {}", describe(admin_url)))?;
@@ -76,14 +86,22 @@ impl Scratch {
             .execute(&mut admin)
             .await
             .context("creating a scratch database (the DATABASE_URL role needs CREATEDB)")?;
-        Ok(Scratch { url: with_database(admin_url, &name), admin_url: admin_url.to_string(), name, _server: None })
+        Ok(Scratch {
+            url: with_database(admin_url, &name),
+            admin_url: admin_url.to_string(),
+            name,
+            _server: None,
+        })
     }
 
     pub async fn close(self) {
         if let Ok(mut admin) = sqlx::PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
-                .execute(&mut admin)
-                .await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut admin)
+            .await;
         }
     }
 }

@@ -15,7 +15,11 @@ use threadsync::worker::Worker;
 use threadsync::{bench, db, jobs};
 
 #[derive(Parser)]
-#[command(name = "threadsync", version, about = "Durable PostgreSQL job queue that keeps message threads from messaging providers in sync")]
+#[command(
+    name = "threadsync",
+    version,
+    about = "Durable PostgreSQL job queue that keeps message threads from messaging providers in sync"
+)]
 struct Cli {
     /// jobs.toml (default: ./jobs.toml when present, else built-in defaults).
     #[arg(long, global = true, env = "THREADSYNC_CONFIG")]
@@ -126,10 +130,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        Cmd::Worker { concurrency, name, runtimes } => run_worker(cfg, concurrency, name, runtimes).await,
-        Cmd::Enqueue { kind, payload, priority, run_at, dedupe_key, concurrency_key, concurrency_limit, max_attempts } => {
-            let payload: serde_json::Value =
-                serde_json::from_str(&payload).map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))?;
+        Cmd::Worker {
+            concurrency,
+            name,
+            runtimes,
+        } => run_worker(cfg, concurrency, name, runtimes).await,
+        Cmd::Enqueue {
+            kind,
+            payload,
+            priority,
+            run_at,
+            dedupe_key,
+            concurrency_key,
+            concurrency_limit,
+            max_attempts,
+        } => {
+            let payload: serde_json::Value = serde_json::from_str(&payload)
+                .map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))?;
             let mut job = NewJob::new(kind, payload).priority(priority);
             if let Some(t) = run_at {
                 let at = DateTime::parse_from_rfc3339(&t)
@@ -140,7 +157,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 job = job.dedupe(k);
             }
             if let Some(k) = concurrency_key {
-                anyhow::ensure!(concurrency_limit >= 1, "--concurrency-limit must be at least 1");
+                anyhow::ensure!(
+                    concurrency_limit >= 1,
+                    "--concurrency-limit must be at least 1"
+                );
                 job = job.concurrency(k, concurrency_limit);
             }
             if let Some(m) = max_attempts {
@@ -161,10 +181,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn run_worker(cfg: Config, concurrency: Option<usize>, name: Option<String>, runtimes: usize) -> anyhow::Result<()> {
+async fn run_worker(
+    cfg: Config,
+    concurrency: Option<usize>,
+    name: Option<String>,
+    runtimes: usize,
+) -> anyhow::Result<()> {
     let url = db::url_from_env()?;
     let concurrency = concurrency.unwrap_or(cfg.queue.concurrency);
-    anyhow::ensure!(concurrency >= 1 && runtimes >= 1, "--concurrency and --runtimes must be at least 1");
+    anyhow::ensure!(
+        concurrency >= 1 && runtimes >= 1,
+        "--concurrency and --runtimes must be at least 1"
+    );
     let pool = db::connect(&url, (runtimes * concurrency.min(32) + 4) as u32).await?;
     db::migrate(&pool).await?;
     let name = name.unwrap_or_else(threadsync::default_worker_name);
@@ -178,7 +206,11 @@ async fn run_worker(cfg: Config, concurrency: Option<usize>, name: Option<String
     });
     let mut tasks = Vec::new();
     for i in 0..runtimes {
-        let n = if runtimes == 1 { name.clone() } else { format!("{name}/{i}") };
+        let n = if runtimes == 1 {
+            name.clone()
+        } else {
+            format!("{name}/{i}")
+        };
         let w = Worker::new(pool.clone(), cfg.clone(), jobs::registry(), &n, concurrency);
         tasks.push(tokio::spawn(w.run(stop.clone())));
     }
@@ -190,7 +222,10 @@ async fn run_worker(cfg: Config, concurrency: Option<usize>, name: Option<String
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         }
@@ -203,17 +238,32 @@ async fn shutdown_signal() {
 async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
     let pool = db::connect(&db::url_from_env()?, 2).await?;
     match cmd {
-        JobsCmd::List { status, kind, limit, json } => {
+        JobsCmd::List {
+            status,
+            kind,
+            limit,
+            json,
+        } => {
             if let Some(s) = &status {
-                anyhow::ensure!(admin::STATUSES.contains(&s.as_str()), "unknown status {s:?} (one of {})", admin::STATUSES.join(", "));
+                anyhow::ensure!(
+                    admin::STATUSES.contains(&s.as_str()),
+                    "unknown status {s:?} (one of {})",
+                    admin::STATUSES.join(", ")
+                );
             }
             let rows = admin::list(&pool, status.as_deref(), kind.as_deref(), limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:>8}  {:<24} {:<9} {:>8}  {:<20}  last error", "id", "kind", "status", "attempts", "run at");
+                println!(
+                    "{:>8}  {:<24} {:<9} {:>8}  {:<20}  last error",
+                    "id", "kind", "status", "attempts", "run at"
+                );
                 for j in rows {
-                    let max = j.max_attempts.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+                    let max = j
+                        .max_attempts
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "-".into());
                     println!(
                         "{:>8}  {:<24} {:<9} {:>8}  {:<20}  {}",
                         j.id,
@@ -227,18 +277,36 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
             }
         }
         JobsCmd::Show { id, json } => {
-            let j = admin::show(&pool, id).await?.ok_or_else(|| anyhow::anyhow!("no job with id {id}"))?;
+            let j = admin::show(&pool, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no job with id {id}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&j)?);
             } else {
                 println!("job {}  {}  {}", j.id, j.kind, j.status);
-                println!("  attempts:    {} (max {})", j.attempts, j.max_attempts.map(|m| m.to_string()).unwrap_or_else(|| "from jobs.toml".into()));
+                println!(
+                    "  attempts:    {} (max {})",
+                    j.attempts,
+                    j.max_attempts
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "from jobs.toml".into())
+                );
                 println!("  last error:  {}", j.last_error.as_deref().unwrap_or("-"));
                 println!("  priority:    {}   run at: {}", j.priority, j.run_at);
-                println!("  created:     {}   started: {:?}   finished: {:?}", j.created_at, j.started_at, j.finished_at);
+                println!(
+                    "  created:     {}   started: {:?}   finished: {:?}",
+                    j.created_at, j.started_at, j.finished_at
+                );
                 println!("  dedupe key:  {}", j.dedupe_key.as_deref().unwrap_or("-"));
-                println!("  concurrency: {}", j.concurrency_key.as_deref().unwrap_or("-"));
-                println!("  lease:       {} until {:?}", j.lease_owner.as_deref().unwrap_or("-"), j.lease_expires_at);
+                println!(
+                    "  concurrency: {}",
+                    j.concurrency_key.as_deref().unwrap_or("-")
+                );
+                println!(
+                    "  lease:       {} until {:?}",
+                    j.lease_owner.as_deref().unwrap_or("-"),
+                    j.lease_expires_at
+                );
                 println!("  payload:     {}", j.payload);
                 if let Some(cp) = &j.checkpoint {
                     println!("  checkpoint:  {cp}");

@@ -31,12 +31,21 @@ pub enum Durability {
 impl PrivatePg {
     pub fn start(durability: Durability) -> anyhow::Result<PrivatePg> {
         let bin = find_bin_dir()?;
-        let user = if nix::unistd::geteuid().is_root() { Some(unprivileged_user()?) } else { None };
-        let base = std::env::temp_dir().join(format!("threadsync-pg-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let user = if nix::unistd::geteuid().is_root() {
+            Some(unprivileged_user()?)
+        } else {
+            None
+        };
+        let base = std::env::temp_dir().join(format!(
+            "threadsync-pg-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))?;
         if let Some(u) = &user {
-            nix::unistd::chown(&base, Some(u.uid), Some(u.gid)).context("handing the data directory to the postgres user")?;
+            nix::unistd::chown(&base, Some(u.uid), Some(u.gid))
+                .context("handing the data directory to the postgres user")?;
         }
         let port = free_port()?;
         let mut opts = format!(
@@ -46,10 +55,43 @@ impl PrivatePg {
         if durability == Durability::Throwaway {
             opts.push_str(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
-        let pg = PrivatePg { bin, base, port, user, opts };
-        pg.run("initdb", &["-D", &pg.data(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"])?;
+        let pg = PrivatePg {
+            bin,
+            base,
+            port,
+            user,
+            opts,
+        };
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                &pg.data(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )?;
         let log = pg.base.join("server.log").display().to_string();
-        pg.run("pg_ctl", &["-D", &pg.data(), "-l", &log, "-w", "-t", "60", "-o", &pg.opts, "start"])?;
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &pg.data(),
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &pg.opts,
+                "start",
+            ],
+        )?;
         Ok(pg)
     }
 
@@ -65,7 +107,21 @@ impl PrivatePg {
     pub fn restart(&self) -> anyhow::Result<()> {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])?;
         let log = self.base.join("server.log").display().to_string();
-        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-w", "-t", "60", "-o", &self.opts, "start"])
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &self.opts,
+                "start",
+            ],
+        )
     }
 
     /// Makes the server stop when process `pid` exits, even if it is killed and no Drop
@@ -78,7 +134,11 @@ impl PrivatePg {
             self.base.display()
         );
         let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         self.as_owner(&mut cmd);
         cmd.process_group(0);
         cmd.spawn().context("starting the cleanup watcher")?;
@@ -97,7 +157,10 @@ impl PrivatePg {
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
-        let out = self.command(tool, args).output().with_context(|| format!("running {tool}"))?;
+        let out = self
+            .command(tool, args)
+            .output()
+            .with_context(|| format!("running {tool}"))?;
         if !out.status.success() {
             let log = std::fs::read_to_string(self.base.join("server.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
@@ -105,7 +168,11 @@ impl PrivatePg {
                 "{tool} failed: {} {}{}",
                 String::from_utf8_lossy(&out.stderr).trim(),
                 String::from_utf8_lossy(&out.stdout).trim(),
-                if tail.is_empty() { String::new() } else { format!(" (server log: {})", tail.join(" | ")) }
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (server log: {})", tail.join(" | "))
+                }
             );
         }
         Ok(())
@@ -121,13 +188,18 @@ impl PrivatePg {
 
 impl Drop for PrivatePg {
     fn drop(&mut self) {
-        let _ = self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        let _ = self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
         let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 
 fn find_bin_dir() -> anyhow::Result<PathBuf> {
-    let has_tools = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file() && d.join("postgres").is_file();
+    let has_tools = |d: &Path| {
+        d.join("initdb").is_file() && d.join("pg_ctl").is_file() && d.join("postgres").is_file()
+    };
     if let Some(path) = std::env::var_os("PATH") {
         if let Some(d) = std::env::split_paths(&path).find(|d| has_tools(d)) {
             return Ok(d);

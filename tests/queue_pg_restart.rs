@@ -17,11 +17,20 @@ async fn workers_survive_a_database_restart() {
         Err(e) => panic!("this test needs local PostgreSQL server binaries: {e:#}"),
     };
     let db = TestDb::on(&pg.admin_url()).await;
-    let jobs: Vec<NewJob> = (0..3000).map(|_| NewJob::new("diag.sleep", json!({"ms": 5}))).collect();
+    let jobs: Vec<NewJob> = (0..3000)
+        .map(|_| NewJob::new("diag.sleep", json!({"ms": 5})))
+        .collect();
     enqueue_batch(&db.pool, &jobs).await.unwrap();
     let cfg = write_config("[queue]\nlease_secs = 5\npoll_ms = 200\n");
-    let workers: Vec<WorkerProc> = (0..2).map(|i| WorkerProc::start(&db.url, &cfg, &format!("r{i}"), 8)).collect();
-    db.wait_count("SELECT least(count(*), 300) FROM threadsync.diag_writes", 300, Duration::from_secs(60)).await;
+    let workers: Vec<WorkerProc> = (0..2)
+        .map(|i| WorkerProc::start(&db.url, &cfg, &format!("r{i}"), 8))
+        .collect();
+    db.wait_count(
+        "SELECT least(count(*), 300) FROM threadsync.diag_writes",
+        300,
+        Duration::from_secs(60),
+    )
+    .await;
 
     let pg = tokio::task::spawn_blocking(move || {
         pg.restart().expect("restart PostgreSQL");
@@ -32,15 +41,40 @@ async fn workers_survive_a_database_restart() {
 
     // The test's own pool reconnects too; errors while it does are expected.
     let t = std::time::Instant::now();
-    while count(&db.pool, "SELECT count(*) FROM threadsync.jobs WHERE status = 'done'").await != Some(3000) {
-        assert!(t.elapsed() < Duration::from_secs(120), "the queue did not finish after the restart");
+    while count(
+        &db.pool,
+        "SELECT count(*) FROM threadsync.jobs WHERE status = 'done'",
+    )
+    .await
+        != Some(3000)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the queue did not finish after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(count(&db.pool, "SELECT count(*) FROM threadsync.diag_writes").await, Some(3000));
-    assert_eq!(count(&db.pool, "SELECT count(DISTINCT job_id) FROM threadsync.diag_writes").await, Some(3000));
+    assert_eq!(
+        count(&db.pool, "SELECT count(*) FROM threadsync.diag_writes").await,
+        Some(3000)
+    );
+    assert_eq!(
+        count(
+            &db.pool,
+            "SELECT count(DISTINCT job_id) FROM threadsync.diag_writes"
+        )
+        .await,
+        Some(3000)
+    );
     let logs: String = workers.iter().map(|w| w.log()).collect();
-    assert!(logs.contains("database unavailable"), "the outage must be logged");
-    assert!(logs.contains("database reachable again"), "the recovery must be logged");
+    assert!(
+        logs.contains("database unavailable"),
+        "the outage must be logged"
+    );
+    assert!(
+        logs.contains("database reachable again"),
+        "the recovery must be logged"
+    );
     drop(workers);
     db.close().await;
     drop(pg);

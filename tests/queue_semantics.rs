@@ -17,7 +17,14 @@ fn config(text: &str) -> Arc<Config> {
     Arc::new(Config::parse(text, "test.toml").expect("config"))
 }
 
-fn start_worker(db: &TestDb, cfg: Arc<Config>, name: &str) -> (CancellationToken, tokio::task::JoinHandle<anyhow::Result<()>>) {
+fn start_worker(
+    db: &TestDb,
+    cfg: Arc<Config>,
+    name: &str,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
     let stop = CancellationToken::new();
     let w = Worker::new(db.pool.clone(), cfg, threadsync::jobs::registry(), name, 8);
     (stop.clone(), tokio::spawn(w.run(stop)))
@@ -27,15 +34,52 @@ fn start_worker(db: &TestDb, cfg: Arc<Config>, name: &str) -> (CancellationToken
 async fn claims_follow_priority_then_run_at_and_respect_the_limit() {
     let db = TestDb::new().await;
     let now = Utc::now();
-    let low_old = enqueue(&db.pool, &NewJob::new("k", json!({})).run_at(now - chrono::Duration::seconds(60))).await.unwrap();
-    let high_new = enqueue(&db.pool, &NewJob::new("k", json!({})).priority(5).run_at(now - chrono::Duration::seconds(1))).await.unwrap();
-    let high_old = enqueue(&db.pool, &NewJob::new("k", json!({})).priority(5).run_at(now - chrono::Duration::seconds(30))).await.unwrap();
-    let future = enqueue(&db.pool, &NewJob::new("k", json!({})).priority(9).run_at(now + chrono::Duration::seconds(3600))).await.unwrap();
+    let low_old = enqueue(
+        &db.pool,
+        &NewJob::new("k", json!({})).run_at(now - chrono::Duration::seconds(60)),
+    )
+    .await
+    .unwrap();
+    let high_new = enqueue(
+        &db.pool,
+        &NewJob::new("k", json!({}))
+            .priority(5)
+            .run_at(now - chrono::Duration::seconds(1)),
+    )
+    .await
+    .unwrap();
+    let high_old = enqueue(
+        &db.pool,
+        &NewJob::new("k", json!({}))
+            .priority(5)
+            .run_at(now - chrono::Duration::seconds(30)),
+    )
+    .await
+    .unwrap();
+    let future = enqueue(
+        &db.pool,
+        &NewJob::new("k", json!({}))
+            .priority(9)
+            .run_at(now + chrono::Duration::seconds(3600)),
+    )
+    .await
+    .unwrap();
 
-    let got = claim(&db.pool, "t", 2, Duration::from_secs(30), &[]).await.unwrap();
-    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![high_old, high_new]);
-    let got = claim(&db.pool, "t", 10, Duration::from_secs(30), &[]).await.unwrap();
-    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), vec![low_old], "the future job must wait");
+    let got = claim(&db.pool, "t", 2, Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![high_old, high_new]
+    );
+    let got = claim(&db.pool, "t", 10, Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![low_old],
+        "the future job must wait"
+    );
     assert_eq!(db.status_of(future).await, "pending");
     assert_eq!(got[0].attempts, 1);
     db.close().await;
@@ -50,18 +94,30 @@ async fn dedupe_key_is_unique_among_active_jobs_only() {
     assert_eq!(a, b, "a second enqueue while pending returns the same job");
     // The SQL function other apps call behaves the same, inside their own transaction.
     let mut tx = db.pool.begin().await.unwrap();
-    let c: i64 = sqlx::query_scalar("SELECT threadsync.enqueue('diag.noop', '{}'::jsonb, dedupe_key => 'refresh:acct:t1')")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+    let c: i64 = sqlx::query_scalar(
+        "SELECT threadsync.enqueue('diag.noop', '{}'::jsonb, dedupe_key => 'refresh:acct:t1')",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(a, c);
-    assert_eq!(enqueue_batch(&db.pool, &[job.clone(), job.clone()]).await.unwrap(), 0);
+    assert_eq!(
+        enqueue_batch(&db.pool, &[job.clone(), job.clone()])
+            .await
+            .unwrap(),
+        0
+    );
 
     // Claimed (running) still dedupes; once done, a new one is created.
-    let claimed = claim(&db.pool, "t", 1, Duration::from_secs(30), &[]).await.unwrap();
+    let claimed = claim(&db.pool, "t", 1, Duration::from_secs(30), &[])
+        .await
+        .unwrap();
     assert_eq!(enqueue(&db.pool, &job).await.unwrap(), a);
-    let f = threadsync::queue::Fence { id: claimed[0].id, token: claimed[0].lease_token };
+    let f = threadsync::queue::Fence {
+        id: claimed[0].id,
+        token: claimed[0].lease_token,
+    };
     assert_eq!(fence::complete_batch(&db.pool, &[f]).await.unwrap(), 1);
     let d = enqueue(&db.pool, &job).await.unwrap();
     assert_ne!(a, d, "after the first finished, asking again runs again");
@@ -71,7 +127,9 @@ async fn dedupe_key_is_unique_among_active_jobs_only() {
 #[tokio::test]
 async fn concurrency_key_caps_running_jobs_across_concurrent_claimers() {
     let db = TestDb::new().await;
-    let jobs: Vec<NewJob> = (0..40).map(|_| NewJob::new("k", json!({})).concurrency("acct:a", 3)).collect();
+    let jobs: Vec<NewJob> = (0..40)
+        .map(|_| NewJob::new("k", json!({})).concurrency("acct:a", 3))
+        .collect();
     enqueue_batch(&db.pool, &jobs).await.unwrap();
     let free: Vec<NewJob> = (0..5).map(|_| NewJob::new("free", json!({}))).collect();
     enqueue_batch(&db.pool, &free).await.unwrap();
@@ -80,7 +138,11 @@ async fn concurrency_key_caps_running_jobs_across_concurrent_claimers() {
     let mut tasks = Vec::new();
     for i in 0..8 {
         let pool = db.pool.clone();
-        tasks.push(tokio::spawn(async move { claim(&pool, &format!("c{i}"), 10, Duration::from_secs(30), &[]).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            claim(&pool, &format!("c{i}"), 10, Duration::from_secs(30), &[])
+                .await
+                .unwrap()
+        }));
     }
     let mut claimed = Vec::new();
     for t in tasks {
@@ -88,13 +150,27 @@ async fn concurrency_key_caps_running_jobs_across_concurrent_claimers() {
     }
     let keyed = claimed.iter().filter(|j| j.kind == "k").count();
     assert_eq!(keyed, 3, "exactly the key's limit may run");
-    assert_eq!(claimed.iter().filter(|j| j.kind == "free").count(), 5, "a saturated key must not starve other jobs");
+    assert_eq!(
+        claimed.iter().filter(|j| j.kind == "free").count(),
+        5,
+        "a saturated key must not starve other jobs"
+    );
     assert_eq!(db.count("SELECT count(*) FROM threadsync.jobs WHERE status = 'running' AND concurrency_key = 'acct:a'").await, 3);
 
     // Finishing one frees exactly one place.
     let one = claimed.iter().find(|j| j.kind == "k").unwrap();
-    fence::complete_batch(&db.pool, &[threadsync::queue::Fence { id: one.id, token: one.lease_token }]).await.unwrap();
-    let next = claim(&db.pool, "c", 10, Duration::from_secs(30), &[]).await.unwrap();
+    fence::complete_batch(
+        &db.pool,
+        &[threadsync::queue::Fence {
+            id: one.id,
+            token: one.lease_token,
+        }],
+    )
+    .await
+    .unwrap();
+    let next = claim(&db.pool, "c", 10, Duration::from_secs(30), &[])
+        .await
+        .unwrap();
     assert_eq!(next.len(), 1);
     db.close().await;
 }
@@ -103,17 +179,48 @@ async fn concurrency_key_caps_running_jobs_across_concurrent_claimers() {
 async fn errors_back_off_reschedule_or_fail_and_bad_jobs_fail_alone() {
     let db = TestDb::new().await;
     let cfg = config("[queue]\npoll_ms = 100\n[retry]\nmax_attempts = 3\nbackoff_base_ms = 60000\nbackoff_cap_ms = 60000\n");
-    let transient = enqueue(&db.pool, &NewJob::new("diag.fail", json!({"mode": "transient"}))).await.unwrap();
-    let permanent = enqueue(&db.pool, &NewJob::new("diag.fail", json!({"mode": "permanent"}))).await.unwrap();
-    let later = enqueue(&db.pool, &NewJob::new("diag.fail", json!({"mode": "retry_after", "secs": 600}))).await.unwrap();
-    let unknown = enqueue(&db.pool, &NewJob::new("no.such.kind", json!({}))).await.unwrap();
-    let undecodable = enqueue(&db.pool, &NewJob::new("diag.sleep", json!({"ms": "soon"}))).await.unwrap();
-    let good: Vec<NewJob> = (0..50).map(|_| NewJob::new("diag.write", json!({}))).collect();
+    let transient = enqueue(
+        &db.pool,
+        &NewJob::new("diag.fail", json!({"mode": "transient"})),
+    )
+    .await
+    .unwrap();
+    let permanent = enqueue(
+        &db.pool,
+        &NewJob::new("diag.fail", json!({"mode": "permanent"})),
+    )
+    .await
+    .unwrap();
+    let later = enqueue(
+        &db.pool,
+        &NewJob::new("diag.fail", json!({"mode": "retry_after", "secs": 600})),
+    )
+    .await
+    .unwrap();
+    let unknown = enqueue(&db.pool, &NewJob::new("no.such.kind", json!({})))
+        .await
+        .unwrap();
+    let undecodable = enqueue(&db.pool, &NewJob::new("diag.sleep", json!({"ms": "soon"})))
+        .await
+        .unwrap();
+    let good: Vec<NewJob> = (0..50)
+        .map(|_| NewJob::new("diag.write", json!({})))
+        .collect();
     enqueue_batch(&db.pool, &good).await.unwrap();
 
     let (stop, task) = start_worker(&db, cfg, "w1");
-    db.wait_count("SELECT count(*) FROM threadsync.diag_writes", 50, Duration::from_secs(20)).await;
-    db.wait_count("SELECT count(*) FROM threadsync.jobs WHERE status = 'running'", 0, Duration::from_secs(10)).await;
+    db.wait_count(
+        "SELECT count(*) FROM threadsync.diag_writes",
+        50,
+        Duration::from_secs(20),
+    )
+    .await;
+    db.wait_count(
+        "SELECT count(*) FROM threadsync.jobs WHERE status = 'running'",
+        0,
+        Duration::from_secs(10),
+    )
+    .await;
     stop.cancel();
     task.await.unwrap().unwrap();
 
@@ -132,14 +239,21 @@ async fn errors_back_off_reschedule_or_fail_and_bad_jobs_fail_alone() {
     let (st, attempts, err, due_in) = row(transient).await;
     assert_eq!((st.as_str(), attempts), ("pending", 1));
     assert!(err.unwrap().contains("transient"));
-    assert!((25.0..=61.0).contains(&due_in), "backoff with jitter between half and all of 60 s, got {due_in}");
+    assert!(
+        (25.0..=61.0).contains(&due_in),
+        "backoff with jitter between half and all of 60 s, got {due_in}"
+    );
 
     let (st, _, err, _) = row(permanent).await;
     assert_eq!(st, "failed");
     assert!(err.unwrap().contains("permanent failure"));
 
     let (st, attempts, err, due_in) = row(later).await;
-    assert_eq!((st.as_str(), attempts), ("pending", 0), "retry-after does not use an attempt");
+    assert_eq!(
+        (st.as_str(), attempts),
+        ("pending", 0),
+        "retry-after does not use an attempt"
+    );
     assert!(err.unwrap().contains("retry later"));
     assert!((590.0..=601.0).contains(&due_in), "{due_in}");
 
@@ -156,37 +270,81 @@ async fn errors_back_off_reschedule_or_fail_and_bad_jobs_fail_alone() {
 async fn transient_failures_end_failed_after_max_attempts() {
     let db = TestDb::new().await;
     let cfg = config("[queue]\npoll_ms = 50\n[kinds.\"diag.fail\"]\nmax_attempts = 3\nbackoff_base_ms = 10\nbackoff_cap_ms = 20\n");
-    let id = enqueue(&db.pool, &NewJob::new("diag.fail", json!({"mode": "transient"}))).await.unwrap();
+    let id = enqueue(
+        &db.pool,
+        &NewJob::new("diag.fail", json!({"mode": "transient"})),
+    )
+    .await
+    .unwrap();
     let (stop, task) = start_worker(&db, cfg, "w");
-    db.wait_count(&format!("SELECT count(*) FROM threadsync.jobs WHERE id = {id} AND status = 'failed'"), 1, Duration::from_secs(20)).await;
+    db.wait_count(
+        &format!("SELECT count(*) FROM threadsync.jobs WHERE id = {id} AND status = 'failed'"),
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
     stop.cancel();
     task.await.unwrap().unwrap();
-    assert_eq!(db.count(&format!("SELECT attempts::int8 FROM threadsync.jobs WHERE id = {id}")).await, 3);
+    assert_eq!(
+        db.count(&format!(
+            "SELECT attempts::int8 FROM threadsync.jobs WHERE id = {id}"
+        ))
+        .await,
+        3
+    );
     db.close().await;
 }
 
 #[tokio::test]
 async fn a_handler_whose_lease_was_lost_commits_nothing() {
     let db = TestDb::new().await;
-    let id = enqueue(&db.pool, &NewJob::new("diag.write", json!({}))).await.unwrap();
-    let job = claim(&db.pool, "old", 1, Duration::from_secs(30), &[]).await.unwrap().remove(0);
-    // The lease expires and the reaper hands the job to someone else.
-    sqlx::query("UPDATE threadsync.jobs SET lease_expires_at = now() - interval '1 s' WHERE id = $1")
-        .bind(id)
-        .execute(&db.pool)
+    let id = enqueue(&db.pool, &NewJob::new("diag.write", json!({})))
         .await
         .unwrap();
-    assert_eq!(maintenance::reap(&db.pool, &Config::default()).await.unwrap(), 1);
-    let newer = claim(&db.pool, "new", 1, Duration::from_secs(30), &[]).await.unwrap().remove(0);
+    let job = claim(&db.pool, "old", 1, Duration::from_secs(30), &[])
+        .await
+        .unwrap()
+        .remove(0);
+    // The lease expires and the reaper hands the job to someone else.
+    sqlx::query(
+        "UPDATE threadsync.jobs SET lease_expires_at = now() - interval '1 s' WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        maintenance::reap(&db.pool, &Config::default())
+            .await
+            .unwrap(),
+        1
+    );
+    let newer = claim(&db.pool, "new", 1, Duration::from_secs(30), &[])
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(newer.attempts, 2, "the lost attempt counts");
 
-    let old = threadsync::queue::Fence { id, token: job.lease_token };
+    let old = threadsync::queue::Fence {
+        id,
+        token: job.lease_token,
+    };
     let mut tx = db.pool.begin().await.unwrap();
-    assert!(!fence::apply(&mut tx, old, &threadsync::queue::Finish::Done).await.unwrap(), "stale token is rejected");
+    assert!(
+        !fence::apply(&mut tx, old, &threadsync::queue::Finish::Done)
+            .await
+            .unwrap(),
+        "stale token is rejected"
+    );
     drop(tx);
-    let new = threadsync::queue::Fence { id, token: newer.lease_token };
+    let new = threadsync::queue::Fence {
+        id,
+        token: newer.lease_token,
+    };
     let mut tx = db.pool.begin().await.unwrap();
-    assert!(fence::apply(&mut tx, new, &threadsync::queue::Finish::Done).await.unwrap());
+    assert!(fence::apply(&mut tx, new, &threadsync::queue::Finish::Done)
+        .await
+        .unwrap());
     tx.commit().await.unwrap();
     assert_eq!(db.status_of(id).await, "done");
     db.close().await;
@@ -200,8 +358,15 @@ async fn notify_wakes_an_idle_worker_well_before_the_poll_floor() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut worst = 0.0f64;
     for _ in 0..5 {
-        let id = enqueue(&db.pool, &NewJob::new("diag.noop", json!({}))).await.unwrap();
-        db.wait_count(&format!("SELECT count(*) FROM threadsync.jobs WHERE id = {id} AND status = 'done'"), 1, Duration::from_secs(5)).await;
+        let id = enqueue(&db.pool, &NewJob::new("diag.noop", json!({})))
+            .await
+            .unwrap();
+        db.wait_count(
+            &format!("SELECT count(*) FROM threadsync.jobs WHERE id = {id} AND status = 'done'"),
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
         let ms: f64 = sqlx::query_scalar("SELECT extract(epoch FROM started_at - created_at)::float8 * 1000 FROM threadsync.jobs WHERE id = $1")
             .bind(id)
             .fetch_one(&db.pool)
@@ -210,7 +375,10 @@ async fn notify_wakes_an_idle_worker_well_before_the_poll_floor() {
         worst = worst.max(ms);
         tokio::time::sleep(Duration::from_millis(rand_ms())).await;
     }
-    assert!(worst < 500.0, "pickup took {worst} ms: LISTEN/NOTIFY is not waking the worker");
+    assert!(
+        worst < 500.0,
+        "pickup took {worst} ms: LISTEN/NOTIFY is not waking the worker"
+    );
     stop.cancel();
     task.await.unwrap().unwrap();
     db.close().await;
@@ -223,14 +391,33 @@ fn rand_ms() -> u64 {
 #[tokio::test]
 async fn cron_fires_a_missed_tick_once() {
     let db = TestDb::new().await;
-    let cfg = config("[[schedules]]\nname = \"every-minute\"\ncron = \"0 * * * * *\"\nkind = \"diag.noop\"\n");
+    let cfg = config(
+        "[[schedules]]\nname = \"every-minute\"\ncron = \"0 * * * * *\"\nkind = \"diag.noop\"\n",
+    );
     let now = Utc::now();
-    assert_eq!(cron::fire_due(&db.pool, &cfg.schedules, now).await.unwrap(), 0, "first sight only records the schedule");
+    assert_eq!(
+        cron::fire_due(&db.pool, &cfg.schedules, now).await.unwrap(),
+        0,
+        "first sight only records the schedule"
+    );
     // Pretend the fleet was down for an hour: 60 ticks were missed.
-    sqlx::query("UPDATE threadsync.cron_ticks SET last_tick = now() - interval '1 hour'").execute(&db.pool).await.unwrap();
-    assert_eq!(cron::fire_due(&db.pool, &cfg.schedules, now).await.unwrap(), 1);
-    assert_eq!(cron::fire_due(&db.pool, &cfg.schedules, now).await.unwrap(), 0);
-    assert_eq!(db.count("SELECT count(*) FROM threadsync.jobs WHERE kind = 'diag.noop'").await, 1);
+    sqlx::query("UPDATE threadsync.cron_ticks SET last_tick = now() - interval '1 hour'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        cron::fire_due(&db.pool, &cfg.schedules, now).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        cron::fire_due(&db.pool, &cfg.schedules, now).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM threadsync.jobs WHERE kind = 'diag.noop'")
+            .await,
+        1
+    );
     db.close().await;
 }
 
@@ -247,7 +434,9 @@ async fn retention_prunes_old_finished_jobs_in_batches() {
     .execute(&db.pool)
     .await
     .unwrap();
-    let n = maintenance::prune(&db.pool, Duration::from_secs(7 * 24 * 3600), 1000).await.unwrap();
+    let n = maintenance::prune(&db.pool, Duration::from_secs(7 * 24 * 3600), 1000)
+        .await
+        .unwrap();
     assert_eq!(n, 2501);
     assert_eq!(db.count("SELECT count(*) FROM threadsync.jobs").await, 2);
     db.close().await;
@@ -257,17 +446,40 @@ async fn retention_prunes_old_finished_jobs_in_batches() {
 async fn sigterm_style_shutdown_releases_unfinished_jobs_at_once() {
     let db = TestDb::new().await;
     let cfg = config("[queue]\nshutdown_grace_secs = 2\nlease_secs = 60\npoll_ms = 50\n");
-    let quick = enqueue(&db.pool, &NewJob::new("diag.sleep", json!({"ms": 300}))).await.unwrap();
-    let slow = enqueue(&db.pool, &NewJob::new("diag.sleep", json!({"ms": 60000}))).await.unwrap();
+    let quick = enqueue(&db.pool, &NewJob::new("diag.sleep", json!({"ms": 300})))
+        .await
+        .unwrap();
+    let slow = enqueue(&db.pool, &NewJob::new("diag.sleep", json!({"ms": 60000})))
+        .await
+        .unwrap();
     let (stop, task) = start_worker(&db, cfg, "w");
-    db.wait_count("SELECT count(*) FROM threadsync.jobs WHERE status = 'running'", 2, Duration::from_secs(10)).await;
+    db.wait_count(
+        "SELECT count(*) FROM threadsync.jobs WHERE status = 'running'",
+        2,
+        Duration::from_secs(10),
+    )
+    .await;
     let t = Instant::now();
     stop.cancel();
     task.await.unwrap().unwrap();
     let took = t.elapsed();
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
-    assert_eq!(db.status_of(quick).await, "done", "in-flight work within the grace period finishes");
-    assert_eq!(db.status_of(slow).await, "pending", "the rest goes back at once, not after the lease");
-    assert_eq!(db.count(&format!("SELECT attempts::int8 FROM threadsync.jobs WHERE id = {slow}")).await, 0);
+    assert_eq!(
+        db.status_of(quick).await,
+        "done",
+        "in-flight work within the grace period finishes"
+    );
+    assert_eq!(
+        db.status_of(slow).await,
+        "pending",
+        "the rest goes back at once, not after the lease"
+    );
+    assert_eq!(
+        db.count(&format!(
+            "SELECT attempts::int8 FROM threadsync.jobs WHERE id = {slow}"
+        ))
+        .await,
+        0
+    );
     db.close().await;
 }

@@ -65,7 +65,10 @@ pub struct QueueBenchReport {
 }
 
 pub async fn run(args: QueueBenchArgs) -> anyhow::Result<QueueBenchReport> {
-    anyhow::ensure!(args.jobs > 0 && args.workers > 0 && args.concurrency > 0, "--jobs, --workers and --concurrency must be positive");
+    anyhow::ensure!(
+        args.jobs > 0 && args.workers > 0 && args.concurrency > 0,
+        "--jobs, --workers and --concurrency must be positive"
+    );
     let scratch = Scratch::create("threadsync_bench", Durability::Durable).await?;
     let result = run_on(&scratch.url, &args).await;
     scratch.close().await;
@@ -81,7 +84,9 @@ async fn run_on(url: &str, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchRe
     };
 
     // Enqueue the backlog before any worker runs, in batches of 5,000.
-    let jobs: Vec<NewJob> = (0..args.jobs).map(|_| NewJob::new(kind, serde_json::json!({}))).collect();
+    let jobs: Vec<NewJob> = (0..args.jobs)
+        .map(|_| NewJob::new(kind, serde_json::json!({})))
+        .collect();
     let t = Instant::now();
     for chunk in jobs.chunks(5000) {
         enqueue_batch(&pool, chunk).await?;
@@ -100,10 +105,11 @@ async fn run_on(url: &str, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchRe
     let exactly_once = match args.mode {
         Mode::Noop => None,
         Mode::Transactional => {
-            let (rows, distinct): (i64, i64) =
-                sqlx::query_as("SELECT count(*), count(DISTINCT job_id) FROM threadsync.diag_writes")
-                    .fetch_one(&pool)
-                    .await?;
+            let (rows, distinct): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), count(DISTINCT job_id) FROM threadsync.diag_writes",
+            )
+            .fetch_one(&pool)
+            .await?;
             Some(rows == args.jobs as i64 && distinct == rows)
         }
     };
@@ -134,7 +140,10 @@ async fn wait_until_idle(pool: &PgPool, limit: Duration) -> anyhow::Result<()> {
         if !busy {
             return Ok(());
         }
-        anyhow::ensure!(t.elapsed() < limit, "the queue did not drain within {limit:?}");
+        anyhow::ensure!(
+            t.elapsed() < limit,
+            "the queue did not drain within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -149,10 +158,12 @@ async fn pickup_latency(pool: &PgPool, samples: usize) -> anyhow::Result<(f64, f
         let id = *ids.last().unwrap_or(&0);
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(5) {
-            let started: bool = sqlx::query_scalar("SELECT started_at IS NOT NULL FROM threadsync.jobs WHERE id = $1")
-                .bind(id)
-                .fetch_one(pool)
-                .await?;
+            let started: bool = sqlx::query_scalar(
+                "SELECT started_at IS NOT NULL FROM threadsync.jobs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(pool)
+            .await?;
             if started {
                 break;
             }
@@ -167,14 +178,21 @@ async fn pickup_latency(pool: &PgPool, samples: usize) -> anyhow::Result<(f64, f
     .bind(&ids)
     .fetch_all(pool)
     .await?;
-    anyhow::ensure!(ms.len() == samples, "only {} of {samples} latency probes were picked up", ms.len());
+    anyhow::ensure!(
+        ms.len() == samples,
+        "only {} of {samples} latency probes were picked up",
+        ms.len()
+    );
     ms.sort_by(f64::total_cmp);
     Ok((super::percentile(&ms, 50.0), super::percentile(&ms, 99.0)))
 }
 
 /// Worker runtimes under test: in this process, or child `threadsync worker` processes.
 enum Workers {
-    InProcess { stop: CancellationToken, tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> },
+    InProcess {
+        stop: CancellationToken,
+        tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    },
     Processes(Vec<Child>),
 }
 
@@ -186,7 +204,13 @@ impl Workers {
             let stop = CancellationToken::new();
             let tasks = (0..args.workers)
                 .map(|i| {
-                    let w = Worker::new(pool.clone(), cfg.clone(), crate::jobs::registry(), &format!("bench-{i}"), args.concurrency);
+                    let w = Worker::new(
+                        pool.clone(),
+                        cfg.clone(),
+                        crate::jobs::registry(),
+                        &format!("bench-{i}"),
+                        args.concurrency,
+                    );
                     tokio::spawn(w.run(stop.clone()))
                 })
                 .collect();
@@ -198,7 +222,12 @@ impl Workers {
         for i in 0..args.processes {
             let child = Command::new(&exe)
                 .args(["worker", "--concurrency", &args.concurrency.to_string()])
-                .args(["--runtimes", &per_process.to_string(), "--name", &format!("bench-p{i}")])
+                .args([
+                    "--runtimes",
+                    &per_process.to_string(),
+                    "--name",
+                    &format!("bench-p{i}"),
+                ])
                 .env("DATABASE_URL", url)
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
@@ -219,7 +248,10 @@ impl Workers {
             }
             Workers::Processes(children) => {
                 for mut c in children {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(c.id() as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
                     let _ = tokio::task::spawn_blocking(move || c.wait()).await;
                 }
             }
@@ -233,12 +265,25 @@ pub fn print(r: &QueueBenchReport, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("mode:            {:?}", r.mode);
-    println!("jobs:            {} ({} workers, {} processes)", r.jobs, r.workers, r.processes);
+    println!(
+        "jobs:            {} ({} workers, {} processes)",
+        r.jobs, r.workers, r.processes
+    );
     println!("enqueued:        {:.0} jobs/s", r.enqueued_per_s);
     println!("processed:       {:.0} jobs/s", r.processed_per_s);
-    println!("pickup latency:  p50 {:.1} ms, p99 {:.1} ms (single jobs, idle queue)", r.pickup_p50_ms, r.pickup_p99_ms);
+    println!(
+        "pickup latency:  p50 {:.1} ms, p99 {:.1} ms (single jobs, idle queue)",
+        r.pickup_p50_ms, r.pickup_p99_ms
+    );
     if let Some(ok) = r.exactly_once {
-        println!("exactly once:    {}", if ok { "yes (one committed row per job)" } else { "NO" });
+        println!(
+            "exactly once:    {}",
+            if ok {
+                "yes (one committed row per job)"
+            } else {
+                "NO"
+            }
+        );
     }
     Ok(())
 }

@@ -76,7 +76,9 @@ struct Fail;
 impl Handler for Fail {
     async fn run(&self, job: &JobCtx) -> JobResult {
         Err(match job.payload()? {
-            FailPayload::Transient => JobError::Transient(anyhow::anyhow!("diag: transient failure")),
+            FailPayload::Transient => {
+                JobError::Transient(anyhow::anyhow!("diag: transient failure"))
+            }
             FailPayload::Permanent => JobError::Permanent("diag: permanent failure".into()),
             FailPayload::RetryAfter { secs } => JobError::RetryAfter {
                 at: Utc::now() + chrono::Duration::seconds(secs as i64),

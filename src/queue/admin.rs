@@ -37,7 +37,12 @@ macro_rules! columns {
 
 pub const STATUSES: [&str; 5] = ["pending", "running", "done", "failed", "cancelled"];
 
-pub async fn list(pool: &PgPool, status: Option<&str>, kind: Option<&str>, limit: i64) -> sqlx::Result<Vec<JobRow>> {
+pub async fn list(
+    pool: &PgPool,
+    status: Option<&str>,
+    kind: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as(concat!(
         "SELECT ",
         columns!(),
@@ -45,16 +50,22 @@ pub async fn list(pool: &PgPool, status: Option<&str>, kind: Option<&str>, limit
           WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
           ORDER BY id DESC LIMIT $3"
     ))
-        .bind(status)
-        .bind(kind)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+    .bind(status)
+    .bind(kind)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn show(pool: &PgPool, id: i64) -> sqlx::Result<Option<JobRow>> {
-    sqlx::query_as(concat!("SELECT ", columns!(), " FROM threadsync.jobs WHERE id = $1"))
-        .bind(id).fetch_optional(pool).await
+    sqlx::query_as(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM threadsync.jobs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Puts a failed or cancelled job back to pending with fresh attempts.
@@ -70,7 +81,9 @@ pub async fn retry(pool: &PgPool, id: i64) -> anyhow::Result<()> {
         Ok(r) if r.rows_affected() == 1 => Ok(()),
         Ok(_) => Err(state_error(pool, id, "retry", "failed or cancelled").await),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            anyhow::bail!("job {id}: another job with the same dedupe key is already pending or running")
+            anyhow::bail!(
+                "job {id}: another job with the same dedupe key is already pending or running"
+            )
         }
         Err(e) => Err(e.into()),
     }

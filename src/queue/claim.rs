@@ -71,7 +71,10 @@ pub async fn claim(
     } else {
         let keyed_ids: HashSet<i64> = keyed.iter().map(|k| k.0).collect();
         let admitted: HashSet<i64> = admit_keyed(&mut tx, keyed).await?.into_iter().collect();
-        order.into_iter().filter(|id| !keyed_ids.contains(id) || admitted.contains(id)).collect()
+        order
+            .into_iter()
+            .filter(|id| !keyed_ids.contains(id) || admitted.contains(id))
+            .collect()
     };
     if ids.is_empty() {
         return Ok(Vec::new());

@@ -9,7 +9,11 @@ use super::{enqueue, NewJob};
 use crate::config::Schedule;
 
 /// Fires every schedule whose next tick is due. Returns the number of jobs enqueued.
-pub async fn fire_due(pool: &PgPool, schedules: &[Schedule], now: DateTime<Utc>) -> anyhow::Result<usize> {
+pub async fn fire_due(
+    pool: &PgPool,
+    schedules: &[Schedule],
+    now: DateTime<Utc>,
+) -> anyhow::Result<usize> {
     if schedules.is_empty() {
         return Ok(0);
     }
@@ -23,16 +27,21 @@ pub async fn fire_due(pool: &PgPool, schedules: &[Schedule], now: DateTime<Utc>)
     .bind(now)
     .execute(pool)
     .await?;
-    let last: Vec<(String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT schedule, last_tick FROM threadsync.cron_ticks WHERE schedule = ANY($1)")
-            .bind(&names)
-            .fetch_all(pool)
-            .await?;
+    let last: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT schedule, last_tick FROM threadsync.cron_ticks WHERE schedule = ANY($1)",
+    )
+    .bind(&names)
+    .fetch_all(pool)
+    .await?;
 
     let mut fired = 0;
     for (name, last_tick) in last {
-        let Some(s) = schedules.iter().find(|s| s.name == name) else { continue };
-        let Some(tick) = latest_due_tick(s, last_tick, now) else { continue };
+        let Some(s) = schedules.iter().find(|s| s.name == name) else {
+            continue;
+        };
+        let Some(tick) = latest_due_tick(s, last_tick, now) else {
+            continue;
+        };
         let mut tx = pool.begin().await?;
         let won = sqlx::query(
             "UPDATE threadsync.cron_ticks SET last_tick = $2 WHERE schedule = $1 AND last_tick < $2",
@@ -59,7 +68,11 @@ pub async fn fire_due(pool: &PgPool, schedules: &[Schedule], now: DateTime<Utc>)
 }
 
 /// The latest tick in (last_tick, now], if any.
-fn latest_due_tick(s: &Schedule, last_tick: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+fn latest_due_tick(
+    s: &Schedule,
+    last_tick: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     // Bounded: a per-second schedule after a month offline is 2.6M steps; cap the walk and
     // fall back to the last tick found (still a single firing).
     s.cron

@@ -23,7 +23,10 @@ pub enum Finish {
     /// Save progress; the job keeps running.
     Checkpoint(Value),
     /// Done for now: run again at `at` (attempts reset), keeping `checkpoint` when given.
-    Reschedule { at: DateTime<Utc>, checkpoint: Option<Value> },
+    Reschedule {
+        at: DateTime<Utc>,
+        checkpoint: Option<Value>,
+    },
 }
 
 /// Applies `finish` under the fence as the first statement of the caller's transaction, so
@@ -126,7 +129,11 @@ pub async fn retry_at<'c>(
 }
 
 /// Retrying cannot help: fail now and keep the reason.
-pub async fn fail_permanent<'c>(db: impl PgExecutor<'c>, fence: Fence, error: &str) -> sqlx::Result<bool> {
+pub async fn fail_permanent<'c>(
+    db: impl PgExecutor<'c>,
+    fence: Fence,
+    error: &str,
+) -> sqlx::Result<bool> {
     let n = sqlx::query(
         "UPDATE threadsync.jobs
             SET status = 'failed', finished_at = now(), last_error = $3,

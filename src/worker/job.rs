@@ -81,7 +81,10 @@ impl JobCtx {
             run_id: job.run_id,
             worker,
             pool,
-            fence: Fence { id: job.id, token: job.lease_token },
+            fence: Fence {
+                id: job.id,
+                token: job.lease_token,
+            },
             finished: AtomicBool::new(false),
         }
     }
@@ -100,7 +103,10 @@ impl JobCtx {
         if !fence::apply(&mut tx, self.fence, &finish).await? {
             return Err(JobError::LeaseLost);
         }
-        Ok(Fenced { tx, finishes: !matches!(finish, Finish::Checkpoint(_)) })
+        Ok(Fenced {
+            tx,
+            finishes: !matches!(finish, Finish::Checkpoint(_)),
+        })
     }
 
     pub async fn commit(&self, fenced: Fenced) -> JobResult {

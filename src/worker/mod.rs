@@ -51,7 +51,13 @@ struct InFlight {
 }
 
 impl Worker {
-    pub fn new(pool: PgPool, cfg: Arc<Config>, registry: Registry, name: &str, concurrency: usize) -> Self {
+    pub fn new(
+        pool: PgPool,
+        cfg: Arc<Config>,
+        registry: Registry,
+        name: &str,
+        concurrency: usize,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let concurrency = concurrency.max(1);
         Worker {
@@ -164,11 +170,17 @@ async fn start_jobs(s: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
     let mut over_limit = Vec::new();
     for job in jobs {
         let Ok(permit) = s.slots.clone().try_acquire_owned() else {
-            over_limit.push(Fence { id: job.id, token: job.lease_token });
+            over_limit.push(Fence {
+                id: job.id,
+                token: job.lease_token,
+            });
             continue;
         };
         if !take_kind_slot(s, &job.kind) {
-            over_limit.push(Fence { id: job.id, token: job.lease_token });
+            over_limit.push(Fence {
+                id: job.id,
+                token: job.lease_token,
+            });
             continue;
         }
         spawn_job(s, job, permit);
@@ -212,9 +224,17 @@ impl Drop for SlotGuard {
 }
 
 fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
-    let fence = Fence { id: job.id, token: job.lease_token };
+    let fence = Fence {
+        id: job.id,
+        token: job.lease_token,
+    };
     let ctx = Arc::new(JobCtx::new(job, s.name.clone(), s.pool.clone()));
-    let guard = SlotGuard { shared: s.clone(), id: ctx.id, kind: ctx.kind.clone(), _permit: permit };
+    let guard = SlotGuard {
+        shared: s.clone(),
+        id: ctx.id,
+        kind: ctx.kind.clone(),
+        _permit: permit,
+    };
     let shared = s.clone();
     let task_ctx = ctx.clone();
     // Hold the map lock across spawn so the task cannot finish before it is registered.
@@ -222,15 +242,30 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
     let handle = tokio::spawn(async move {
         let _guard = guard;
         let outcome = match shared.registry.get(&task_ctx.kind) {
-            None => Err(JobError::Permanent(format!("unknown job kind {:?}", task_ctx.kind))),
+            None => Err(JobError::Permanent(format!(
+                "unknown job kind {:?}",
+                task_ctx.kind
+            ))),
             Some(h) => AssertUnwindSafe(h.run(&task_ctx))
                 .catch_unwind()
                 .await
-                .unwrap_or_else(|p| Err(JobError::Transient(anyhow::anyhow!("handler panicked: {}", panic_text(&p))))),
+                .unwrap_or_else(|p| {
+                    Err(JobError::Transient(anyhow::anyhow!(
+                        "handler panicked: {}",
+                        panic_text(&p)
+                    )))
+                }),
         };
         record(&shared, &task_ctx, outcome).await;
     });
-    inflight.insert(fence.id, InFlight { fence, ctx, abort: handle.abort_handle() });
+    inflight.insert(
+        fence.id,
+        InFlight {
+            fence,
+            ctx,
+            abort: handle.abort_handle(),
+        },
+    );
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
@@ -275,11 +310,15 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
             }
             JobError::RetryAfter { at, reason } => {
                 debug!(job = ctx.id, kind = %ctx.kind, %at, reason = %reason, "job rescheduled by provider signal");
-                fence::retry_at(&s.pool, ctx.fence, *at, reason).await.map(drop)
+                fence::retry_at(&s.pool, ctx.fence, *at, reason)
+                    .await
+                    .map(drop)
             }
             JobError::Permanent(reason) => {
                 warn!(job = ctx.id, kind = %ctx.kind, reason = %reason, "job failed permanently");
-                fence::fail_permanent(&s.pool, ctx.fence, reason).await.map(drop)
+                fence::fail_permanent(&s.pool, ctx.fence, reason)
+                    .await
+                    .map(drop)
             }
             JobError::LeaseLost => return,
         };
@@ -434,7 +473,11 @@ async fn drain(s: &Arc<Shared>) {
     let deadline = Instant::now() + grace;
     let busy = || !lock(&s.inflight).is_empty();
     if busy() {
-        info!(jobs = lock(&s.inflight).len(), ?grace, "shutting down: waiting for in-flight jobs");
+        info!(
+            jobs = lock(&s.inflight).len(),
+            ?grace,
+            "shutting down: waiting for in-flight jobs"
+        );
     }
     while busy() && Instant::now() < deadline {
         tokio::select! { _ = s.wake.notified() => {}, _ = sleep(Duration::from_millis(50)) => {} }

@@ -2,7 +2,7 @@
 //! private server per test process), worker processes, and polling helpers.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -24,7 +24,8 @@ pub fn admin_url() -> String {
     }
     let server = SERVER.get_or_init(|| {
         let pg = PrivatePg::start(Durability::Throwaway).map_err(|e| format!("{e:#}"))?;
-        pg.stop_when_process_exits(std::process::id()).map_err(|e| format!("{e:#}"))?;
+        pg.stop_when_process_exits(std::process::id())
+            .map_err(|e| format!("{e:#}"))?;
         Ok(pg)
     });
     match server {
@@ -45,10 +46,16 @@ impl TestDb {
     }
 
     pub async fn on(admin_url: &str) -> TestDb {
-        let scratch = Scratch::create_on(admin_url, "ts_test").await.expect("scratch database");
+        let scratch = Scratch::create_on(admin_url, "ts_test")
+            .await
+            .expect("scratch database");
         let pool = db::connect(&scratch.url, 20).await.expect("connect");
         db::migrate(&pool).await.expect("migrate");
-        TestDb { url: scratch.url.clone(), pool, scratch: Some(scratch) }
+        TestDb {
+            url: scratch.url.clone(),
+            pool,
+            scratch: Some(scratch),
+        }
     }
 
     pub async fn close(mut self) {
@@ -59,7 +66,10 @@ impl TestDb {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&self.pool).await.expect(sql)
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&self.pool)
+            .await
+            .expect(sql)
     }
 
     pub async fn status_of(&self, id: i64) -> String {
@@ -78,7 +88,10 @@ impl TestDb {
             if n == want {
                 return;
             }
-            assert!(t.elapsed() < limit, "timed out after {limit:?} waiting for `{sql}` = {want}, last {n}");
+            assert!(
+                t.elapsed() < limit,
+                "timed out after {limit:?} waiting for `{sql}` = {want}, last {n}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -86,7 +99,11 @@ impl TestDb {
 
 /// Writes a jobs.toml for a test and returns its path.
 pub fn write_config(text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("threadsync-test-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let dir = std::env::temp_dir().join(format!(
+        "threadsync-test-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::create_dir_all(&dir).expect("config dir");
     let p = dir.join("jobs.toml");
     std::fs::write(&p, text).expect("write config");
@@ -100,23 +117,41 @@ pub struct WorkerProc {
 }
 
 impl WorkerProc {
-    pub fn start(db_url: &str, config: &PathBuf, name: &str, concurrency: usize) -> WorkerProc {
-        let log = std::env::temp_dir().join(format!("threadsync-{name}-{}.log", std::process::id()));
+    pub fn start(db_url: &str, config: &Path, name: &str, concurrency: usize) -> WorkerProc {
+        let log =
+            std::env::temp_dir().join(format!("threadsync-{name}-{}.log", std::process::id()));
         let child = Command::new(env!("CARGO_BIN_EXE_threadsync"))
-            .args(["--config", &config.display().to_string(), "worker", "--name", name])
+            .args([
+                "--config",
+                &config.display().to_string(),
+                "worker",
+                "--name",
+                name,
+            ])
             .args(["--concurrency", &concurrency.to_string()])
             .env("DATABASE_URL", db_url)
             .env("RUST_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+            .stderr(
+                std::fs::File::create(&log)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            )
             .spawn()
             .expect("spawn worker");
-        WorkerProc { child, name: name.to_string() }
+        WorkerProc {
+            child,
+            name: name.to_string(),
+        }
     }
 
     pub fn log(&self) -> String {
-        let log = std::env::temp_dir().join(format!("threadsync-{}-{}.log", self.name, std::process::id()));
+        let log = std::env::temp_dir().join(format!(
+            "threadsync-{}-{}.log",
+            self.name,
+            std::process::id()
+        ));
         std::fs::read_to_string(log).unwrap_or_default()
     }
 
