@@ -38,7 +38,10 @@ CREATE UNIQUE INDEX jobs_dedupe_active ON threadsync.jobs (dedupe_key)
 CREATE INDEX jobs_running_lease ON threadsync.jobs (lease_expires_at) WHERE status = 'running';
 CREATE INDEX jobs_running_concurrency ON threadsync.jobs (concurrency_key)
     WHERE status = 'running' AND concurrency_key IS NOT NULL;
-CREATE INDEX jobs_run ON threadsync.jobs (run_id) WHERE run_id IS NOT NULL;
+-- "Is this sync run finished?" must stay cheap however many of its jobs are done.
+CREATE INDEX jobs_run_active ON threadsync.jobs (run_id)
+    WHERE run_id IS NOT NULL AND status IN ('pending', 'running');
+CREATE INDEX jobs_run_failed ON threadsync.jobs (run_id) WHERE run_id IS NOT NULL AND status = 'failed';
 
 -- One NOTIFY per inserting statement (not per row): a batch insert of 10,000 jobs wakes
 -- workers once, and PostgreSQL folds duplicate notifications inside a transaction.

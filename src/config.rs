@@ -126,6 +126,7 @@ pub struct Account {
     pub token_env: String,
     pub requests_per_second: f64,
     pub max_in_flight: i32,
+    pub request_timeout: Duration,
 }
 
 // ---- raw file shape -------------------------------------------------------------------
@@ -177,6 +178,12 @@ struct RawAccount {
     requests_per_second: f64,
     #[serde(default = "default_in_flight")]
     max_in_flight: i32,
+    #[serde(default = "default_timeout")]
+    request_timeout_secs: f64,
+}
+
+fn default_timeout() -> f64 {
+    30.0
 }
 
 fn default_rps() -> f64 {
@@ -337,6 +344,7 @@ impl Config {
                 token_env: a.token_env,
                 requests_per_second: a.requests_per_second,
                 max_in_flight: a.max_in_flight,
+                request_timeout: Duration::from_secs_f64(a.request_timeout_secs),
             });
         }
 

@@ -4,9 +4,13 @@
 pub mod bench;
 pub mod config;
 pub mod db;
+pub mod flow;
 pub mod jobs;
 pub mod pg;
+pub mod providers;
 pub mod queue;
+pub mod store;
+pub mod sync;
 pub mod worker;
 
 /// Sets up logging to stderr; RUST_LOG overrides the default level.

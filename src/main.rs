@@ -211,7 +211,7 @@ async fn run_worker(
         } else {
             format!("{name}/{i}")
         };
-        let w = Worker::new(pool.clone(), cfg.clone(), jobs::registry(), &n, concurrency);
+        let w = Worker::new(pool.clone(), cfg.clone(), jobs::registry(&cfg), &n, concurrency);
         tasks.push(tokio::spawn(w.run(stop.clone())));
     }
     for t in tasks {

@@ -26,7 +26,7 @@ fn start_worker(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let stop = CancellationToken::new();
-    let w = Worker::new(db.pool.clone(), cfg, threadsync::jobs::registry(), name, 8);
+    let w = Worker::new(db.pool.clone(), cfg, threadsync::jobs::registry(&cfg), name, 8);
     (stop.clone(), tokio::spawn(w.run(stop)))
 }
 

@@ -207,7 +207,7 @@ impl Workers {
                     let w = Worker::new(
                         pool.clone(),
                         cfg.clone(),
-                        crate::jobs::registry(),
+                        crate::jobs::registry(&cfg),
                         &format!("bench-{i}"),
                         args.concurrency,
                     );

@@ -1,0 +1,189 @@
+//! Writes to the synced copy: bulk, idempotent upserts of threads and messages, and run
+//! progress. Every function takes the caller's (fenced) transaction.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+#[derive(Debug, Clone)]
+pub struct ThreadRow {
+    pub thread_id: String,
+    pub conversation_type: Option<String>,
+    pub title: Option<String>,
+    pub status: Option<String>,
+    pub reference_id: Option<String>,
+    pub reference_type: Option<String>,
+    pub unread_count: i32,
+    pub latest_message_id: Option<String>,
+    pub latest_message_at: Option<DateTime<Utc>>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub message_id: String,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    pub is_read: Option<bool>,
+    pub sent_at: DateTime<Utc>,
+    pub media: Option<Value>,
+    pub status: Option<String>,
+}
+
+/// Progress one job contributes to its run, committed with its data.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub pages_listed: i32,
+    pub threads_seen: i32,
+    pub threads_fetched: i32,
+    pub threads_skipped: i32,
+    pub threads_deleted: i32,
+    pub messages_written: i32,
+    pub http_calls: i32,
+}
+
+/// Upserts thread metadata as a provider list shows it. `fetched_message_id` is left alone:
+/// only a completed conversation fetch moves it.
+pub async fn upsert_threads(conn: &mut PgConnection, account: &str, provider: &str, rows: &[ThreadRow]) -> sqlx::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let col = |f: fn(&ThreadRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, conversation_type, title, status,
+                reference_id, reference_type, unread_count, latest_message_id, latest_message_at, created_at)
+         SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                                       $9::int[], $10::text[], $11::timestamptz[], $12::timestamptz[])
+         ON CONFLICT (account_id, thread_id) DO UPDATE SET
+                conversation_type = coalesce(excluded.conversation_type, t.conversation_type),
+                title = excluded.title, status = excluded.status,
+                reference_id = excluded.reference_id, reference_type = excluded.reference_type,
+                unread_count = excluded.unread_count,
+                latest_message_id = excluded.latest_message_id,
+                latest_message_at = excluded.latest_message_at,
+                created_at = coalesce(excluded.created_at, t.created_at),
+                deleted_at = NULL, synced_at = now()",
+    )
+    .bind(account)
+    .bind(provider)
+    .bind(rows.iter().map(|r| r.thread_id.clone()).collect::<Vec<_>>())
+    .bind(col(|r| r.conversation_type.clone()))
+    .bind(col(|r| r.title.clone()))
+    .bind(col(|r| r.status.clone()))
+    .bind(col(|r| r.reference_id.clone()))
+    .bind(col(|r| r.reference_type.clone()))
+    .bind(rows.iter().map(|r| r.unread_count).collect::<Vec<_>>())
+    .bind(col(|r| r.latest_message_id.clone()))
+    .bind(rows.iter().map(|r| r.latest_message_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The newest message we hold in full, per thread (absent: never fetched or unknown thread).
+pub async fn fetched_ids(pool: &PgPool, account: &str, thread_ids: &[String]) -> sqlx::Result<HashMap<String, String>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT thread_id, fetched_message_id FROM threadsync.threads
+          WHERE account_id = $1 AND thread_id = ANY($2) AND fetched_message_id IS NOT NULL",
+    )
+    .bind(account)
+    .bind(thread_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Upserts messages by provider id; rows that did not change are not rewritten. Returns how
+/// many rows were inserted or changed.
+pub async fn upsert_messages(conn: &mut PgConnection, account: &str, thread_id: &str, rows: &[MessageRow]) -> sqlx::Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let col = |f: fn(&MessageRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let r = sqlx::query(
+        "INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient, subject, body,
+                is_read, sent_at, media, status)
+         SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[],
+                                       $9::timestamptz[], $10::jsonb[], $11::text[])
+         ON CONFLICT (account_id, message_id) DO UPDATE SET
+                thread_id = excluded.thread_id, sender = excluded.sender, recipient = excluded.recipient,
+                subject = excluded.subject, body = excluded.body, is_read = excluded.is_read,
+                sent_at = excluded.sent_at, media = excluded.media, status = excluded.status, synced_at = now()
+          WHERE (m.thread_id, m.sender, m.recipient, m.subject, m.body, m.is_read, m.sent_at, m.media, m.status)
+                IS DISTINCT FROM
+                (excluded.thread_id, excluded.sender, excluded.recipient, excluded.subject, excluded.body,
+                 excluded.is_read, excluded.sent_at, excluded.media, excluded.status)",
+    )
+    .bind(account)
+    .bind(thread_id)
+    .bind(rows.iter().map(|r| r.message_id.clone()).collect::<Vec<_>>())
+    .bind(col(|r| r.sender.clone()))
+    .bind(col(|r| r.recipient.clone()))
+    .bind(col(|r| r.subject.clone()))
+    .bind(col(|r| r.body.clone()))
+    .bind(rows.iter().map(|r| r.is_read).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.media.clone()).collect::<Vec<_>>())
+    .bind(col(|r| r.status.clone()))
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// After a complete fetch: the thread's newest message is the newest one we hold.
+pub async fn mark_fetched(conn: &mut PgConnection, account: &str, provider: &str, thread_id: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id, latest_message_at,
+                                             fetched_message_id)
+         SELECT $1, $2, $3, m.message_id, m.sent_at, m.message_id
+           FROM threadsync.messages m WHERE m.account_id = $1 AND m.thread_id = $3
+          ORDER BY m.sent_at DESC, m.message_id DESC LIMIT 1
+         ON CONFLICT (account_id, thread_id) DO UPDATE SET
+                fetched_message_id = excluded.fetched_message_id,
+                latest_message_id = CASE WHEN t.latest_message_at IS NULL OR excluded.latest_message_at >= t.latest_message_at
+                                         THEN excluded.latest_message_id ELSE t.latest_message_id END,
+                latest_message_at = greatest(t.latest_message_at, excluded.latest_message_at),
+                deleted_at = NULL, synced_at = now()",
+    )
+    .bind(account)
+    .bind(provider)
+    .bind(thread_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The provider no longer has the thread: keep its messages, mark it deleted.
+pub async fn mark_deleted(conn: &mut PgConnection, account: &str, thread_id: &str) -> sqlx::Result<()> {
+    sqlx::query("UPDATE threadsync.threads SET deleted_at = now() WHERE account_id = $1 AND thread_id = $2")
+        .bind(account)
+        .bind(thread_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn add_progress(conn: &mut PgConnection, run_id: Option<i64>, p: Progress) -> sqlx::Result<()> {
+    let Some(run_id) = run_id else { return Ok(()) };
+    sqlx::query(
+        "INSERT INTO threadsync.sync_run_progress (run_id, pages_listed, threads_seen, threads_fetched,
+                threads_skipped, threads_deleted, messages_written, http_calls)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(run_id)
+    .bind(p.pages_listed)
+    .bind(p.threads_seen)
+    .bind(p.threads_fetched)
+    .bind(p.threads_skipped)
+    .bind(p.threads_deleted)
+    .bind(p.messages_written)
+    .bind(p.http_calls)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

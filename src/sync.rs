@@ -1,0 +1,242 @@
+//! Sync runs: registering accounts, starting a run (one per account at a time), deciding
+//! when a run is finished, and reading its status.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+use crate::config::{Config, Provider};
+use crate::queue::{enqueue, NewJob};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Walk every list and every changed thread: what an admin asks for.
+    Full,
+    /// Only what changed since the last completed run.
+    Incremental,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Incremental => "incremental",
+        }
+    }
+}
+
+/// The job kind that plans a run.
+pub const START_KIND: &str = "sync.start";
+
+pub fn provider_name(p: &Provider) -> &'static str {
+    match p {
+        Provider::Ebay => "ebay",
+        Provider::Smseagle => "smseagle",
+    }
+}
+
+/// Copies the configured accounts (and their limits) into the database, so SQL callers and
+/// every worker agree on them.
+pub async fn register_accounts(pool: &PgPool, cfg: &Config) -> sqlx::Result<()> {
+    for a in &cfg.accounts {
+        sqlx::query(
+            "INSERT INTO threadsync.accounts (id, provider, max_in_flight) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET provider = excluded.provider, max_in_flight = excluded.max_in_flight,
+                                            updated_at = now()",
+        )
+        .bind(&a.id)
+        .bind(provider_name(&a.provider))
+        .bind(a.max_in_flight)
+        .execute(pool)
+        .await?;
+        sqlx::query("INSERT INTO threadsync.flow (account_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(&a.id)
+            .execute(pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Starts a run unless one is already active for the account. Returns the run id and
+/// whether it is new. The planning job commits with the run row.
+pub async fn start_run(conn: &mut PgConnection, account: &str, mode: Mode) -> sqlx::Result<(i64, bool)> {
+    let created: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO threadsync.sync_runs (account_id, mode) VALUES ($1, $2)
+         ON CONFLICT (account_id) WHERE state IN ('running', 'catching_up') DO NOTHING RETURNING id",
+    )
+    .bind(account)
+    .bind(mode.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(id) = created {
+        let job = NewJob::new(START_KIND, json!({"account": account, "mode": mode, "run_id": id}))
+            .priority(20)
+            .run(id);
+        enqueue(&mut *conn, &job).await?;
+        return Ok((id, true));
+    }
+    let running: i64 = sqlx::query_scalar(
+        "SELECT id FROM threadsync.sync_runs WHERE account_id = $1 AND state IN ('running', 'catching_up')",
+    )
+    .bind(account)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((running, false))
+}
+
+/// What finishing a run's current phase should do next.
+pub enum Phase {
+    /// Jobs of the run are still pending or running.
+    Busy,
+    /// The main pass just ended and the catch-up pass was enqueued.
+    CatchUp,
+    /// The run is over.
+    Finished,
+}
+
+/// Called after each run job commits: the last job to finish moves the run on. Cheap when
+/// other jobs remain (one index probe); the run row is locked only at the very end.
+pub async fn advance_if_idle(
+    pool: &PgPool,
+    run_id: i64,
+    catch_up: impl FnOnce(DateTime<Utc>) -> Vec<NewJob>,
+) -> sqlx::Result<Phase> {
+    if active_jobs(pool, run_id).await? {
+        return Ok(Phase::Busy);
+    }
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, String, DateTime<Utc>)> =
+        sqlx::query_as("SELECT state, account_id, started_at FROM threadsync.sync_runs WHERE id = $1 FOR UPDATE")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((state, account, started_at)) = row else { return Ok(Phase::Busy) };
+    if active_jobs(&mut *tx, run_id).await? {
+        return Ok(Phase::Busy);
+    }
+    match state.as_str() {
+        "running" => {
+            sqlx::query("UPDATE threadsync.sync_runs SET state = 'catching_up' WHERE id = $1")
+                .bind(run_id)
+                .execute(&mut *tx)
+                .await?;
+            crate::queue::enqueue_batch(&mut *tx, &catch_up(started_at)).await?;
+            tx.commit().await?;
+            Ok(Phase::CatchUp)
+        }
+        "catching_up" => {
+            let failed: Option<String> = sqlx::query_scalar(
+                "SELECT kind || ' job ' || id || ': ' || coalesce(last_error, '?') FROM threadsync.jobs
+                  WHERE run_id = $1 AND status = 'failed' ORDER BY id LIMIT 1",
+            )
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE threadsync.sync_runs SET state = $2, finished_at = now(), last_error = $3 WHERE id = $1",
+            )
+            .bind(run_id)
+            .bind(if failed.is_some() { "failed" } else { "done" })
+            .bind(&failed)
+            .execute(&mut *tx)
+            .await?;
+            if failed.is_none() {
+                // Only a complete run moves the watermark, and only to its start: whatever
+                // changed while it ran is looked at again next time.
+                sqlx::query(
+                    "UPDATE threadsync.accounts SET members_synced_from = $2, updated_at = now() WHERE id = $1",
+                )
+                .bind(&account)
+                .bind(started_at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Phase::Finished)
+        }
+        _ => Ok(Phase::Busy),
+    }
+}
+
+async fn active_jobs<'c>(db: impl sqlx::PgExecutor<'c>, run_id: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM threadsync.jobs WHERE run_id = $1 AND status IN ('pending', 'running'))",
+    )
+    .bind(run_id)
+    .fetch_one(db)
+    .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct RunStatus {
+    pub run_id: i64,
+    pub account_id: String,
+    pub mode: String,
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub pages_listed: i64,
+    pub threads_seen: i64,
+    pub threads_fetched: i64,
+    pub threads_skipped: i64,
+    pub threads_deleted: i64,
+    pub messages_written: i64,
+    pub http_calls: i64,
+    /// Jobs of the run still pending or running.
+    #[sqlx(default)]
+    pub jobs_active: i64,
+    #[sqlx(default)]
+    pub jobs_failed: i64,
+}
+
+pub async fn run_status(pool: &PgPool, run_id: i64) -> sqlx::Result<Option<RunStatus>> {
+    let mut s: Option<RunStatus> = sqlx::query_as("SELECT * FROM threadsync.sync_run_totals WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(s) = s.as_mut() {
+        let (active, failed): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status IN ('pending', 'running')), count(*) FILTER (WHERE status = 'failed')
+               FROM threadsync.jobs WHERE run_id = $1 AND status IN ('pending', 'running', 'failed')",
+        )
+        .bind(run_id)
+        .fetch_one(pool)
+        .await?;
+        s.jobs_active = active;
+        s.jobs_failed = failed;
+    }
+    Ok(s)
+}
+
+pub async fn latest_run(pool: &PgPool, account: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar("SELECT max(id) FROM threadsync.sync_runs WHERE account_id = $1")
+        .bind(account)
+        .fetch_one(pool)
+        .await
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AccountStatus {
+    pub id: String,
+    pub provider: String,
+    pub paused_until: Option<DateTime<Utc>>,
+    pub pause_reason: Option<String>,
+    pub members_synced_from: Option<DateTime<Utc>>,
+    pub threads: i64,
+    pub messages: i64,
+}
+
+pub async fn account_status(pool: &PgPool, account: &str) -> sqlx::Result<Option<AccountStatus>> {
+    sqlx::query_as(
+        "SELECT a.id, a.provider, a.paused_until, a.pause_reason, a.members_synced_from,
+                (SELECT count(*) FROM threadsync.threads t WHERE t.account_id = a.id AND t.deleted_at IS NULL) AS threads,
+                (SELECT count(*) FROM threadsync.messages m WHERE m.account_id = a.id) AS messages
+           FROM threadsync.accounts a WHERE a.id = $1",
+    )
+    .bind(account)
+    .fetch_optional(pool)
+    .await
+}
