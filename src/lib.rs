@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod pg;
 pub mod providers;
 pub mod queue;
+pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod worker;

@@ -69,6 +69,8 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Serve one provider simulator over HTTP until Ctrl-C.
+    Sim(threadsync::sim::SimArgs),
 }
 
 #[derive(Subcommand)]
@@ -100,6 +102,8 @@ enum JobsCmd {
 enum BenchCmd {
     /// Queue throughput and pickup latency.
     Queue(bench::queue::QueueBenchArgs),
+    /// Simulator start-up time and requests/s from a local load client.
+    Sim(threadsync::sim::SimBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -178,6 +182,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = bench::queue::run(args).await?;
             bench::queue::print(&report, json)
         }
+        Cmd::Bench(BenchCmd::Sim(args)) => threadsync::sim::bench_cli(args).await,
+        Cmd::Sim(args) => threadsync::sim::run_cli(args).await,
     }
 }
 

@@ -1,0 +1,526 @@
+//! Provider simulators (eBay, SMSEagle, Facebook, Hostaway) behind one
+//! harness: deterministic seeded data, fault injection, rate limits, request
+//! stats, a ground-truth export and live mutations. Used by tests, the
+//! benchmark and the demo, and runnable standalone via `threadsync sim`.
+
+// Validation helpers return ready-made error responses as `Err`; they are
+// built once per failed request, so boxing them would buy nothing.
+#![allow(clippy::result_large_err)]
+
+mod bench;
+pub mod clock;
+mod control;
+pub mod ebay;
+pub mod facebook;
+pub mod faults;
+pub mod hostaway;
+pub mod http;
+pub mod smseagle;
+pub mod stats;
+
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub use bench::{bench_cli, SimBenchArgs};
+pub use faults::Faults;
+pub use stats::{AccountStats, StatsSnapshot, Totals};
+
+use faults::{FaultAction, FaultPlan};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Ebay,
+    Facebook,
+    Smseagle,
+    Hostaway,
+}
+
+/// Which messages make a thread match eBay's `start_time`/`end_time` window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StartTimeSemantics {
+    /// Any message (buyer or seller) in the window.
+    AnyMessage,
+    /// Only buyer (inbound) messages count: seller replies do not surface a thread.
+    InboundOnly,
+}
+
+/// Order of messages inside eBay getConversation pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageOrder {
+    Asc,
+    Desc,
+}
+
+/// Spelling of SMSEagle sent-message statuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusStyle {
+    /// Gammu enum: `SendingOK`, `DeliveryOK`, ...
+    Gammu,
+    /// `sending_ok`, `delivery_ok`, ...
+    Snake,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub provider: Provider,
+    pub accounts: usize,
+    /// Threads (conversations / phone numbers / reservations) per account.
+    pub threads: usize,
+    /// Mean messages per thread.
+    pub messages: usize,
+    pub seed: u64,
+    /// Added to every provider request.
+    pub latency_ms: u64,
+    /// Daily request quota per account (eBay 2001; Facebook BUC budget). None = unlimited.
+    pub daily_quota: Option<u64>,
+    /// Per-account requests per second, sliding 1 s window. None = unlimited
+    /// (Facebook defaults to its documented 2 calls/s per Page when None).
+    pub rps_limit: Option<f64>,
+    pub faults: Faults,
+    pub start_time_semantics: StartTimeSemantics,
+    /// Background workload: new messages per second across all accounts.
+    pub mutate_rate: f64,
+    /// Lifetime of tokens minted by the token endpoints.
+    pub token_ttl_secs: u64,
+    /// Epoch ms of the first quota reset; None = next UTC midnight.
+    pub quota_reset_at_ms: Option<i64>,
+    pub message_order: MessageOrder,
+    /// SMSEagle: status spelling.
+    pub status_style: StatusStyle,
+    /// SMSEagle: probability that a serial id is skipped (gaps in ids).
+    pub id_gap_rate: f64,
+    /// SMSEagle: share of sent messages that never get a delivery report.
+    pub no_report_rate: f64,
+    /// Facebook: probability an item is privacy-filtered out of a page.
+    pub drop_rate: f64,
+    /// Facebook: only the newest N messages of a conversation are readable.
+    pub detail_window: usize,
+    /// Hostaway: requests per window per client IP and per account, window length.
+    pub hostaway_ip_limit: u32,
+    pub hostaway_account_limit: u32,
+    pub hostaway_window_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            provider: Provider::Ebay,
+            accounts: 1,
+            threads: 100,
+            messages: 20,
+            seed: 1,
+            latency_ms: 0,
+            daily_quota: None,
+            rps_limit: None,
+            faults: Faults::default(),
+            start_time_semantics: StartTimeSemantics::AnyMessage,
+            mutate_rate: 0.0,
+            token_ttl_secs: 7200,
+            quota_reset_at_ms: None,
+            message_order: MessageOrder::Asc,
+            status_style: StatusStyle::Gammu,
+            id_gap_rate: 0.05,
+            no_report_rate: 0.1,
+            drop_rate: 0.0,
+            detail_window: 20,
+            hostaway_ip_limit: 15,
+            hostaway_account_limit: 20,
+            hostaway_window_ms: 10_000,
+        }
+    }
+}
+
+/// Rate-limit knobs changeable at runtime through `/_sim/faults`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    pub rps_limit: Option<f64>,
+    pub daily_quota: Option<u64>,
+}
+
+/// State every simulator shares: faults, stats, clock, limits.
+pub struct Harness {
+    pub config: SimConfig,
+    pub faults: FaultPlan,
+    pub stats: stats::Stats,
+    pub clock: clock::SimClock,
+    pub limits: RwLock<Limits>,
+    pub latency_ms: AtomicU64,
+}
+
+impl Harness {
+    pub fn new(config: SimConfig) -> Self {
+        Self {
+            faults: FaultPlan::new(config.seed, config.faults.clone()),
+            stats: stats::Stats::default(),
+            clock: clock::SimClock::new(),
+            limits: RwLock::new(Limits {
+                rps_limit: config.rps_limit,
+                daily_quota: config.daily_quota,
+            }),
+            latency_ms: AtomicU64::new(config.latency_ms),
+            config,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits.read().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// What each provider plugs into the shared harness.
+pub trait SimProvider: Send + Sync + 'static {
+    fn harness(&self) -> &Harness;
+    /// Account a request belongs to, for stats only (no validity check).
+    fn identify(&self, parts: &Parts) -> Option<String>;
+    /// Whether requests to this matched path count toward `max_rps_1s`
+    /// (message-API calls; not token or analytics endpoints).
+    fn is_metered(&self, _path: &str) -> bool {
+        true
+    }
+    /// The provider's 500 response.
+    fn error_5xx(&self) -> Response;
+    /// The provider's short-term throttling response.
+    fn burst_429(&self) -> Response;
+    fn accounts(&self) -> Vec<String>;
+    /// A valid static token for `account`.
+    fn token(&self, account: &str) -> String;
+    /// Current dataset, optionally for one account.
+    fn truth(&self, account: Option<&str>) -> serde_json::Value;
+    /// Apply a `/_sim/mutate` request now and describe what changed.
+    fn mutate(&self, body: &serde_json::Value) -> Result<serde_json::Value, String>;
+    /// One step of the background workload (one new message, sometimes a new thread).
+    fn background_step(&self);
+    /// Make the static token of `account` invalid (expired) until reset.
+    fn expire_token(&self, account: &str) -> bool;
+    /// Provider API routes (faults and stats are layered on by the harness).
+    fn api_routes(self: Arc<Self>) -> Router;
+    /// Extra provider-specific control routes under `/_sim/`.
+    fn control_routes(self: Arc<Self>) -> Router {
+        Router::new()
+    }
+}
+
+/// Running simulator.
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    provider: Arc<dyn SimProvider>,
+    cancel: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl SimHandle {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn token(&self, account: &str) -> String {
+        self.provider.token(account)
+    }
+    pub fn accounts(&self) -> Vec<String> {
+        self.provider.accounts()
+    }
+    pub fn stats(&self) -> StatsSnapshot {
+        self.provider.harness().stats.snapshot()
+    }
+    pub fn reset_stats(&self) {
+        self.provider.harness().stats.reset()
+    }
+    pub fn truth(&self, account: Option<&str>) -> serde_json::Value {
+        self.provider.truth(account)
+    }
+    pub fn faults(&self) -> Faults {
+        self.provider.harness().faults.get()
+    }
+    pub fn set_faults(&self, faults: Faults) {
+        self.provider.harness().faults.set(faults)
+    }
+    pub fn limits(&self) -> Limits {
+        self.provider.harness().limits()
+    }
+    pub fn set_limits(&self, limits: Limits) {
+        if let Ok(mut l) = self.provider.harness().limits.write() {
+            *l = limits;
+        }
+    }
+    pub fn mutate(&self, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        self.provider.mutate(body).map_err(anyhow::Error::msg)
+    }
+    pub fn advance_clock(&self, seconds: f64) {
+        self.provider.harness().clock.advance(seconds)
+    }
+    pub fn expire_token(&self, account: &str) -> bool {
+        self.provider.expire_token(account)
+    }
+    /// Stop serving; open connections get up to 2 s to finish.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let mut server = self.server;
+        if tokio::time::timeout(Duration::from_secs(2), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+    }
+}
+
+/// Build the provider named in `config`, bind 127.0.0.1:0 and serve in a task.
+pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
+    start_on(config, "127.0.0.1:0".parse()?).await
+}
+
+/// Like [`start`] but on a chosen address.
+pub async fn start_on(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimHandle> {
+    let provider: Arc<dyn SimProvider> = match config.provider {
+        Provider::Ebay => ebay::EbaySim::build(config)?,
+        Provider::Smseagle => smseagle::SmsEagleSim::build(config)?,
+        Provider::Facebook => facebook::FacebookSim::build(config)?,
+        Provider::Hostaway => hostaway::HostawaySim::build(config)?,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(provider.clone());
+    let cancel = CancellationToken::new();
+    spawn_background(provider.clone(), cancel.clone());
+    let shutdown = cancel.clone();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::warn!("simulator server stopped: {e}");
+        }
+    });
+    Ok(SimHandle {
+        addr,
+        provider,
+        cancel,
+        server,
+    })
+}
+
+fn router(provider: Arc<dyn SimProvider>) -> Router {
+    let api = provider
+        .clone()
+        .api_routes()
+        .route_layer(axum::middleware::from_fn_with_state(
+            provider.clone(),
+            harness_layer,
+        ));
+    api.merge(control::routes(provider.clone()))
+        .merge(provider.control_routes())
+}
+
+/// Runs around every provider route: latency, fault injection, stats.
+async fn harness_layer(
+    State(p): State<Arc<dyn SimProvider>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let h = p.harness();
+    let (parts, body) = req.into_parts();
+    let account = p.identify(&parts);
+    let (route, metered) = {
+        let path = parts
+            .extensions
+            .get::<axum::extract::MatchedPath>()
+            .map(|m| m.as_str())
+            .unwrap_or("?");
+        (format!("{} {}", parts.method, path), p.is_metered(path))
+    };
+    let req = Request::from_parts(parts, body);
+    let latency = h.latency_ms.load(Ordering::Relaxed);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let response = match h.faults.next() {
+        FaultAction::None => next.run(req).await,
+        FaultAction::Error5xx => p.error_5xx(),
+        FaultAction::Burst429 => p.burst_429(),
+        FaultAction::Slow { ms } => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            next.run(req).await
+        }
+        FaultAction::Malformed => {
+            let r = next.run(req).await;
+            malformed(r).await
+        }
+        FaultAction::Timeout { ms } => {
+            h.stats.record(account.as_deref(), &route, 0, metered);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            drop_connection()
+        }
+    };
+    h.stats.record(
+        account.as_deref(),
+        &route,
+        response.status().as_u16(),
+        metered,
+    );
+    response
+}
+
+/// Abort the connection without writing a response. Unwinding out of the
+/// handler ends the connection task, which closes the socket. `resume_unwind`
+/// skips the panic hook, so nothing is printed; this is a deliberate fault.
+fn drop_connection() -> ! {
+    std::panic::resume_unwind(Box::new("simulated timeout: connection dropped"))
+}
+
+/// Keep status and headers, cut the body in half and append garbage.
+async fn malformed(r: Response) -> Response {
+    let (mut parts, body) = r.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let mut cut = bytes[..bytes.len() / 2].to_vec();
+    cut.extend_from_slice(b"\x00<html>oops");
+    parts.status = axum::http::StatusCode::OK;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(cut))
+}
+
+fn spawn_background(provider: Arc<dyn SimProvider>, cancel: CancellationToken) {
+    let rate = provider.harness().config.mutate_rate;
+    if rate <= 0.0 {
+        return;
+    }
+    // Batch steps per tick so high rates do not need sub-millisecond timers.
+    let tick = Duration::from_millis(20);
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(tick);
+        let mut owed = 0.0f64;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = interval.tick() => {
+                    owed += rate * tick.as_secs_f64();
+                    while owed >= 1.0 {
+                        provider.background_step();
+                        owed -= 1.0;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `threadsync sim` arguments.
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    #[arg(long, value_enum, default_value = "ebay")]
+    pub provider: Provider,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value_t = 1)]
+    pub accounts: usize,
+    /// Threads per account.
+    #[arg(long, default_value_t = 100)]
+    pub threads: usize,
+    /// Mean messages per thread.
+    #[arg(long, default_value_t = 20)]
+    pub messages: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Daily quota per account; 0 = unlimited.
+    #[arg(long, default_value_t = 5000)]
+    pub quota: u64,
+    /// Requests per second per account (sliding 1 s window).
+    #[arg(long)]
+    pub rps_limit: Option<f64>,
+    /// Shorthand: split this probability evenly between 5xx and burst 429.
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_rate: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_5xx: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_429: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_timeout: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_malformed: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub fault_slow: f64,
+    #[arg(long, default_value_t = 2000)]
+    pub slow_ms: u64,
+    #[arg(long, default_value_t = 30000)]
+    pub timeout_ms: u64,
+    /// Background new messages per second.
+    #[arg(long, default_value_t = 0.0)]
+    pub mutate_rate: f64,
+    #[arg(long, value_enum, default_value = "any-message")]
+    pub start_time_semantics: StartTimeSemantics,
+    #[arg(long, value_enum, default_value = "asc")]
+    pub message_order: MessageOrder,
+    #[arg(long, default_value_t = 7200)]
+    pub token_ttl_secs: u64,
+    #[arg(long, value_enum, default_value = "gammu")]
+    pub status_style: StatusStyle,
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_rate: f64,
+}
+
+impl SimArgs {
+    pub fn to_config(&self) -> SimConfig {
+        SimConfig {
+            provider: self.provider,
+            accounts: self.accounts,
+            threads: self.threads,
+            messages: self.messages,
+            seed: self.seed,
+            latency_ms: self.latency_ms,
+            daily_quota: (self.quota > 0).then_some(self.quota),
+            rps_limit: self.rps_limit,
+            faults: Faults {
+                error_5xx: self.fault_5xx + self.fault_rate / 2.0,
+                burst_429: self.fault_429 + self.fault_rate / 2.0,
+                timeout: self.fault_timeout,
+                malformed: self.fault_malformed,
+                slow: self.fault_slow,
+                slow_ms: self.slow_ms,
+                timeout_ms: self.timeout_ms,
+            },
+            start_time_semantics: self.start_time_semantics,
+            mutate_rate: self.mutate_rate,
+            token_ttl_secs: self.token_ttl_secs,
+            message_order: self.message_order,
+            status_style: self.status_style,
+            drop_rate: self.drop_rate,
+            ..SimConfig::default()
+        }
+    }
+}
+
+pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let handle = start_on(args.to_config(), args.listen).await?;
+    println!(
+        "{:?} simulator listening on {} ({} accounts, ready in {:.0} ms)",
+        args.provider,
+        handle.base_url(),
+        args.accounts,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    for a in handle.accounts().iter().take(5) {
+        println!("  {a}: token {}", handle.token(a));
+    }
+    tokio::signal::ctrl_c().await?;
+    handle.shutdown().await;
+    Ok(())
+}
