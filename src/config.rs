@@ -316,10 +316,19 @@ impl Config {
             if accounts.iter().any(|o| o.id == a.id) {
                 return Err(err(Some(span), format!("duplicate account id {:?}", a.id)));
             }
-            if !a.requests_per_second.is_finite() || a.requests_per_second <= 0.0 {
+            if !a.requests_per_second.is_finite() || a.requests_per_second < 0.0 {
                 return Err(err(
                     Some(span),
-                    format!("account {:?}: requests_per_second must be > 0", a.id),
+                    format!(
+                        "account {:?}: requests_per_second must be >= 0 (0: unpaced)",
+                        a.id
+                    ),
+                ));
+            }
+            if !(a.request_timeout_secs.is_finite() && a.request_timeout_secs > 0.0) {
+                return Err(err(
+                    Some(span),
+                    format!("account {:?}: request_timeout_secs must be > 0", a.id),
                 ));
             }
             if a.max_in_flight < 1 {

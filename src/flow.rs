@@ -16,13 +16,20 @@ pub const PACE_MARGIN: f64 = 0.97;
 #[derive(Debug, thiserror::Error)]
 pub enum FlowError {
     #[error("account paused until {until}: {reason}")]
-    Paused { until: DateTime<Utc>, reason: String },
+    Paused {
+        until: DateTime<Utc>,
+        reason: String,
+    },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
 /// Waits for this account's next request slot. `requests_per_second = 0` means unpaced.
-pub async fn acquire(pool: &PgPool, account: &str, requests_per_second: f64) -> Result<(), FlowError> {
+pub async fn acquire(
+    pool: &PgPool,
+    account: &str,
+    requests_per_second: f64,
+) -> Result<(), FlowError> {
     if requests_per_second <= 0.0 {
         return check_pause(pool, account).await;
     }
@@ -48,10 +55,12 @@ pub async fn acquire(pool: &PgPool, account: &str, requests_per_second: f64) -> 
         None => {
             check_pause(pool, account).await?;
             // Not paused: the flow row is missing (accounts not registered yet). Create it.
-            sqlx::query("INSERT INTO threadsync.flow (account_id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(account)
-                .execute(pool)
-                .await?;
+            sqlx::query(
+                "INSERT INTO threadsync.flow (account_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            )
+            .bind(account)
+            .execute(pool)
+            .await?;
             Ok(())
         }
     }
@@ -65,13 +74,21 @@ async fn check_pause(pool: &PgPool, account: &str) -> Result<(), FlowError> {
     .fetch_optional(pool)
     .await?;
     match row {
-        Some((until, reason)) => Err(FlowError::Paused { until, reason: reason.unwrap_or_default() }),
+        Some((until, reason)) => Err(FlowError::Paused {
+            until,
+            reason: reason.unwrap_or_default(),
+        }),
         None => Ok(()),
     }
 }
 
 /// Parks every job of the account until `until`, with the reason `threadsync status` shows.
-pub async fn pause(pool: &PgPool, account: &str, until: DateTime<Utc>, reason: &str) -> sqlx::Result<()> {
+pub async fn pause(
+    pool: &PgPool,
+    account: &str,
+    until: DateTime<Utc>,
+    reason: &str,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE threadsync.accounts SET paused_until = greatest(coalesce(paused_until, $2), $2), pause_reason = $3,
                 updated_at = now()

@@ -12,6 +12,7 @@ pub mod queue;
 pub mod sim;
 pub mod store;
 pub mod sync;
+pub mod verify;
 pub mod worker;
 
 /// Sets up logging to stderr; RUST_LOG overrides the default level.

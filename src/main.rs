@@ -201,6 +201,7 @@ async fn run_worker(
     );
     let pool = db::connect(&url, (runtimes * concurrency.min(32) + 4) as u32).await?;
     db::migrate(&pool).await?;
+    threadsync::sync::register_accounts(&pool, &cfg).await?;
     let name = name.unwrap_or_else(threadsync::default_worker_name);
     let cfg = Arc::new(cfg);
     let stop = CancellationToken::new();
@@ -217,7 +218,13 @@ async fn run_worker(
         } else {
             format!("{name}/{i}")
         };
-        let w = Worker::new(pool.clone(), cfg.clone(), jobs::registry(&cfg), &n, concurrency);
+        let w = Worker::new(
+            pool.clone(),
+            cfg.clone(),
+            jobs::registry(&cfg, &jobs::Tokens::Env),
+            &n,
+            concurrency,
+        );
         tasks.push(tokio::spawn(w.run(stop.clone())));
     }
     for t in tasks {

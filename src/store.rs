@@ -48,7 +48,12 @@ pub struct Progress {
 
 /// Upserts thread metadata as a provider list shows it. `fetched_message_id` is left alone:
 /// only a completed conversation fetch moves it.
-pub async fn upsert_threads(conn: &mut PgConnection, account: &str, provider: &str, rows: &[ThreadRow]) -> sqlx::Result<()> {
+pub async fn upsert_threads(
+    conn: &mut PgConnection,
+    account: &str,
+    provider: &str,
+    rows: &[ThreadRow],
+) -> sqlx::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -86,7 +91,11 @@ pub async fn upsert_threads(conn: &mut PgConnection, account: &str, provider: &s
 }
 
 /// The newest message we hold in full, per thread (absent: never fetched or unknown thread).
-pub async fn fetched_ids(pool: &PgPool, account: &str, thread_ids: &[String]) -> sqlx::Result<HashMap<String, String>> {
+pub async fn fetched_ids(
+    pool: &PgPool,
+    account: &str,
+    thread_ids: &[String],
+) -> sqlx::Result<HashMap<String, String>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT thread_id, fetched_message_id FROM threadsync.threads
           WHERE account_id = $1 AND thread_id = ANY($2) AND fetched_message_id IS NOT NULL",
@@ -100,7 +109,12 @@ pub async fn fetched_ids(pool: &PgPool, account: &str, thread_ids: &[String]) ->
 
 /// Upserts messages by provider id; rows that did not change are not rewritten. Returns how
 /// many rows were inserted or changed.
-pub async fn upsert_messages(conn: &mut PgConnection, account: &str, thread_id: &str, rows: &[MessageRow]) -> sqlx::Result<u64> {
+pub async fn upsert_messages(
+    conn: &mut PgConnection,
+    account: &str,
+    thread_id: &str,
+    rows: &[MessageRow],
+) -> sqlx::Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
@@ -136,7 +150,12 @@ pub async fn upsert_messages(conn: &mut PgConnection, account: &str, thread_id: 
 }
 
 /// After a complete fetch: the thread's newest message is the newest one we hold.
-pub async fn mark_fetched(conn: &mut PgConnection, account: &str, provider: &str, thread_id: &str) -> sqlx::Result<()> {
+pub async fn mark_fetched(
+    conn: &mut PgConnection,
+    account: &str,
+    provider: &str,
+    thread_id: &str,
+) -> sqlx::Result<()> {
     sqlx::query(
         "INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id, latest_message_at,
                                              fetched_message_id)
@@ -159,16 +178,26 @@ pub async fn mark_fetched(conn: &mut PgConnection, account: &str, provider: &str
 }
 
 /// The provider no longer has the thread: keep its messages, mark it deleted.
-pub async fn mark_deleted(conn: &mut PgConnection, account: &str, thread_id: &str) -> sqlx::Result<()> {
-    sqlx::query("UPDATE threadsync.threads SET deleted_at = now() WHERE account_id = $1 AND thread_id = $2")
-        .bind(account)
-        .bind(thread_id)
-        .execute(conn)
-        .await?;
+pub async fn mark_deleted(
+    conn: &mut PgConnection,
+    account: &str,
+    thread_id: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE threadsync.threads SET deleted_at = now() WHERE account_id = $1 AND thread_id = $2",
+    )
+    .bind(account)
+    .bind(thread_id)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-pub async fn add_progress(conn: &mut PgConnection, run_id: Option<i64>, p: Progress) -> sqlx::Result<()> {
+pub async fn add_progress(
+    conn: &mut PgConnection,
+    run_id: Option<i64>,
+    p: Progress,
+) -> sqlx::Result<()> {
     let Some(run_id) = run_id else { return Ok(()) };
     sqlx::query(
         "INSERT INTO threadsync.sync_run_progress (run_id, pages_listed, threads_seen, threads_fetched,

@@ -61,7 +61,11 @@ pub async fn register_accounts(pool: &PgPool, cfg: &Config) -> sqlx::Result<()> 
 
 /// Starts a run unless one is already active for the account. Returns the run id and
 /// whether it is new. The planning job commits with the run row.
-pub async fn start_run(conn: &mut PgConnection, account: &str, mode: Mode) -> sqlx::Result<(i64, bool)> {
+pub async fn start_run(
+    conn: &mut PgConnection,
+    account: &str,
+    mode: Mode,
+) -> sqlx::Result<(i64, bool)> {
     let created: Option<i64> = sqlx::query_scalar(
         "INSERT INTO threadsync.sync_runs (account_id, mode) VALUES ($1, $2)
          ON CONFLICT (account_id) WHERE state IN ('running', 'catching_up') DO NOTHING RETURNING id",
@@ -71,9 +75,12 @@ pub async fn start_run(conn: &mut PgConnection, account: &str, mode: Mode) -> sq
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = created {
-        let job = NewJob::new(START_KIND, json!({"account": account, "mode": mode, "run_id": id}))
-            .priority(20)
-            .run(id);
+        let job = NewJob::new(
+            START_KIND,
+            json!({"account": account, "mode": mode, "run_id": id}),
+        )
+        .priority(20)
+        .run(id);
         enqueue(&mut *conn, &job).await?;
         return Ok((id, true));
     }
@@ -107,12 +114,15 @@ pub async fn advance_if_idle(
         return Ok(Phase::Busy);
     }
     let mut tx = pool.begin().await?;
-    let row: Option<(String, String, DateTime<Utc>)> =
-        sqlx::query_as("SELECT state, account_id, started_at FROM threadsync.sync_runs WHERE id = $1 FOR UPDATE")
-            .bind(run_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let Some((state, account, started_at)) = row else { return Ok(Phase::Busy) };
+    let row: Option<(String, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT state, account_id, started_at FROM threadsync.sync_runs WHERE id = $1 FOR UPDATE",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((state, account, started_at)) = row else {
+        return Ok(Phase::Busy);
+    };
     if active_jobs(&mut *tx, run_id).await? {
         return Ok(Phase::Busy);
     }
@@ -193,10 +203,11 @@ pub struct RunStatus {
 }
 
 pub async fn run_status(pool: &PgPool, run_id: i64) -> sqlx::Result<Option<RunStatus>> {
-    let mut s: Option<RunStatus> = sqlx::query_as("SELECT * FROM threadsync.sync_run_totals WHERE run_id = $1")
-        .bind(run_id)
-        .fetch_optional(pool)
-        .await?;
+    let mut s: Option<RunStatus> =
+        sqlx::query_as("SELECT * FROM threadsync.sync_run_totals WHERE run_id = $1")
+            .bind(run_id)
+            .fetch_optional(pool)
+            .await?;
     if let Some(s) = s.as_mut() {
         let (active, failed): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE status IN ('pending', 'running')), count(*) FILTER (WHERE status = 'failed')

@@ -26,7 +26,8 @@ fn start_worker(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let stop = CancellationToken::new();
-    let w = Worker::new(db.pool.clone(), cfg, threadsync::jobs::registry(&cfg), name, 8);
+    let registry = threadsync::jobs::registry(&cfg, &threadsync::jobs::Tokens::Env);
+    let w = Worker::new(db.pool.clone(), cfg, registry, name, 8);
     (stop.clone(), tokio::spawn(w.run(stop)))
 }
 
@@ -481,5 +482,63 @@ async fn sigterm_style_shutdown_releases_unfinished_jobs_at_once() {
         .await,
         0
     );
+    db.close().await;
+}
+
+#[tokio::test]
+async fn checkpoints_persist_and_reschedule_resets_attempts() {
+    use threadsync::queue::{Fence, Finish};
+    let db = TestDb::new().await;
+    let id = enqueue(&db.pool, &NewJob::new("k", json!({})))
+        .await
+        .unwrap();
+    let job = claim(&db.pool, "w", 1, Duration::from_secs(30), &[])
+        .await
+        .unwrap()
+        .remove(0);
+    let f = Fence {
+        id,
+        token: job.lease_token,
+    };
+    let mut tx = db.pool.begin().await.unwrap();
+    assert!(
+        fence::apply(&mut tx, f, &Finish::Checkpoint(json!({"offset": 50})))
+            .await
+            .unwrap()
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(
+        db.status_of(id).await,
+        "running",
+        "a checkpoint keeps the job running"
+    );
+
+    let at = Utc::now() + chrono::Duration::seconds(300);
+    let mut tx = db.pool.begin().await.unwrap();
+    assert!(fence::apply(
+        &mut tx,
+        f,
+        &Finish::Reschedule {
+            at,
+            checkpoint: None
+        }
+    )
+    .await
+    .unwrap());
+    tx.commit().await.unwrap();
+    let (status, attempts, cp, due): (String, i32, serde_json::Value, f64) = sqlx::query_as(
+        "SELECT status, attempts, checkpoint, extract(epoch FROM run_at - now())::float8 FROM threadsync.jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("pending", 0));
+    assert_eq!(
+        cp,
+        json!({"offset": 50}),
+        "the checkpoint survives the reschedule"
+    );
+    assert!((290.0..=301.0).contains(&due), "{due}");
     db.close().await;
 }

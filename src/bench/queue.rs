@@ -207,7 +207,7 @@ impl Workers {
                     let w = Worker::new(
                         pool.clone(),
                         cfg.clone(),
-                        crate::jobs::registry(&cfg),
+                        crate::jobs::registry(&cfg, &crate::jobs::Tokens::Env),
                         &format!("bench-{i}"),
                         args.concurrency,
                     );

@@ -18,6 +18,8 @@ use crate::store::{self, MessageRow, Progress, ThreadRow};
 use crate::sync::{self, Mode};
 use crate::worker::{Handler, JobCtx, JobError, JobResult, Registry};
 
+use super::Tokens;
+
 pub const LIST_KIND: &str = "ebay.list_page";
 pub const CONVERSATION_KIND: &str = "ebay.conversation";
 
@@ -47,8 +49,8 @@ enum Walk {
     EarlyStop { cutoff: DateTime<Utc> },
 }
 
+// No deny_unknown_fields here: serde does not support it together with `flatten`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ListPayload {
     account: String,
     conversation_type: String,
@@ -88,14 +90,14 @@ struct AccountCtx {
 }
 
 impl Accounts {
-    pub fn from_config(cfg: &Config) -> Self {
+    pub fn from_config(cfg: &Config, tokens: &Tokens) -> Self {
         let map = cfg
             .accounts
             .iter()
             .filter(|a| a.provider == Provider::Ebay)
             .map(|a| {
-                let client = match std::env::var(&a.token_env) {
-                    Ok(token) if !token.is_empty() => EbayClient::new(&a.base_url, token, a.request_timeout)
+                let client = match tokens.get(a) {
+                    Some(token) if !token.is_empty() => EbayClient::new(&a.base_url, token, a.request_timeout)
                         .map_err(|e| format!("account {}: cannot build HTTP client: {e}", a.id)),
                     _ => Err(format!(
                         "account {}: environment variable {} (its eBay token) is not set in the worker's environment",
@@ -113,19 +115,39 @@ impl Accounts {
             .map
             .get(id)
             .ok_or_else(|| JobError::Permanent(format!("no eBay account {id:?} in jobs.toml")))?;
-        let client = a.client.as_ref().map_err(|e| JobError::Permanent(e.clone()))?;
+        let client = a
+            .client
+            .as_ref()
+            .map_err(|e| JobError::Permanent(e.clone()))?;
         Ok((&a.cfg, client))
     }
 }
 
-pub fn register(r: &mut Registry, cfg: &Config) {
-    let accounts = Arc::new(Accounts::from_config(cfg));
-    r.register(sync::START_KIND, Start { accounts: accounts.clone() })
-        .register(LIST_KIND, ListPage { accounts: accounts.clone() })
-        .register(CONVERSATION_KIND, FetchConversation { accounts });
+pub fn register(r: &mut Registry, cfg: &Config, tokens: &Tokens) {
+    let accounts = Arc::new(Accounts::from_config(cfg, tokens));
+    r.register(
+        sync::START_KIND,
+        Start {
+            accounts: accounts.clone(),
+        },
+    )
+    .register(
+        LIST_KIND,
+        ListPage {
+            accounts: accounts.clone(),
+        },
+    )
+    .register(CONVERSATION_KIND, FetchConversation { accounts });
 }
 
-fn list_job(account: &Account, run_id: i64, ctype: &str, offset: u32, start_time: Option<DateTime<Utc>>, walk: Walk) -> NewJob {
+fn list_job(
+    account: &Account,
+    run_id: i64,
+    ctype: &str,
+    offset: u32,
+    start_time: Option<DateTime<Utc>>,
+    walk: Walk,
+) -> NewJob {
     let payload = ListPayload {
         account: account.id.clone(),
         conversation_type: ctype.to_string(),
@@ -148,7 +170,12 @@ fn account_key(account: &str) -> String {
     format!("ebay:{account}")
 }
 
-fn conversation_job(account: &Account, run_id: Option<i64>, thread_id: &str, ctype: &str) -> NewJob {
+fn conversation_job(
+    account: &Account,
+    run_id: Option<i64>,
+    thread_id: &str,
+    ctype: &str,
+) -> NewJob {
     let mut job = NewJob::new(
         CONVERSATION_KIND,
         json!({"account": account.id, "thread_id": thread_id, "conversation_type": ctype}),
@@ -172,11 +199,23 @@ fn catch_up_jobs(account: &Account, run_id: i64, started_at: DateTime<Utc>) -> V
         .collect()
 }
 
-async fn advance_run(pool: &PgPool, account: &Account, run_id: Option<i64>) -> JobResult {
-    if let Some(run_id) = run_id {
-        sync::advance_if_idle(pool, run_id, |started| catch_up_jobs(account, run_id, started)).await?;
+/// After any job of a run ends (done or failed for good), the last one moves the run on.
+async fn advance_run(accounts: &Accounts, job: &JobCtx) {
+    let Some(run_id) = job.run_id else { return };
+    let Some(account) = job.payload["account"]
+        .as_str()
+        .and_then(|a| accounts.map.get(a))
+    else {
+        return;
+    };
+    let account = &account.cfg;
+    if let Err(e) = sync::advance_if_idle(&job.pool, run_id, |started| {
+        catch_up_jobs(account, run_id, started)
+    })
+    .await
+    {
+        tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or status check will");
     }
-    Ok(())
 }
 
 /// Waits for the account's next request slot; a paused account parks the job.
@@ -197,27 +236,41 @@ async fn classify(pool: &PgPool, account: &Account, client: &EbayClient, e: Ebay
         EbayError::RateLimited => match client.quota().await {
             Ok(Some(q)) if q.remaining <= 0 => {
                 let until = q.reset.unwrap_or_else(|| Utc::now() + Duration::hours(1));
-                let reason = format!("eBay daily quota exhausted (429 errorId 2001); resets at {until}");
+                let reason =
+                    format!("eBay daily quota exhausted (429 errorId 2001); resets at {until}");
                 if let Err(e) = flow::pause(pool, &account.id, until, &reason).await {
                     return e.into();
                 }
                 JobError::RetryAfter { at: until, reason }
             }
-            Ok(_) => JobError::Transient(anyhow::anyhow!("eBay burst rate limit (429 errorId 2001, quota not exhausted)")),
-            Err(q) => JobError::Transient(anyhow::anyhow!("eBay 429, and the quota lookup failed: {q}")),
+            Ok(_) => JobError::Transient(anyhow::anyhow!(
+                "eBay burst rate limit (429 errorId 2001, quota not exhausted)"
+            )),
+            Err(q) => JobError::Transient(anyhow::anyhow!(
+                "eBay 429, and the quota lookup failed: {q}"
+            )),
         },
         EbayError::Unauthorized(status) => {
             let reason = format!(
                 "eBay rejected the token in {} (HTTP {status}): set a fresh token and restart the workers",
                 account.token_env
             );
-            if let Err(e) = flow::pause(pool, &account.id, Utc::now() + Duration::minutes(5), &reason).await {
+            if let Err(e) = flow::pause(
+                pool,
+                &account.id,
+                Utc::now() + Duration::minutes(5),
+                &reason,
+            )
+            .await
+            {
                 return e.into();
             }
             JobError::Permanent(reason)
         }
         EbayError::Rejected { .. } | EbayError::NotFound => JobError::Permanent(e.to_string()),
-        EbayError::Server(_) | EbayError::Transport(_) | EbayError::Malformed(_) => JobError::Transient(e.into()),
+        EbayError::Server(_) | EbayError::Transport(_) | EbayError::Malformed(_) => {
+            JobError::Transient(e.into())
+        }
     }
 }
 
@@ -248,7 +301,14 @@ impl Handler for Start {
                 vec![
                     // start_time works only for FROM_MEMBERS; eBay's own messages come newest first.
                     list_job(account, run_id, FROM_MEMBERS, 0, Some(since), Walk::Fanout),
-                    list_job(account, run_id, FROM_EBAY, 0, None, Walk::EarlyStop { cutoff: since }),
+                    list_job(
+                        account,
+                        run_id,
+                        FROM_EBAY,
+                        0,
+                        None,
+                        Walk::EarlyStop { cutoff: since },
+                    ),
                 ]
             }
             // Full, or incremental with no completed run yet: walk both lists.
@@ -260,6 +320,10 @@ impl Handler for Start {
         let mut tx = job.begin(Finish::Done).await?;
         crate::queue::enqueue_batch(&mut *tx, &jobs).await?;
         job.commit(tx).await
+    }
+
+    async fn after(&self, job: &JobCtx) {
+        advance_run(&self.accounts, job).await
     }
 }
 
@@ -274,12 +338,19 @@ impl Handler for ListPage {
         let (account, client) = self.accounts.get(&p.account)?;
         let run_id = job.run_id;
         pace(&job.pool, account).await?;
-        let page = match client.conversations(&p.conversation_type, p.offset, p.start_time).await {
+        let page = match client
+            .conversations(&p.conversation_type, p.offset, p.start_time)
+            .await
+        {
             Ok(page) => page,
             Err(e) => return Err(classify(&job.pool, account, client, e).await),
         };
 
-        let ids: Vec<String> = page.conversations.iter().map(|c| c.conversation_id.clone()).collect();
+        let ids: Vec<String> = page
+            .conversations
+            .iter()
+            .map(|c| c.conversation_id.clone())
+            .collect();
         let fetched = store::fetched_ids(&job.pool, &account.id, &ids).await?;
         let mut follow_ups = Vec::new();
         let mut recent = false;
@@ -294,7 +365,10 @@ impl Handler for ListPage {
                 None => !fetched.contains_key(&c.conversation_id),
             };
             if changed {
-                let ctype = c.conversation_type.as_deref().unwrap_or(&p.conversation_type);
+                let ctype = c
+                    .conversation_type
+                    .as_deref()
+                    .unwrap_or(&p.conversation_type);
                 follow_ups.push(conversation_job(account, run_id, &c.conversation_id, ctype));
             }
             if let (Some(m), Some(cut)) = (latest, cutoff) {
@@ -302,9 +376,19 @@ impl Handler for ListPage {
             }
         }
         let changed = follow_ups.len();
-        let rows: Vec<ThreadRow> = page.conversations.iter().map(|c| thread_row(c, &p.conversation_type)).collect();
+        let rows: Vec<ThreadRow> = page
+            .conversations
+            .iter()
+            .map(|c| thread_row(c, &p.conversation_type))
+            .collect();
         if let Some(run_id) = run_id {
-            follow_ups.extend(next_pages(account, run_id, &p, &page, changed > 0 || recent));
+            follow_ups.extend(next_pages(
+                account,
+                run_id,
+                &p,
+                &page,
+                changed > 0 || recent,
+            ));
         }
 
         let mut tx = job.begin(Finish::Done).await?;
@@ -318,24 +402,54 @@ impl Handler for ListPage {
             ..Progress::default()
         };
         store::add_progress(&mut tx, run_id, progress).await?;
-        job.commit(tx).await?;
-        advance_run(&job.pool, account, run_id).await
+        job.commit(tx).await
+    }
+
+    async fn after(&self, job: &JobCtx) {
+        advance_run(&self.accounts, job).await
     }
 }
 
-fn next_pages(account: &Account, run_id: i64, p: &ListPayload, page: &ebay::ConversationsPage, keep_going: bool) -> Vec<NewJob> {
+fn next_pages(
+    account: &Account,
+    run_id: i64,
+    p: &ListPayload,
+    page: &ebay::ConversationsPage,
+    keep_going: bool,
+) -> Vec<NewJob> {
     let has_next = page.next.is_some() && !page.conversations.is_empty();
-    let next = |walk| list_job(account, run_id, &p.conversation_type, p.offset + PAGE_STEP, p.start_time, walk);
+    let next = |walk| {
+        list_job(
+            account,
+            run_id,
+            &p.conversation_type,
+            p.offset + PAGE_STEP,
+            p.start_time,
+            walk,
+        )
+    };
     match p.walk {
         Walk::Fanout => match page.total {
             Some(total) if has_next => {
                 let total = total.max(0) as u32;
-                let offsets: Vec<u32> = (1..).map(|k| k * PAGE_STEP).take_while(|o| *o < total).collect();
+                let offsets: Vec<u32> = (1..)
+                    .map(|k| k * PAGE_STEP)
+                    .take_while(|o| *o < total)
+                    .collect();
                 let n = offsets.len();
                 offsets
                     .into_iter()
                     .enumerate()
-                    .map(|(i, o)| list_job(account, run_id, &p.conversation_type, o, p.start_time, Walk::Planned { last: i + 1 == n }))
+                    .map(|(i, o)| {
+                        list_job(
+                            account,
+                            run_id,
+                            &p.conversation_type,
+                            o,
+                            p.start_time,
+                            Walk::Planned { last: i + 1 == n },
+                        )
+                    })
                     .collect()
             }
             _ if has_next => vec![next(Walk::Next)],
@@ -343,7 +457,9 @@ fn next_pages(account: &Account, run_id: i64, p: &ListPayload, page: &ebay::Conv
         },
         // The list grew since the first page: keep following it.
         Walk::Planned { last: true } | Walk::Next if has_next => vec![next(Walk::Next)],
-        Walk::EarlyStop { cutoff } if has_next && keep_going => vec![next(Walk::EarlyStop { cutoff })],
+        Walk::EarlyStop { cutoff } if has_next && keep_going => {
+            vec![next(Walk::EarlyStop { cutoff })]
+        }
         _ => vec![],
     }
 }
@@ -351,7 +467,11 @@ fn next_pages(account: &Account, run_id: i64, p: &ListPayload, page: &ebay::Conv
 fn thread_row(c: &ebay::Conversation, listed_type: &str) -> ThreadRow {
     ThreadRow {
         thread_id: c.conversation_id.clone(),
-        conversation_type: Some(c.conversation_type.clone().unwrap_or_else(|| listed_type.to_string())),
+        conversation_type: Some(
+            c.conversation_type
+                .clone()
+                .unwrap_or_else(|| listed_type.to_string()),
+        ),
         title: c.conversation_title.clone(),
         status: c.conversation_status.clone(),
         reference_id: c.reference_id.clone(),
@@ -418,10 +538,13 @@ impl Handler for FetchConversation {
                     // Deleted between list and fetch: not an error for the run.
                     let mut tx = job.begin(Finish::Done).await?;
                     store::mark_deleted(&mut tx, &account.id, &p.thread_id).await?;
-                    let progress = Progress { threads_deleted: 1, http_calls: 1, ..Progress::default() };
+                    let progress = Progress {
+                        threads_deleted: 1,
+                        http_calls: 1,
+                        ..Progress::default()
+                    };
                     store::add_progress(&mut tx, run_id, progress).await?;
-                    job.commit(tx).await?;
-                    return advance_run(&job.pool, account, run_id).await;
+                    return job.commit(tx).await;
                 }
                 Err(e) => return Err(classify(&job.pool, account, client, e).await),
             };
@@ -446,9 +569,13 @@ impl Handler for FetchConversation {
             store::add_progress(&mut tx, run_id, progress).await?;
             job.commit(tx).await?;
             if !more {
-                return advance_run(&job.pool, account, run_id).await;
+                return Ok(());
             }
             offset += PAGE_LIMIT;
         }
+    }
+
+    async fn after(&self, job: &JobCtx) {
+        advance_run(&self.accounts, job).await
     }
 }

@@ -112,7 +112,9 @@ pub struct EbayClient {
 impl std::fmt::Debug for EbayClient {
     // Never print the token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EbayClient").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("EbayClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -123,7 +125,11 @@ impl EbayClient {
             .connect_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(64)
             .build()?;
-        Ok(EbayClient { http, base: base.trim_end_matches('/').to_string(), token })
+        Ok(EbayClient {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
     }
 
     /// getConversations: one page of a conversation list.
@@ -145,36 +151,60 @@ impl EbayClient {
     }
 
     /// getConversation: one page of one conversation's messages.
-    pub async fn messages(&self, conversation_id: &str, conversation_type: &str, offset: u32) -> Result<MessagesPage, EbayError> {
+    pub async fn messages(
+        &self,
+        conversation_id: &str,
+        conversation_type: &str,
+        offset: u32,
+    ) -> Result<MessagesPage, EbayError> {
         let q = [
             ("conversation_type", conversation_type.to_string()),
             ("limit", PAGE_LIMIT.to_string()),
             ("offset", offset.to_string()),
         ];
-        let path = format!("/commerce/message/v1/conversation/{}", urlencode(conversation_id));
+        let path = format!(
+            "/commerce/message/v1/conversation/{}",
+            urlencode(conversation_id)
+        );
         self.get(&path, &q).await
     }
 
     /// Remaining Message API quota, from the Developer Analytics API.
     pub async fn quota(&self) -> Result<Option<Quota>, EbayError> {
-        let v: Value = self.get("/developer/analytics/v1_beta/rate_limit/", &[("api_name", "message".into())]).await?;
+        let v: Value = self
+            .get(
+                "/developer/analytics/v1_beta/rate_limit/",
+                &[("api_name", "message".into())],
+            )
+            .await?;
         let rate = v["rateLimits"]
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|l| l["apiName"].as_str().is_some_and(|n| n.eq_ignore_ascii_case("message")))
+            .filter(|l| {
+                l["apiName"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case("message"))
+            })
             .flat_map(|l| l["resources"].as_array().cloned().unwrap_or_default())
             .flat_map(|r| r["rates"].as_array().cloned().unwrap_or_default())
             .next();
         Ok(rate.and_then(|r| {
             Some(Quota {
                 remaining: r["remaining"].as_i64()?,
-                reset: r["reset"].as_str().and_then(|s| DateTime::parse_from_rfc3339(s).ok()).map(|t| t.with_timezone(&Utc)),
+                reset: r["reset"]
+                    .as_str()
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.with_timezone(&Utc)),
             })
         }))
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> Result<T, EbayError> {
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, EbayError> {
         let resp = self
             .http
             .get(format!("{}{path}", self.base))
@@ -185,14 +215,22 @@ impl EbayClient {
             .await
             .map_err(|e| EbayError::Transport(describe(e)))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.map_err(|e| EbayError::Transport(describe(e)))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| EbayError::Transport(describe(e)))?;
         match status {
-            200..=299 => serde_json::from_slice(&body).map_err(|e| EbayError::Malformed(e.to_string())),
+            200..=299 => {
+                serde_json::from_slice(&body).map_err(|e| EbayError::Malformed(e.to_string()))
+            }
             429 => Err(EbayError::RateLimited),
             401 => Err(EbayError::Unauthorized(status)),
             404 => Err(EbayError::NotFound),
             500..=599 => Err(EbayError::Server(status)),
-            _ => Err(EbayError::Rejected { status, message: error_message(&body) }),
+            _ => Err(EbayError::Rejected {
+                status,
+                message: error_message(&body),
+            }),
         }
     }
 }
@@ -219,7 +257,9 @@ fn describe(e: reqwest::Error) -> String {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -39,20 +39,21 @@ pub async fn apply(conn: &mut PgConnection, fence: Fence, finish: &Finish) -> sq
               WHERE id = $1 AND lease_token = $2 AND status = 'running'",
         ),
         Finish::Checkpoint(cp) => sqlx::query(
-            "UPDATE threadsync.jobs SET checkpoint = $3
-              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+            "UPDATE threadsync.jobs SET checkpoint = $1
+              WHERE id = $2 AND lease_token = $3 AND status = 'running'",
         )
         .bind(cp),
         Finish::Reschedule { at, checkpoint } => sqlx::query(
             "UPDATE threadsync.jobs
-                SET status = 'pending', run_at = $3, checkpoint = coalesce($4, checkpoint),
+                SET status = 'pending', run_at = $1, checkpoint = coalesce($2, checkpoint),
                     attempts = 0, last_error = NULL, lease_token = NULL, lease_owner = NULL,
                     lease_expires_at = NULL
-              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
+              WHERE id = $3 AND lease_token = $4 AND status = 'running'",
         )
         .bind(at)
         .bind(checkpoint),
     };
+    // The finish's own values bind first; the fence is always the last two parameters.
     let n = q
         .bind(fence.id)
         .bind(fence.token)

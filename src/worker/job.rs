@@ -38,6 +38,10 @@ pub type JobResult = Result<(), JobError>;
 #[async_trait::async_trait]
 pub trait Handler: Send + Sync + 'static {
     async fn run(&self, job: &JobCtx) -> JobResult;
+
+    /// Called once the job's outcome is recorded (done, failed or rescheduled), outside
+    /// any transaction: where a job that ends a larger unit of work notices it.
+    async fn after(&self, _job: &JobCtx) {}
 }
 
 /// Job kinds this worker can run.

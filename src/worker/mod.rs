@@ -241,7 +241,8 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
     let mut inflight = lock(&s.inflight);
     let handle = tokio::spawn(async move {
         let _guard = guard;
-        let outcome = match shared.registry.get(&task_ctx.kind) {
+        let handler = shared.registry.get(&task_ctx.kind);
+        let outcome = match &handler {
             None => Err(JobError::Permanent(format!(
                 "unknown job kind {:?}",
                 task_ctx.kind
@@ -257,6 +258,9 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
                 }),
         };
         record(&shared, &task_ctx, outcome).await;
+        if let Some(h) = handler {
+            h.after(&task_ctx).await;
+        }
     });
     inflight.insert(
         fence.id,
