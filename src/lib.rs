@@ -4,9 +4,11 @@
 pub mod bench;
 pub mod config;
 pub mod db;
+pub mod demo;
 pub mod flow;
 pub mod jobs;
 pub mod pg;
+pub mod progress;
 pub mod providers;
 pub mod queue;
 pub mod sim;

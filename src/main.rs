@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use threadsync::config::Config;
 use threadsync::queue::{admin, enqueue, NewJob};
 use threadsync::worker::Worker;
-use threadsync::{bench, db, jobs};
+use threadsync::sync::{self, Mode};
+use threadsync::{bench, db, jobs, progress};
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +70,31 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// Full resync of an account (one per account at a time).
+    Resync {
+        account: String,
+        /// Show a live progress bar until the run finishes.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Incremental sync of an account.
+    Sync {
+        account: String,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Fetch one thread now, ahead of bulk work.
+    Refresh { account: String, thread_id: String },
+    /// A run's counters, state and errors, and why an account is paused.
+    Status {
+        run_id: Option<i64>,
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sync thousands of threads from the eBay simulator, with a live progress bar.
+    Demo(threadsync::demo::DemoArgs),
     /// Serve one provider simulator over HTTP until Ctrl-C.
     Sim(threadsync::sim::SimArgs),
 }
@@ -102,13 +128,20 @@ enum JobsCmd {
 enum BenchCmd {
     /// Queue throughput and pickup latency.
     Queue(bench::queue::QueueBenchArgs),
+    /// Full resync throughput against the eBay simulator.
+    Sync(bench::sync::SyncBenchArgs),
     /// Simulator start-up time and requests/s from a local load client.
     Sim(threadsync::sim::SimBenchArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    threadsync::init_logging("info,sqlx=warn");
+    // Interactive commands keep the terminal for their own output; workers log at info.
+    let level = match cli.command {
+        Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Resync { .. } | Cmd::Sync { .. } => "warn,sqlx=error",
+        _ => "info,sqlx=warn",
+    };
+    threadsync::init_logging(level);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -182,6 +215,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = bench::queue::run(args).await?;
             bench::queue::print(&report, json)
         }
+        Cmd::Bench(BenchCmd::Sync(args)) => {
+            let json = args.json;
+            let report = bench::sync::run(args).await?;
+            bench::sync::print(&report, json)
+        }
+        Cmd::Resync { account, follow } => start_sync(&cfg, &account, Mode::Full, follow).await,
+        Cmd::Sync { account, follow } => start_sync(&cfg, &account, Mode::Incremental, follow).await,
+        Cmd::Refresh { account, thread_id } => {
+            cfg.account(&account)?;
+            let pool = db::connect(&db::url_from_env()?, 2).await?;
+            sync::register_accounts(&pool, &cfg).await?;
+            let id: i64 = sqlx::query_scalar("SELECT threadsync.refresh_thread($1, $2)")
+                .bind(&account)
+                .bind(&thread_id)
+                .fetch_one(&pool)
+                .await?;
+            println!("refresh of thread {thread_id} queued as job {id}");
+            Ok(())
+        }
+        Cmd::Status { run_id, account, json } => status(run_id, account, json).await,
+        Cmd::Demo(args) => threadsync::demo::run(args).await,
         Cmd::Bench(BenchCmd::Sim(args)) => threadsync::sim::bench_cli(args).await,
         Cmd::Sim(args) => threadsync::sim::run_cli(args).await,
     }
@@ -334,6 +388,61 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
             admin::cancel(&pool, id).await?;
             println!("job {id} cancelled");
         }
+    }
+    Ok(())
+}
+
+async fn start_sync(cfg: &Config, account: &str, mode: Mode, follow: bool) -> anyhow::Result<()> {
+    cfg.account(account)?;
+    let pool = db::connect(&db::url_from_env()?, 2).await?;
+    db::migrate(&pool).await?;
+    sync::register_accounts(&pool, cfg).await?;
+    let mut tx = pool.begin().await?;
+    let (id, created) = sync::start_run(&mut tx, account, mode).await?;
+    tx.commit().await?;
+    if created {
+        println!("{} sync of {account} started: run {id}", mode.as_str());
+    } else {
+        println!("a sync of {account} is already running: run {id}");
+    }
+    if follow {
+        let s = progress::follow(&pool, id, mode.as_str()).await?;
+        progress::print_status(&s);
+        anyhow::ensure!(s.state == "done", "run {id} ended {}", s.state);
+    }
+    Ok(())
+}
+
+async fn status(run_id: Option<i64>, account: Option<String>, json: bool) -> anyhow::Result<()> {
+    let pool = db::connect(&db::url_from_env()?, 2).await?;
+    let (run_id, acct) = match (run_id, &account) {
+        (Some(id), _) => (Some(id), None),
+        (None, Some(a)) => {
+            let st = sync::account_status(&pool, a).await?.ok_or_else(|| anyhow::anyhow!("unknown account {a:?}"))?;
+            (sync::latest_run(&pool, a).await?, Some(st))
+        }
+        (None, None) => anyhow::bail!("give a RUN_ID or --account ACCOUNT"),
+    };
+    let run = match run_id {
+        Some(id) => Some(sync::run_status(&pool, id).await?.ok_or_else(|| anyhow::anyhow!("no sync run {id}"))?),
+        None => None,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"account": acct, "run": run}))?);
+        return Ok(());
+    }
+    if let Some(a) = &acct {
+        println!("account {} ({}): {} threads, {} messages", a.id, a.provider, a.threads, a.messages);
+        match (&a.paused_until, &a.pause_reason) {
+            (Some(until), reason) if *until > chrono::Utc::now() => {
+                println!("  PAUSED until {until}: {}", reason.as_deref().unwrap_or("-"))
+            }
+            _ => println!("  not paused"),
+        }
+    }
+    match &run {
+        Some(s) => progress::print_status(s),
+        None => println!("no sync runs yet"),
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Benchmarks (subcommands, not timed tests). Each compares figures measured in one run.
 
 pub mod queue;
+pub mod sync;
 
 /// The p-th percentile (0..=100) of sorted samples.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -1,0 +1,269 @@
+//! `threadsync bench sync`: a full resync of one account against the eBay simulator, with
+//! workers in this process or in worker processes, compared with the simulator's truth.
+//! The demo uses the same lab.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::{self, Scratch};
+use crate::jobs::Tokens;
+use crate::pg::Durability;
+use crate::sim::{self, SimConfig, SimHandle};
+use crate::sync::{self, Mode, RunStatus};
+use crate::verify::{self, Comparison};
+use crate::worker::Worker;
+
+/// The simulator account the lab syncs.
+const SIM_ACCOUNT: &str = "acct-0";
+const TOKEN_ENV: &str = "THREADSYNC_LAB_EBAY_TOKEN";
+
+#[derive(Debug, clap::Args)]
+pub struct SyncBenchArgs {
+    #[arg(long, default_value_t = 10_000)]
+    pub threads: usize,
+    /// Mean messages per thread.
+    #[arg(long, default_value_t = 20)]
+    pub messages: usize,
+    /// Requests per second the simulator allows (and the account is configured with);
+    /// unset: unthrottled.
+    #[arg(long)]
+    pub rate_limit: Option<f64>,
+    /// Worker processes; 0 runs workers in this process.
+    #[arg(long, default_value_t = 0)]
+    pub processes: usize,
+    /// Requests in flight per account (fleet-wide).
+    #[arg(long, default_value_t = 32)]
+    pub in_flight: i32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyncBenchReport {
+    pub threads: usize,
+    pub messages: usize,
+    pub wall_s: f64,
+    pub threads_per_s: f64,
+    pub messages_per_s: f64,
+    pub http_calls: u64,
+    pub min_http_calls: u64,
+    pub throttled_429: u64,
+    pub max_rps_1s: u64,
+    /// Rate-limited runs: wall time over (calls / rate), the floor no client can beat.
+    pub floor_ratio: Option<f64>,
+    pub missing: usize,
+    pub duplicated: usize,
+}
+
+pub struct LabOptions {
+    pub account: String,
+    pub sim: SimConfig,
+    pub requests_per_second: f64,
+    pub in_flight: i32,
+    pub processes: usize,
+    pub durability: Durability,
+}
+
+/// A scratch database, a simulator and workers, wired together.
+pub struct Lab {
+    pub pool: PgPool,
+    pub sim: SimHandle,
+    pub account: String,
+    scratch: Scratch,
+    workers: Workers,
+}
+
+enum Workers {
+    InProcess { stop: CancellationToken, tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> },
+    Processes { children: Vec<Child>, config: PathBuf },
+}
+
+impl Lab {
+    pub async fn start(o: LabOptions) -> anyhow::Result<Lab> {
+        let scratch = Scratch::create("threadsync_lab", o.durability).await?;
+        let pool = db::connect(&scratch.url, 40).await?;
+        db::migrate(&pool).await?;
+        let sim = sim::start(o.sim.clone()).await.context("starting the eBay simulator")?;
+        let text = format!(
+            "[queue]\nlease_secs = 15\n\
+             [kinds.\"ebay.list_page\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
+             [kinds.\"ebay.conversation\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
+             [[accounts]]\nid = \"{}\"\nprovider = \"ebay\"\nbase_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
+             requests_per_second = {}\nmax_in_flight = {}\nrequest_timeout_secs = 10\n",
+            o.account,
+            sim.base_url(),
+            o.requests_per_second,
+            o.in_flight
+        );
+        let cfg = Arc::new(Config::parse(&text, "lab jobs.toml")?);
+        sync::register_accounts(&pool, &cfg).await?;
+        let token = sim.token(SIM_ACCOUNT);
+        let workers = if o.processes == 0 {
+            let tokens = Tokens::Given(HashMap::from([(o.account.clone(), token)]));
+            let stop = CancellationToken::new();
+            let tasks = (0..2)
+                .map(|i| {
+                    let registry = crate::jobs::registry(&cfg, &tokens);
+                    let w = Worker::new(pool.clone(), cfg.clone(), registry, &format!("lab-{i}"), 48);
+                    tokio::spawn(w.run(stop.clone()))
+                })
+                .collect();
+            Workers::InProcess { stop, tasks }
+        } else {
+            let dir = std::env::temp_dir().join(format!("threadsync-lab-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let config = dir.join("jobs.toml");
+            std::fs::write(&config, &text)?;
+            let exe = std::env::current_exe().context("locating the threadsync binary")?;
+            let children = (0..o.processes)
+                .map(|i| {
+                    Command::new(&exe)
+                        .args(["--config", &config.display().to_string(), "worker", "--concurrency", "48"])
+                        .args(["--name", &format!("lab-p{i}")])
+                        .env("DATABASE_URL", &scratch.url)
+                        .env(TOKEN_ENV, &token)
+                        .env("RUST_LOG", "warn")
+                        .stdin(Stdio::null())
+                        .spawn()
+                        .context("starting a worker process")
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Workers::Processes { children, config }
+        };
+        Ok(Lab { pool, sim, account: o.account, scratch, workers })
+    }
+
+    /// Starts a run and waits for it, showing the progress bar when `show` is set.
+    pub async fn run(&self, mode: Mode, show: bool) -> anyhow::Result<(RunStatus, Duration)> {
+        let t = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let (id, _) = sync::start_run(&mut tx, &self.account, mode).await?;
+        tx.commit().await?;
+        let status = if show {
+            crate::progress::follow(&self.pool, id, mode.as_str()).await?
+        } else {
+            loop {
+                let s = sync::run_status(&self.pool, id).await?.context("run vanished")?;
+                if s.state == "done" || s.state == "failed" {
+                    break s;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        Ok((status, t.elapsed()))
+    }
+
+    pub async fn compare(&self) -> anyhow::Result<Comparison> {
+        let truth = self.sim.truth(Some(SIM_ACCOUNT));
+        verify::compare(&self.pool, &self.account, &truth["accounts"][0]).await
+    }
+
+    /// Fewest requests any client needs for the current dataset: one per list page of
+    /// each conversation type, one per 50 messages of each thread.
+    pub fn min_http_calls(&self) -> u64 {
+        let truth = self.sim.truth(Some(SIM_ACCOUNT));
+        let threads = truth["accounts"][0]["threads"].as_array().cloned().unwrap_or_default();
+        let mut per_type: HashMap<String, u64> = HashMap::new();
+        let mut fetches = 0;
+        for t in &threads {
+            *per_type.entry(t["conversationType"].as_str().unwrap_or("").to_string()).or_default() += 1;
+            let n = t["messages"].as_array().map_or(0, |m| m.len()) as u64;
+            fetches += n.div_ceil(50).max(1);
+        }
+        let lists: u64 = ["FROM_MEMBERS", "FROM_EBAY"]
+            .iter()
+            .map(|k| per_type.get(*k).copied().unwrap_or(0).div_ceil(50).max(1))
+            .sum();
+        lists + fetches
+    }
+
+    pub fn account_stats(&self) -> crate::sim::stats::AccountStats {
+        self.sim.stats().accounts.get(SIM_ACCOUNT).cloned().unwrap_or_default()
+    }
+
+    pub async fn stop(self) {
+        match self.workers {
+            Workers::InProcess { stop, tasks } => {
+                stop.cancel();
+                for t in tasks {
+                    let _ = t.await;
+                }
+            }
+            Workers::Processes { children, config } => {
+                for mut c in children {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+                    let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+                }
+                let _ = std::fs::remove_file(config);
+            }
+        }
+        self.pool.close().await;
+        self.sim.shutdown().await;
+        self.scratch.close().await;
+    }
+}
+
+pub async fn run(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
+    anyhow::ensure!(args.threads > 0 && args.messages > 0, "--threads and --messages must be positive");
+    anyhow::ensure!(args.in_flight >= 1, "--in-flight must be at least 1");
+    if let Some(r) = args.rate_limit {
+        anyhow::ensure!(r > 0.0, "--rate-limit must be positive");
+    }
+    let lab = Lab::start(LabOptions {
+        account: "bench".into(),
+        sim: SimConfig { threads: args.threads, messages: args.messages, seed: 42, rps_limit: args.rate_limit, ..SimConfig::default() },
+        requests_per_second: args.rate_limit.unwrap_or(0.0),
+        in_flight: args.in_flight,
+        processes: args.processes,
+        durability: Durability::Durable,
+    })
+    .await?;
+    let result = async {
+        let (status, wall) = lab.run(Mode::Full, !args.json).await?;
+        anyhow::ensure!(status.state == "done", "the run ended {}: {:?}", status.state, status.last_error);
+        let c = lab.compare().await?;
+        let stats = lab.account_stats();
+        let wall_s = wall.as_secs_f64();
+        Ok(SyncBenchReport {
+            threads: c.db_threads,
+            messages: c.db_messages,
+            wall_s,
+            threads_per_s: c.db_threads as f64 / wall_s,
+            messages_per_s: c.db_messages as f64 / wall_s,
+            http_calls: stats.total,
+            min_http_calls: lab.min_http_calls(),
+            throttled_429: stats.throttled_429,
+            max_rps_1s: stats.max_rps_1s,
+            floor_ratio: args.rate_limit.map(|r| wall_s / (stats.total as f64 / r)),
+            missing: c.missing_threads + c.missing_messages,
+            duplicated: c.duplicated,
+        })
+    }
+    .await;
+    lab.stop().await;
+    result
+}
+
+pub fn print(r: &SyncBenchReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    println!("synced:      {} threads, {} messages in {:.2} s", r.threads, r.messages, r.wall_s);
+    println!("throughput:  {:.0} threads/s, {:.0} messages/s", r.threads_per_s, r.messages_per_s);
+    println!("HTTP calls:  {} (minimum possible {}), 429s {}, peak {} req/s", r.http_calls, r.min_http_calls, r.throttled_429, r.max_rps_1s);
+    if let Some(f) = r.floor_ratio {
+        println!("floor ratio: {f:.3} (wall time / (calls / rate limit))");
+    }
+    println!("vs truth:    missing {}, duplicated {}", r.missing, r.duplicated);
+    Ok(())
+}

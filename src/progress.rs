@@ -1,0 +1,62 @@
+//! Live progress of a sync run: a bar (pages, threads, messages, requests/s, ETA) until the
+//! run finishes.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::PgPool;
+
+use crate::sync::{self, RunStatus};
+
+/// Follows run `run_id` until it is done or failed; returns its final status.
+pub async fn follow(pool: &PgPool, run_id: i64, label: &str) -> anyhow::Result<RunStatus> {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} threads  {msg}  ETA {eta}")
+            .map_err(|e| anyhow::anyhow!("progress template: {e}"))?
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    let mut last = (Instant::now(), 0i64);
+    let mut rate = 0.0;
+    loop {
+        let s = sync::run_status(pool, run_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no sync run {run_id}"))?;
+        let elapsed = last.0.elapsed().as_secs_f64();
+        if elapsed >= 0.5 {
+            rate = (s.http_calls - last.1) as f64 / elapsed;
+            last = (Instant::now(), s.http_calls);
+        }
+        bar.set_length(s.threads_seen.max(1) as u64);
+        bar.set_position((s.threads_fetched + s.threads_skipped + s.threads_deleted) as u64);
+        bar.set_message(format!(
+            "pages {}  fetched {}  unchanged {}  messages {}  {:.0} req/s  [{}]",
+            s.pages_listed, s.threads_fetched, s.threads_skipped, s.messages_written, rate, s.state
+        ));
+        if s.state == "done" || s.state == "failed" {
+            bar.finish();
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Prints a run's status as text.
+pub fn print_status(s: &RunStatus) {
+    println!("run {}  account {}  {}  {}", s.run_id, s.account_id, s.mode, s.state);
+    println!(
+        "  started {}  finished {}",
+        s.started_at.format("%Y-%m-%d %H:%M:%S"),
+        s.finished_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "  pages listed {}  threads seen {}  fetched {}  unchanged {}  deleted {}",
+        s.pages_listed, s.threads_seen, s.threads_fetched, s.threads_skipped, s.threads_deleted
+    );
+    println!("  messages written {}  HTTP calls {}", s.messages_written, s.http_calls);
+    println!("  jobs active {}  failed {}", s.jobs_active, s.jobs_failed);
+    if let Some(e) = &s.last_error {
+        println!("  error: {e}");
+    }
+}
