@@ -25,17 +25,26 @@ CREATE TABLE threadsync.threads (
     reference_id         text,
     reference_type       text,
     unread_count         integer     NOT NULL DEFAULT 0,
-    -- What the provider's list last said is the newest message.
+    -- The newest message, as the provider's list or our last fetch saw it.
     latest_message_id    text,
     latest_message_at    timestamptz,
-    -- The newest message we hold in full; a thread is fetched when the list says otherwise.
-    fetched_message_id   text,
     created_at           timestamptz,
     deleted_at           timestamptz,
     synced_at            timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (account_id, thread_id)
 );
 CREATE INDEX threads_recent ON threadsync.threads (account_id, latest_message_at DESC);
+
+-- The newest message we hold in full, per thread: a list page enqueues a fetch when the
+-- provider's latest message differs. Kept apart from `threads` so list pages (which update
+-- thread metadata) and fetches (which update this) never wait on each other's row locks.
+CREATE TABLE threadsync.thread_fetches (
+    account_id         text        NOT NULL,
+    thread_id          text        NOT NULL,
+    fetched_message_id text        NOT NULL,
+    fetched_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account_id, thread_id)
+);
 
 CREATE TABLE threadsync.messages (
     account_id  text        NOT NULL,

@@ -4,7 +4,9 @@
 //! - in-flight cap: the queue's concurrency key (one HTTP call per running job);
 //! - pauses: an account paused (daily quota spent, token rejected) parks its jobs until then.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -31,7 +33,7 @@ pub async fn acquire(
     requests_per_second: f64,
 ) -> Result<(), FlowError> {
     if requests_per_second <= 0.0 {
-        return check_pause(pool, account).await;
+        return PAUSES.check(pool, account).await;
     }
     let interval = 1.0 / (requests_per_second * PACE_MARGIN);
     let wait: Option<f64> = sqlx::query_scalar(
@@ -82,6 +84,48 @@ async fn check_pause(pool: &PgPool, account: &str) -> Result<(), FlowError> {
     }
 }
 
+/// Pause state of unpaced accounts, cached for a second: paced accounts read it with every
+/// slot reservation anyway.
+static PAUSES: PauseCache = PauseCache { seen: Mutex::new(BTreeMap::new()) };
+
+struct PauseCache {
+    seen: Mutex<BTreeMap<String, (Instant, Option<(DateTime<Utc>, String)>)>>,
+}
+
+impl PauseCache {
+    async fn check(&self, pool: &PgPool, account: &str) -> Result<(), FlowError> {
+        let cached = self
+            .seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(account).filter(|(at, _)| at.elapsed() < Duration::from_secs(1)).map(|(_, p)| p.clone()));
+        let pause = match cached {
+            Some(p) => p,
+            None => {
+                let p = match check_pause(pool, account).await {
+                    Ok(()) => None,
+                    Err(FlowError::Paused { until, reason }) => Some((until, reason)),
+                    Err(e) => return Err(e),
+                };
+                if let Ok(mut m) = self.seen.lock() {
+                    m.insert(account.to_string(), (Instant::now(), p.clone()));
+                }
+                p
+            }
+        };
+        match pause {
+            Some((until, reason)) if until > Utc::now() => Err(FlowError::Paused { until, reason }),
+            _ => Ok(()),
+        }
+    }
+
+    fn forget(&self, account: &str) {
+        if let Ok(mut m) = self.seen.lock() {
+            m.remove(account);
+        }
+    }
+}
+
 /// Parks every job of the account until `until`, with the reason `threadsync status` shows.
 pub async fn pause(
     pool: &PgPool,
@@ -99,5 +143,6 @@ pub async fn pause(
     .bind(reason)
     .execute(pool)
     .await?;
+    PAUSES.forget(account);
     Ok(())
 }

@@ -46,8 +46,8 @@ pub struct Progress {
     pub http_calls: i32,
 }
 
-/// Upserts thread metadata as a provider list shows it. `fetched_message_id` is left alone:
-/// only a completed conversation fetch moves it.
+/// Upserts thread metadata as a provider list shows it, in thread id order so concurrent
+/// pages that overlap lock rows in the same order.
 pub async fn upsert_threads(
     conn: &mut PgConnection,
     account: &str,
@@ -57,7 +57,10 @@ pub async fn upsert_threads(
     if rows.is_empty() {
         return Ok(());
     }
-    let col = |f: fn(&ThreadRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    let mut rows: Vec<&ThreadRow> = rows.iter().collect();
+    rows.sort_by(|a, b| a.thread_id.cmp(&b.thread_id));
+    rows.dedup_by(|a, b| a.thread_id == b.thread_id);
+    let col = |f: fn(&ThreadRow) -> Option<String>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, conversation_type, title, status,
                 reference_id, reference_type, unread_count, latest_message_id, latest_message_at, created_at)
@@ -97,8 +100,8 @@ pub async fn fetched_ids(
     thread_ids: &[String],
 ) -> sqlx::Result<HashMap<String, String>> {
     let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT thread_id, fetched_message_id FROM threadsync.threads
-          WHERE account_id = $1 AND thread_id = ANY($2) AND fetched_message_id IS NOT NULL",
+        "SELECT thread_id, fetched_message_id FROM threadsync.thread_fetches
+          WHERE account_id = $1 AND thread_id = ANY($2)",
     )
     .bind(account)
     .bind(thread_ids)
@@ -149,25 +152,30 @@ pub async fn upsert_messages(
     Ok(r.rows_affected())
 }
 
-/// After a complete fetch: the thread's newest message is the newest one we hold.
-pub async fn mark_fetched(
-    conn: &mut PgConnection,
-    account: &str,
-    provider: &str,
-    thread_id: &str,
-) -> sqlx::Result<()> {
+/// After a complete fetch: record the newest message we hold, move the thread's latest
+/// message forward if the fetch saw a newer one than the list did (a refresh after a send),
+/// and create the thread if it was never listed. One statement; the thread row is only
+/// written when it changes, so a list page holding it never blocks a fetch.
+pub async fn mark_fetched(conn: &mut PgConnection, account: &str, provider: &str, thread_id: &str) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id, latest_message_at,
-                                             fetched_message_id)
-         SELECT $1, $2, $3, m.message_id, m.sent_at, m.message_id
-           FROM threadsync.messages m WHERE m.account_id = $1 AND m.thread_id = $3
-          ORDER BY m.sent_at DESC, m.message_id DESC LIMIT 1
-         ON CONFLICT (account_id, thread_id) DO UPDATE SET
-                fetched_message_id = excluded.fetched_message_id,
-                latest_message_id = CASE WHEN t.latest_message_at IS NULL OR excluded.latest_message_at >= t.latest_message_at
-                                         THEN excluded.latest_message_id ELSE t.latest_message_id END,
-                latest_message_at = greatest(t.latest_message_at, excluded.latest_message_at),
-                deleted_at = NULL, synced_at = now()",
+        "WITH newest AS (
+            SELECT message_id, sent_at FROM threadsync.messages WHERE account_id = $1 AND thread_id = $3
+             ORDER BY sent_at DESC, message_id DESC LIMIT 1),
+         fetched AS (
+            INSERT INTO threadsync.thread_fetches (account_id, thread_id, fetched_message_id)
+            SELECT $1, $3, message_id FROM newest
+            ON CONFLICT (account_id, thread_id) DO UPDATE SET fetched_message_id = excluded.fetched_message_id,
+                                                              fetched_at = now()),
+         moved AS (
+            UPDATE threadsync.threads t
+               SET latest_message_id = n.message_id, latest_message_at = n.sent_at, deleted_at = NULL, synced_at = now()
+              FROM newest n
+             WHERE t.account_id = $1 AND t.thread_id = $3
+               AND (t.latest_message_at IS NULL OR t.latest_message_at < n.sent_at OR t.deleted_at IS NOT NULL))
+         INSERT INTO threadsync.threads (account_id, provider, thread_id, latest_message_id, latest_message_at)
+         SELECT $1, $2, $3, message_id, sent_at FROM newest
+          WHERE NOT EXISTS (SELECT 1 FROM threadsync.threads WHERE account_id = $1 AND thread_id = $3)
+         ON CONFLICT (account_id, thread_id) DO NOTHING",
     )
     .bind(account)
     .bind(provider)

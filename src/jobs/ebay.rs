@@ -23,10 +23,6 @@ use super::Tokens;
 pub const LIST_KIND: &str = "ebay.list_page";
 pub const CONVERSATION_KIND: &str = "ebay.conversation";
 
-/// Consecutive list pages overlap by this many entries, so a list that shifts up (a thread
-/// deleted or archived ahead of the reader) turns a skipped boundary thread into a duplicate.
-const PAGE_OVERLAP: u32 = 5;
-const PAGE_STEP: u32 = PAGE_LIMIT - PAGE_OVERLAP;
 /// Incremental start_time and catch-up cutoffs reach back this far: clock skew between us
 /// and eBay, and messages committed late on their side.
 const LOOKBACK_MINUTES: i64 = 10;
@@ -40,10 +36,11 @@ const PRIORITY_CONVERSATION: i32 = 0;
 enum Walk {
     /// First page: fan out every remaining page at once from `total`.
     Fanout,
-    /// A fanned-out page; the last one follows `next` if the list grew.
-    Planned { last: bool },
-    /// Follow `next` one page at a time.
-    Next,
+    /// A fanned-out page planned when the list had `total` entries; the last one follows
+    /// `next` if the list grew.
+    Planned { last: bool, total: u32 },
+    /// Follow `next` one page at a time; `total` as the previous page saw it.
+    Next { total: Option<u32> },
     /// Recency order: keep going only while a page still holds changed threads or
     /// activity since `cutoff`.
     EarlyStop { cutoff: DateTime<Utc> },
@@ -392,7 +389,6 @@ impl Handler for ListPage {
         }
 
         let mut tx = job.begin(Finish::Done).await?;
-        store::upsert_threads(&mut tx, &account.id, "ebay", &rows).await?;
         crate::queue::enqueue_batch(&mut *tx, &follow_ups).await?;
         let progress = Progress {
             pages_listed: 1,
@@ -402,6 +398,8 @@ impl Handler for ListPage {
             ..Progress::default()
         };
         store::add_progress(&mut tx, run_id, progress).await?;
+        // Last, so the thread rows (which overlapping pages also write) stay locked briefly.
+        store::upsert_threads(&mut tx, &account.id, "ebay", &rows).await?;
         job.commit(tx).await
     }
 
@@ -418,50 +416,48 @@ fn next_pages(
     keep_going: bool,
 ) -> Vec<NewJob> {
     let has_next = page.next.is_some() && !page.conversations.is_empty();
-    let next = |walk| {
-        list_job(
-            account,
-            run_id,
-            &p.conversation_type,
-            p.offset + PAGE_STEP,
-            p.start_time,
-            walk,
-        )
+    let total = page.total.map(|t| t.max(0) as u32);
+    let job = |offset, walk| list_job(account, run_id, &p.conversation_type, offset, p.start_time, walk);
+    let mut jobs = Vec::new();
+    // Offset pages over a live list: if entries ahead of this page vanished since the page
+    // before was planned (deleted threads), everything moved up and the first entries of this
+    // page's range slid into a page already read. Re-read that strip.
+    let expected = match p.walk {
+        Walk::Planned { total, .. } => Some(total),
+        Walk::Next { total } => total,
+        _ => None,
     };
+    if let (Some(expected), Some(now)) = (expected, total) {
+        if now < expected && p.offset > 0 {
+            let shift = (expected - now).min(PAGE_LIMIT);
+            jobs.push(job(p.offset.saturating_sub(shift), Walk::Planned { last: false, total: now }));
+        }
+    }
     match p.walk {
-        Walk::Fanout => match page.total {
+        Walk::Fanout => match total {
             Some(total) if has_next => {
-                let total = total.max(0) as u32;
-                let offsets: Vec<u32> = (1..)
-                    .map(|k| k * PAGE_STEP)
-                    .take_while(|o| *o < total)
-                    .collect();
+                let offsets: Vec<u32> = (1..).map(|k| k * PAGE_LIMIT).take_while(|o| *o < total).collect();
                 let n = offsets.len();
-                offsets
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, o)| {
-                        list_job(
-                            account,
-                            run_id,
-                            &p.conversation_type,
-                            o,
-                            p.start_time,
-                            Walk::Planned { last: i + 1 == n },
-                        )
-                    })
-                    .collect()
+                jobs.extend(
+                    offsets
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, o)| job(o, Walk::Planned { last: i + 1 == n, total })),
+                );
             }
-            _ if has_next => vec![next(Walk::Next)],
-            _ => vec![],
+            _ if has_next => jobs.push(job(p.offset + PAGE_LIMIT, Walk::Next { total })),
+            _ => {}
         },
         // The list grew since the first page: keep following it.
-        Walk::Planned { last: true } | Walk::Next if has_next => vec![next(Walk::Next)],
-        Walk::EarlyStop { cutoff } if has_next && keep_going => {
-            vec![next(Walk::EarlyStop { cutoff })]
+        Walk::Planned { last: true, .. } | Walk::Next { .. } if has_next => {
+            jobs.push(job(p.offset + PAGE_LIMIT, Walk::Next { total }))
         }
-        _ => vec![],
+        Walk::EarlyStop { cutoff } if has_next && keep_going => {
+            jobs.push(job(p.offset + PAGE_LIMIT, Walk::EarlyStop { cutoff }))
+        }
+        _ => {}
     }
+    jobs
 }
 
 fn thread_row(c: &ebay::Conversation, listed_type: &str) -> ThreadRow {
