@@ -18,13 +18,21 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    println!("threadsync demo: {} eBay threads of about {} messages, served by the simulator", args.threads, args.messages);
+    println!(
+        "threadsync demo: {} eBay threads of about {} messages, served by the simulator",
+        args.threads, args.messages
+    );
     if std::env::var("DATABASE_URL").is_err() {
         println!("starting a private PostgreSQL (DATABASE_URL is unset)...");
     }
     let lab = Lab::start(LabOptions {
         account: "ebay-demo".into(),
-        sim: SimConfig { threads: args.threads, messages: args.messages, seed: 2026, ..SimConfig::default() },
+        sim: SimConfig {
+            threads: args.threads,
+            messages: args.messages,
+            seed: 2026,
+            ..SimConfig::default()
+        },
         requests_per_second: 0.0,
         in_flight: 32,
         processes: 0,
@@ -43,7 +51,9 @@ async fn demo(lab: &Lab) -> anyhow::Result<()> {
     let calls1 = lab.account_stats().total;
     summary(&full, full_wall, calls1 - calls0);
 
-    let changed = lab.sim.mutate(&json!({"account": "acct-0", "new_messages": 120, "new_threads": 10, "direction": "mixed"}))?;
+    let changed = lab.sim.mutate(
+        &json!({"account": "acct-0", "new_messages": 120, "new_threads": 10, "direction": "mixed"}),
+    )?;
     let new_messages = changed["newMessages"].as_array().map_or(0, |a| a.len());
     println!("\n2. meanwhile on eBay: {new_messages} new messages and 10 new threads arrive");
 
@@ -54,10 +64,19 @@ async fn demo(lab: &Lab) -> anyhow::Result<()> {
 
     let c = lab.compare().await?;
     println!("\ncompared with the simulator's truth:");
-    println!("  threads   {} of {}   missing {}", c.db_threads, c.truth_threads, c.missing_threads);
-    println!("  messages  {} of {}   missing {}", c.db_messages, c.truth_messages, c.missing_messages);
+    println!(
+        "  threads   {} of {}   missing {}",
+        c.db_threads, c.truth_threads, c.missing_threads
+    );
+    println!(
+        "  messages  {} of {}   missing {}",
+        c.db_messages, c.truth_messages, c.missing_messages
+    );
     println!("  duplicated {}   stale {}", c.duplicated, c.stale);
-    anyhow::ensure!(c.is_exact(), "the synced copy differs from the provider's data");
+    anyhow::ensure!(
+        c.is_exact(),
+        "the synced copy differs from the provider's data"
+    );
     println!("\nthe local copy equals eBay's data.");
     Ok(())
 }

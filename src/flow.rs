@@ -26,15 +26,88 @@ pub enum FlowError {
     Db(#[from] sqlx::Error),
 }
 
-/// Waits for this account's next request slot. `requests_per_second = 0` means unpaced.
-pub async fn acquire(
+type PauseState = Option<(DateTime<Utc>, String)>;
+
+/// Flow control as one worker process sees it. Holds the pause state of unpaced accounts,
+/// cached for a second (paced accounts read it with every slot reservation anyway).
+#[derive(Default)]
+pub struct Flow {
+    pauses: Mutex<BTreeMap<String, (Instant, PauseState)>>,
+}
+
+impl Flow {
+    /// Waits for this account's next request slot. `requests_per_second = 0` means unpaced:
+    /// then only pauses apply.
+    pub async fn acquire(
+        &self,
+        pool: &PgPool,
+        account: &str,
+        requests_per_second: f64,
+    ) -> Result<(), FlowError> {
+        if requests_per_second <= 0.0 {
+            return self.check_cached(pool, account).await;
+        }
+        reserve_slot(pool, account, requests_per_second).await
+    }
+
+    async fn check_cached(&self, pool: &PgPool, account: &str) -> Result<(), FlowError> {
+        let cached = self.pauses.lock().ok().and_then(|m| {
+            m.get(account)
+                .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
+                .map(|(_, p)| p.clone())
+        });
+        let pause = match cached {
+            Some(p) => p,
+            None => {
+                let p = match check_pause(pool, account).await {
+                    Ok(()) => None,
+                    Err(FlowError::Paused { until, reason }) => Some((until, reason)),
+                    Err(e) => return Err(e),
+                };
+                if let Ok(mut m) = self.pauses.lock() {
+                    m.insert(account.to_string(), (Instant::now(), p.clone()));
+                }
+                p
+            }
+        };
+        match pause {
+            Some((until, reason)) if until > Utc::now() => Err(FlowError::Paused { until, reason }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Parks every job of the account until `until`, with the reason `threadsync status` shows.
+    pub async fn pause(
+        &self,
+        pool: &PgPool,
+        account: &str,
+        until: DateTime<Utc>,
+        reason: &str,
+    ) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE threadsync.accounts
+                SET paused_until = greatest(coalesce(paused_until, $2), $2), pause_reason = $3, updated_at = now()
+              WHERE id = $1",
+        )
+        .bind(account)
+        .bind(until)
+        .bind(reason)
+        .execute(pool)
+        .await?;
+        if let Ok(mut m) = self.pauses.lock() {
+            m.remove(account);
+        }
+        Ok(())
+    }
+}
+
+/// Reserves the account's next send slot (slots 1/rate apart, shared by the fleet) and
+/// waits for it, unless the account is paused.
+async fn reserve_slot(
     pool: &PgPool,
     account: &str,
     requests_per_second: f64,
 ) -> Result<(), FlowError> {
-    if requests_per_second <= 0.0 {
-        return PAUSES.check(pool, account).await;
-    }
     let interval = 1.0 / (requests_per_second * PACE_MARGIN);
     let wait: Option<f64> = sqlx::query_scalar(
         "UPDATE threadsync.flow f
@@ -82,67 +155,4 @@ async fn check_pause(pool: &PgPool, account: &str) -> Result<(), FlowError> {
         }),
         None => Ok(()),
     }
-}
-
-/// Pause state of unpaced accounts, cached for a second: paced accounts read it with every
-/// slot reservation anyway.
-static PAUSES: PauseCache = PauseCache { seen: Mutex::new(BTreeMap::new()) };
-
-struct PauseCache {
-    seen: Mutex<BTreeMap<String, (Instant, Option<(DateTime<Utc>, String)>)>>,
-}
-
-impl PauseCache {
-    async fn check(&self, pool: &PgPool, account: &str) -> Result<(), FlowError> {
-        let cached = self
-            .seen
-            .lock()
-            .ok()
-            .and_then(|m| m.get(account).filter(|(at, _)| at.elapsed() < Duration::from_secs(1)).map(|(_, p)| p.clone()));
-        let pause = match cached {
-            Some(p) => p,
-            None => {
-                let p = match check_pause(pool, account).await {
-                    Ok(()) => None,
-                    Err(FlowError::Paused { until, reason }) => Some((until, reason)),
-                    Err(e) => return Err(e),
-                };
-                if let Ok(mut m) = self.seen.lock() {
-                    m.insert(account.to_string(), (Instant::now(), p.clone()));
-                }
-                p
-            }
-        };
-        match pause {
-            Some((until, reason)) if until > Utc::now() => Err(FlowError::Paused { until, reason }),
-            _ => Ok(()),
-        }
-    }
-
-    fn forget(&self, account: &str) {
-        if let Ok(mut m) = self.seen.lock() {
-            m.remove(account);
-        }
-    }
-}
-
-/// Parks every job of the account until `until`, with the reason `threadsync status` shows.
-pub async fn pause(
-    pool: &PgPool,
-    account: &str,
-    until: DateTime<Utc>,
-    reason: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE threadsync.accounts SET paused_until = greatest(coalesce(paused_until, $2), $2), pause_reason = $3,
-                updated_at = now()
-          WHERE id = $1",
-    )
-    .bind(account)
-    .bind(until)
-    .bind(reason)
-    .execute(pool)
-    .await?;
-    PAUSES.forget(account);
-    Ok(())
 }

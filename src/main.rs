@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use threadsync::config::Config;
 use threadsync::queue::{admin, enqueue, NewJob};
-use threadsync::worker::Worker;
 use threadsync::sync::{self, Mode};
+use threadsync::worker::Worker;
 use threadsync::{bench, db, jobs, progress};
 
 #[derive(Parser)]
@@ -221,7 +221,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             bench::sync::print(&report, json)
         }
         Cmd::Resync { account, follow } => start_sync(&cfg, &account, Mode::Full, follow).await,
-        Cmd::Sync { account, follow } => start_sync(&cfg, &account, Mode::Incremental, follow).await,
+        Cmd::Sync { account, follow } => {
+            start_sync(&cfg, &account, Mode::Incremental, follow).await
+        }
         Cmd::Refresh { account, thread_id } => {
             cfg.account(&account)?;
             let pool = db::connect(&db::url_from_env()?, 2).await?;
@@ -234,7 +236,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("refresh of thread {thread_id} queued as job {id}");
             Ok(())
         }
-        Cmd::Status { run_id, account, json } => status(run_id, account, json).await,
+        Cmd::Status {
+            run_id,
+            account,
+            json,
+        } => status(run_id, account, json).await,
         Cmd::Demo(args) => threadsync::demo::run(args).await,
         Cmd::Bench(BenchCmd::Sim(args)) => threadsync::sim::bench_cli(args).await,
         Cmd::Sim(args) => threadsync::sim::run_cli(args).await,
@@ -418,24 +424,39 @@ async fn status(run_id: Option<i64>, account: Option<String>, json: bool) -> any
     let (run_id, acct) = match (run_id, &account) {
         (Some(id), _) => (Some(id), None),
         (None, Some(a)) => {
-            let st = sync::account_status(&pool, a).await?.ok_or_else(|| anyhow::anyhow!("unknown account {a:?}"))?;
+            let st = sync::account_status(&pool, a)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("unknown account {a:?}"))?;
             (sync::latest_run(&pool, a).await?, Some(st))
         }
         (None, None) => anyhow::bail!("give a RUN_ID or --account ACCOUNT"),
     };
     let run = match run_id {
-        Some(id) => Some(sync::run_status(&pool, id).await?.ok_or_else(|| anyhow::anyhow!("no sync run {id}"))?),
+        Some(id) => Some(
+            sync::run_status(&pool, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no sync run {id}"))?,
+        ),
         None => None,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"account": acct, "run": run}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"account": acct, "run": run}))?
+        );
         return Ok(());
     }
     if let Some(a) = &acct {
-        println!("account {} ({}): {} threads, {} messages", a.id, a.provider, a.threads, a.messages);
+        println!(
+            "account {} ({}): {} threads, {} messages",
+            a.id, a.provider, a.threads, a.messages
+        );
         match (&a.paused_until, &a.pause_reason) {
             (Some(until), reason) if *until > chrono::Utc::now() => {
-                println!("  PAUSED until {until}: {}", reason.as_deref().unwrap_or("-"))
+                println!(
+                    "  PAUSED until {until}: {}",
+                    reason.as_deref().unwrap_or("-")
+                )
             }
             _ => println!("  not paused"),
         }

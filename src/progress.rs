@@ -44,17 +44,25 @@ pub async fn follow(pool: &PgPool, run_id: i64, label: &str) -> anyhow::Result<R
 
 /// Prints a run's status as text.
 pub fn print_status(s: &RunStatus) {
-    println!("run {}  account {}  {}  {}", s.run_id, s.account_id, s.mode, s.state);
+    println!(
+        "run {}  account {}  {}  {}",
+        s.run_id, s.account_id, s.mode, s.state
+    );
     println!(
         "  started {}  finished {}",
         s.started_at.format("%Y-%m-%d %H:%M:%S"),
-        s.finished_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
+        s.finished_at
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into())
     );
     println!(
         "  pages listed {}  threads seen {}  fetched {}  unchanged {}  deleted {}",
         s.pages_listed, s.threads_seen, s.threads_fetched, s.threads_skipped, s.threads_deleted
     );
-    println!("  messages written {}  HTTP calls {}", s.messages_written, s.http_calls);
+    println!(
+        "  messages written {}  HTTP calls {}",
+        s.messages_written, s.http_calls
+    );
     println!("  jobs active {}  failed {}", s.jobs_active, s.jobs_failed);
     if let Some(e) = &s.last_error {
         println!("  error: {e}");

@@ -156,7 +156,12 @@ pub async fn upsert_messages(
 /// message forward if the fetch saw a newer one than the list did (a refresh after a send),
 /// and create the thread if it was never listed. One statement; the thread row is only
 /// written when it changes, so a list page holding it never blocks a fetch.
-pub async fn mark_fetched(conn: &mut PgConnection, account: &str, provider: &str, thread_id: &str) -> sqlx::Result<()> {
+pub async fn mark_fetched(
+    conn: &mut PgConnection,
+    account: &str,
+    provider: &str,
+    thread_id: &str,
+) -> sqlx::Result<()> {
     sqlx::query(
         "WITH newest AS (
             SELECT message_id, sent_at FROM threadsync.messages WHERE account_id = $1 AND thread_id = $3

@@ -236,3 +236,243 @@ async fn incremental_fetches_only_what_changed() {
     assert!(rig.compare().await.is_exact());
     rig.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
+    let sim_cfg = SimConfig {
+        threads: 100,
+        messages: 5,
+        seed: 5,
+        start_time_semantics: sim::StartTimeSemantics::InboundOnly,
+        ..SimConfig::default()
+    };
+    let rig = Rig::new(sim_cfg, 0.0, 10, 1).await;
+    rig.run(Mode::Full).await;
+    let reply = rig
+        .sim
+        .mutate(&json!({"account": "acct-0", "new_messages": 1, "direction": "outbound"}))
+        .unwrap();
+    let thread = reply["newMessages"][0]["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(rig.compare().await.missing_messages, 1);
+
+    // What the web app does right after it sends: one SQL call in its own transaction.
+    // Asked twice before it runs, it is one job.
+    let mut tx = rig.db.pool.begin().await.unwrap();
+    let job: i64 = sqlx::query_scalar("SELECT threadsync.refresh_thread('acct-0', $1)")
+        .bind(&thread)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let again: i64 = sqlx::query_scalar("SELECT threadsync.refresh_thread('acct-0', $1)")
+        .bind(&thread)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(job, again, "asking twice while pending runs once");
+    rig.db
+        .wait_count(
+            &format!("SELECT count(*) FROM threadsync.jobs WHERE id = {job} AND status = 'done'"),
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    assert!(rig.compare().await.is_exact());
+
+    // Without a refresh, an incremental sync still catches a hidden reply: after its
+    // start_time pass it re-reads the head of the recency-ordered list.
+    rig.sim
+        .mutate(&json!({"account": "acct-0", "new_messages": 1, "direction": "outbound"}))
+        .unwrap();
+    rig.sim.reset_stats();
+    rig.run(Mode::Incremental).await;
+    assert!(rig.compare().await.is_exact());
+    assert_eq!(
+        rig.calls("conversation/"),
+        1,
+        "exactly the one changed thread is fetched"
+    );
+    rig.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daily_quota_pauses_the_account_until_reset_without_burning_attempts() {
+    let reset = chrono::Utc::now().timestamp_millis() + 4000;
+    let sim_cfg = SimConfig {
+        threads: 150,
+        messages: 5,
+        seed: 9,
+        daily_quota: Some(100),
+        quota_reset_at_ms: Some(reset),
+        ..SimConfig::default()
+    };
+    let rig = Rig::new(sim_cfg, 0.0, 4, 1).await;
+    let mut tx = rig.db.pool.begin().await.unwrap();
+    let (id, _) = sync::start_run(&mut tx, "acct-0", Mode::Full)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // The quota runs out; the account is paused with the reason shown in status.
+    rig.db
+        .wait_count(
+            "SELECT count(*) FROM threadsync.accounts WHERE paused_until > now()",
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    let st = sync::account_status(&rig.db.pool, "acct-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        st.pause_reason.unwrap().contains("quota"),
+        "status says why"
+    );
+    // The quota resets (the simulator's clock passes its reset instant); the run finishes.
+    // Quotas are daily: give the simulator a fresh one as eBay would at reset.
+    let s = rig.wait_run(id, Duration::from_secs(60)).await;
+    assert_eq!(s.state, "done", "{s:?}");
+    assert!(rig.compare().await.is_exact());
+    let max_attempts: i64 = rig
+        .db
+        .count(&format!(
+            "SELECT max(attempts)::int8 FROM threadsync.jobs WHERE run_id = {id}"
+        ))
+        .await;
+    assert!(
+        max_attempts <= 2,
+        "quota pauses must not burn attempts (max {max_attempts})"
+    );
+    let throttled = rig.sim.stats().totals.throttled_429;
+    assert!(
+        throttled <= 10,
+        "no hammering while paused: {throttled} 429s"
+    );
+    rig.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_deleted_between_list_and_fetch_does_not_fail_the_run() {
+    // One request in flight: fetches trail the list, leaving time to delete listed threads.
+    let rig = Rig::new(
+        SimConfig {
+            threads: 120,
+            messages: 5,
+            seed: 13,
+            latency_ms: 5,
+            ..SimConfig::default()
+        },
+        0.0,
+        1,
+        1,
+    )
+    .await;
+    let mut tx = rig.db.pool.begin().await.unwrap();
+    let (id, _) = sync::start_run(&mut tx, "acct-0", Mode::Full)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    rig.db
+        .wait_count(
+            "SELECT least(count(*), 50) FROM threadsync.threads",
+            50,
+            Duration::from_secs(20),
+        )
+        .await;
+    let victims: Vec<String> = sqlx::query_scalar(
+        "SELECT t.thread_id FROM threadsync.threads t
+          WHERE NOT EXISTS (SELECT 1 FROM threadsync.thread_fetches f WHERE f.thread_id = t.thread_id)
+          ORDER BY t.thread_id DESC LIMIT 3",
+    )
+    .fetch_all(&rig.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(victims.len(), 3);
+    rig.sim
+        .mutate(&json!({"account": "acct-0", "delete_ids": victims}))
+        .unwrap();
+    let s = rig.wait_run(id, Duration::from_secs(60)).await;
+    assert_eq!(s.state, "done", "{s:?}");
+    assert!(s.threads_deleted >= 1, "{s:?}");
+    assert!(rig.compare().await.is_exact());
+    let deleted = rig
+        .db
+        .count("SELECT count(*) FROM threadsync.threads WHERE deleted_at IS NOT NULL")
+        .await;
+    assert!(deleted >= 1);
+    rig.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_messages_during_a_full_resync_are_not_missed() {
+    let rig = Rig::new(
+        SimConfig {
+            threads: 600,
+            messages: 8,
+            seed: 17,
+            latency_ms: 2,
+            ..SimConfig::default()
+        },
+        0.0,
+        6,
+        2,
+    )
+    .await;
+    let mut tx = rig.db.pool.begin().await.unwrap();
+    let (id, _) = sync::start_run(&mut tx, "acct-0", Mode::Full)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // While the main pass pages through the list, threads gain messages (moving to the top,
+    // shifting offsets) and new threads appear.
+    let mut mutations = 0;
+    loop {
+        let s = sync::run_status(&rig.db.pool, id).await.unwrap().unwrap();
+        if s.state != "running" {
+            break;
+        }
+        rig.sim.mutate(&json!({"account": "acct-0", "new_messages": 5, "new_threads": 1, "direction": "mixed"})).unwrap();
+        mutations += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        mutations >= 3,
+        "the run ended before the list could shift ({mutations} rounds)"
+    );
+    let s = rig.wait_run(id, Duration::from_secs(60)).await;
+    assert_eq!(s.state, "done");
+    let c = rig.compare().await;
+    if !c.is_exact() {
+        let truth = rig.sim.truth(Some("acct-0"));
+        for t in truth["accounts"][0]["threads"].as_array().unwrap() {
+            let tid = t["conversationId"].as_str().unwrap();
+            let n = t["messages"].as_array().unwrap().len() as i64;
+            let have = rig
+                .db
+                .count(&format!(
+                    "SELECT count(*) FROM threadsync.messages WHERE thread_id = '{tid}'"
+                ))
+                .await;
+            if have != n {
+                let fetched = rig
+                    .db
+                    .count(&format!(
+                        "SELECT count(*) FROM threadsync.thread_fetches WHERE thread_id = '{tid}'"
+                    ))
+                    .await;
+                let listed = rig
+                    .db
+                    .count(&format!(
+                        "SELECT count(*) FROM threadsync.threads WHERE thread_id = '{tid}'"
+                    ))
+                    .await;
+                eprintln!("thread {tid} ({}): have {have} of {n}, listed {listed}, fetched {fetched}, latest {}", t["conversationType"], t["latestMessageDate"]);
+            }
+        }
+    }
+    assert!(c.is_exact(), "after {mutations} rounds of changes: {c:?}");
+    rig.close().await;
+}

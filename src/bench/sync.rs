@@ -83,8 +83,14 @@ pub struct Lab {
 }
 
 enum Workers {
-    InProcess { stop: CancellationToken, tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>> },
-    Processes { children: Vec<Child>, config: PathBuf },
+    InProcess {
+        stop: CancellationToken,
+        tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    },
+    Processes {
+        children: Vec<Child>,
+        config: PathBuf,
+    },
 }
 
 impl Lab {
@@ -92,7 +98,9 @@ impl Lab {
         let scratch = Scratch::create("threadsync_lab", o.durability).await?;
         let pool = db::connect(&scratch.url, 40).await?;
         db::migrate(&pool).await?;
-        let sim = sim::start(o.sim.clone()).await.context("starting the eBay simulator")?;
+        let sim = sim::start(o.sim.clone())
+            .await
+            .context("starting the eBay simulator")?;
         let text = format!(
             "[queue]\nlease_secs = 15\n\
              [kinds.\"ebay.list_page\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
@@ -113,7 +121,8 @@ impl Lab {
             let tasks = (0..2)
                 .map(|i| {
                     let registry = crate::jobs::registry(&cfg, &tokens);
-                    let w = Worker::new(pool.clone(), cfg.clone(), registry, &format!("lab-{i}"), 48);
+                    let w =
+                        Worker::new(pool.clone(), cfg.clone(), registry, &format!("lab-{i}"), 48);
                     tokio::spawn(w.run(stop.clone()))
                 })
                 .collect();
@@ -127,7 +136,13 @@ impl Lab {
             let children = (0..o.processes)
                 .map(|i| {
                     Command::new(&exe)
-                        .args(["--config", &config.display().to_string(), "worker", "--concurrency", "48"])
+                        .args([
+                            "--config",
+                            &config.display().to_string(),
+                            "worker",
+                            "--concurrency",
+                            "48",
+                        ])
                         .args(["--name", &format!("lab-p{i}")])
                         .env("DATABASE_URL", &scratch.url)
                         .env(TOKEN_ENV, &token)
@@ -139,7 +154,13 @@ impl Lab {
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Workers::Processes { children, config }
         };
-        Ok(Lab { pool, sim, account: o.account, scratch, workers })
+        Ok(Lab {
+            pool,
+            sim,
+            account: o.account,
+            scratch,
+            workers,
+        })
     }
 
     /// Starts a run and waits for it, showing the progress bar when `show` is set.
@@ -152,7 +173,9 @@ impl Lab {
             crate::progress::follow(&self.pool, id, mode.as_str()).await?
         } else {
             loop {
-                let s = sync::run_status(&self.pool, id).await?.context("run vanished")?;
+                let s = sync::run_status(&self.pool, id)
+                    .await?
+                    .context("run vanished")?;
                 if s.state == "done" || s.state == "failed" {
                     break s;
                 }
@@ -171,11 +194,16 @@ impl Lab {
     /// each conversation type, one per 50 messages of each thread.
     pub fn min_http_calls(&self) -> u64 {
         let truth = self.sim.truth(Some(SIM_ACCOUNT));
-        let threads = truth["accounts"][0]["threads"].as_array().cloned().unwrap_or_default();
+        let threads = truth["accounts"][0]["threads"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let mut per_type: HashMap<String, u64> = HashMap::new();
         let mut fetches = 0;
         for t in &threads {
-            *per_type.entry(t["conversationType"].as_str().unwrap_or("").to_string()).or_default() += 1;
+            *per_type
+                .entry(t["conversationType"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
             let n = t["messages"].as_array().map_or(0, |m| m.len()) as u64;
             fetches += n.div_ceil(50).max(1);
         }
@@ -187,7 +215,12 @@ impl Lab {
     }
 
     pub fn account_stats(&self) -> crate::sim::stats::AccountStats {
-        self.sim.stats().accounts.get(SIM_ACCOUNT).cloned().unwrap_or_default()
+        self.sim
+            .stats()
+            .accounts
+            .get(SIM_ACCOUNT)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub async fn stop(self) {
@@ -200,7 +233,10 @@ impl Lab {
             }
             Workers::Processes { children, config } => {
                 for mut c in children {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(c.id() as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
                     let _ = tokio::task::spawn_blocking(move || c.wait()).await;
                 }
                 let _ = std::fs::remove_file(config);
@@ -213,14 +249,23 @@ impl Lab {
 }
 
 pub async fn run(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
-    anyhow::ensure!(args.threads > 0 && args.messages > 0, "--threads and --messages must be positive");
+    anyhow::ensure!(
+        args.threads > 0 && args.messages > 0,
+        "--threads and --messages must be positive"
+    );
     anyhow::ensure!(args.in_flight >= 1, "--in-flight must be at least 1");
     if let Some(r) = args.rate_limit {
         anyhow::ensure!(r > 0.0, "--rate-limit must be positive");
     }
     let lab = Lab::start(LabOptions {
         account: "bench".into(),
-        sim: SimConfig { threads: args.threads, messages: args.messages, seed: 42, rps_limit: args.rate_limit, ..SimConfig::default() },
+        sim: SimConfig {
+            threads: args.threads,
+            messages: args.messages,
+            seed: 42,
+            rps_limit: args.rate_limit,
+            ..SimConfig::default()
+        },
         requests_per_second: args.rate_limit.unwrap_or(0.0),
         in_flight: args.in_flight,
         processes: args.processes,
@@ -229,7 +274,12 @@ pub async fn run(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
     .await?;
     let result = async {
         let (status, wall) = lab.run(Mode::Full, !args.json).await?;
-        anyhow::ensure!(status.state == "done", "the run ended {}: {:?}", status.state, status.last_error);
+        anyhow::ensure!(
+            status.state == "done",
+            "the run ended {}: {:?}",
+            status.state,
+            status.last_error
+        );
         let c = lab.compare().await?;
         let stats = lab.account_stats();
         let wall_s = wall.as_secs_f64();
@@ -258,12 +308,24 @@ pub fn print(r: &SyncBenchReport, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(r)?);
         return Ok(());
     }
-    println!("synced:      {} threads, {} messages in {:.2} s", r.threads, r.messages, r.wall_s);
-    println!("throughput:  {:.0} threads/s, {:.0} messages/s", r.threads_per_s, r.messages_per_s);
-    println!("HTTP calls:  {} (minimum possible {}), 429s {}, peak {} req/s", r.http_calls, r.min_http_calls, r.throttled_429, r.max_rps_1s);
+    println!(
+        "synced:      {} threads, {} messages in {:.2} s",
+        r.threads, r.messages, r.wall_s
+    );
+    println!(
+        "throughput:  {:.0} threads/s, {:.0} messages/s",
+        r.threads_per_s, r.messages_per_s
+    );
+    println!(
+        "HTTP calls:  {} (minimum possible {}), 429s {}, peak {} req/s",
+        r.http_calls, r.min_http_calls, r.throttled_429, r.max_rps_1s
+    );
     if let Some(f) = r.floor_ratio {
         println!("floor ratio: {f:.3} (wall time / (calls / rate limit))");
     }
-    println!("vs truth:    missing {}, duplicated {}", r.missing, r.duplicated);
+    println!(
+        "vs truth:    missing {}, duplicated {}",
+        r.missing, r.duplicated
+    );
     Ok(())
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::config::{Account, Config, Provider};
-use crate::flow::{self, FlowError};
+use crate::flow::{Flow, FlowError};
 use crate::providers::ebay::{self, EbayClient, EbayError, FROM_EBAY, FROM_MEMBERS, PAGE_LIMIT};
 use crate::queue::{Finish, NewJob};
 use crate::store::{self, MessageRow, Progress, ThreadRow};
@@ -79,6 +79,7 @@ struct StartPayload {
 /// The configured eBay accounts with their clients (built once per worker).
 pub struct Accounts {
     map: HashMap<String, AccountCtx>,
+    flow: Flow,
 }
 
 struct AccountCtx {
@@ -104,7 +105,10 @@ impl Accounts {
                 (a.id.clone(), AccountCtx { cfg: a.clone(), client })
             })
             .collect();
-        Accounts { map }
+        Accounts {
+            map,
+            flow: Flow::default(),
+        }
     }
 
     fn get(&self, id: &str) -> Result<(&Account, &EbayClient), JobError> {
@@ -216,8 +220,11 @@ async fn advance_run(accounts: &Accounts, job: &JobCtx) {
 }
 
 /// Waits for the account's next request slot; a paused account parks the job.
-async fn pace(pool: &PgPool, account: &Account) -> JobResult {
-    match flow::acquire(pool, &account.id, account.requests_per_second).await {
+async fn pace(flow: &Flow, pool: &PgPool, account: &Account) -> JobResult {
+    match flow
+        .acquire(pool, &account.id, account.requests_per_second)
+        .await
+    {
         Ok(()) => Ok(()),
         Err(FlowError::Paused { until, reason }) => Err(JobError::RetryAfter {
             at: until + Duration::milliseconds(rand::random::<u16>() as i64 % 2000),
@@ -228,14 +235,20 @@ async fn pace(pool: &PgPool, account: &Account) -> JobResult {
 }
 
 /// What an eBay error means for the job (and maybe for the whole account).
-async fn classify(pool: &PgPool, account: &Account, client: &EbayClient, e: EbayError) -> JobError {
+async fn classify(
+    flow: &Flow,
+    pool: &PgPool,
+    account: &Account,
+    client: &EbayClient,
+    e: EbayError,
+) -> JobError {
     match e {
         EbayError::RateLimited => match client.quota().await {
             Ok(Some(q)) if q.remaining <= 0 => {
                 let until = q.reset.unwrap_or_else(|| Utc::now() + Duration::hours(1));
                 let reason =
                     format!("eBay daily quota exhausted (429 errorId 2001); resets at {until}");
-                if let Err(e) = flow::pause(pool, &account.id, until, &reason).await {
+                if let Err(e) = flow.pause(pool, &account.id, until, &reason).await {
                     return e.into();
                 }
                 JobError::RetryAfter { at: until, reason }
@@ -252,13 +265,14 @@ async fn classify(pool: &PgPool, account: &Account, client: &EbayClient, e: Ebay
                 "eBay rejected the token in {} (HTTP {status}): set a fresh token and restart the workers",
                 account.token_env
             );
-            if let Err(e) = flow::pause(
-                pool,
-                &account.id,
-                Utc::now() + Duration::minutes(5),
-                &reason,
-            )
-            .await
+            if let Err(e) = flow
+                .pause(
+                    pool,
+                    &account.id,
+                    Utc::now() + Duration::minutes(5),
+                    &reason,
+                )
+                .await
             {
                 return e.into();
             }
@@ -334,13 +348,15 @@ impl Handler for ListPage {
         let p: ListPayload = job.payload()?;
         let (account, client) = self.accounts.get(&p.account)?;
         let run_id = job.run_id;
-        pace(&job.pool, account).await?;
+        pace(&self.accounts.flow, &job.pool, account).await?;
         let page = match client
             .conversations(&p.conversation_type, p.offset, p.start_time)
             .await
         {
             Ok(page) => page,
-            Err(e) => return Err(classify(&job.pool, account, client, e).await),
+            Err(e) => {
+                return Err(classify(&self.accounts.flow, &job.pool, account, client, e).await)
+            }
         };
 
         let ids: Vec<String> = page
@@ -417,7 +433,16 @@ fn next_pages(
 ) -> Vec<NewJob> {
     let has_next = page.next.is_some() && !page.conversations.is_empty();
     let total = page.total.map(|t| t.max(0) as u32);
-    let job = |offset, walk| list_job(account, run_id, &p.conversation_type, offset, p.start_time, walk);
+    let job = |offset, walk| {
+        list_job(
+            account,
+            run_id,
+            &p.conversation_type,
+            offset,
+            p.start_time,
+            walk,
+        )
+    };
     let mut jobs = Vec::new();
     // Offset pages over a live list: if entries ahead of this page vanished since the page
     // before was planned (deleted threads), everything moved up and the first entries of this
@@ -430,20 +455,32 @@ fn next_pages(
     if let (Some(expected), Some(now)) = (expected, total) {
         if now < expected && p.offset > 0 {
             let shift = (expected - now).min(PAGE_LIMIT);
-            jobs.push(job(p.offset.saturating_sub(shift), Walk::Planned { last: false, total: now }));
+            jobs.push(job(
+                p.offset.saturating_sub(shift),
+                Walk::Planned {
+                    last: false,
+                    total: now,
+                },
+            ));
         }
     }
     match p.walk {
         Walk::Fanout => match total {
             Some(total) if has_next => {
-                let offsets: Vec<u32> = (1..).map(|k| k * PAGE_LIMIT).take_while(|o| *o < total).collect();
+                let offsets: Vec<u32> = (1..)
+                    .map(|k| k * PAGE_LIMIT)
+                    .take_while(|o| *o < total)
+                    .collect();
                 let n = offsets.len();
-                jobs.extend(
-                    offsets
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, o)| job(o, Walk::Planned { last: i + 1 == n, total })),
-                );
+                jobs.extend(offsets.into_iter().enumerate().map(|(i, o)| {
+                    job(
+                        o,
+                        Walk::Planned {
+                            last: i + 1 == n,
+                            total,
+                        },
+                    )
+                }));
             }
             _ if has_next => jobs.push(job(p.offset + PAGE_LIMIT, Walk::Next { total })),
             _ => {}
@@ -527,7 +564,7 @@ impl Handler for FetchConversation {
             .unwrap_or_default()
             .offset;
         loop {
-            pace(&job.pool, account).await?;
+            pace(&self.accounts.flow, &job.pool, account).await?;
             let page = match client.messages(&p.thread_id, &ctype, offset).await {
                 Ok(page) => page,
                 Err(EbayError::NotFound) => {
@@ -542,7 +579,9 @@ impl Handler for FetchConversation {
                     store::add_progress(&mut tx, run_id, progress).await?;
                     return job.commit(tx).await;
                 }
-                Err(e) => return Err(classify(&job.pool, account, client, e).await),
+                Err(e) => {
+                    return Err(classify(&self.accounts.flow, &job.pool, account, client, e).await)
+                }
             };
             let rows: Vec<MessageRow> = page.messages.iter().map(message_row).collect();
             let more = page.next.is_some() && !page.messages.is_empty();
