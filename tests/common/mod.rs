@@ -118,6 +118,16 @@ pub struct WorkerProc {
 
 impl WorkerProc {
     pub fn start(db_url: &str, config: &Path, name: &str, concurrency: usize) -> WorkerProc {
+        Self::start_with_env(db_url, config, name, concurrency, &[])
+    }
+
+    pub fn start_with_env(
+        db_url: &str,
+        config: &Path,
+        name: &str,
+        concurrency: usize,
+        env: &[(&str, &str)],
+    ) -> WorkerProc {
         let log =
             std::env::temp_dir().join(format!("threadsync-{name}-{}.log", std::process::id()));
         let child = Command::new(env!("CARGO_BIN_EXE_threadsync"))
@@ -131,6 +141,7 @@ impl WorkerProc {
             .args(["--concurrency", &concurrency.to_string()])
             .env("DATABASE_URL", db_url)
             .env("RUST_LOG", "info,sqlx=warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(
