@@ -192,10 +192,12 @@ impl AccountData {
                 t.messages.push(m);
                 at += rng.gen_range(60_000..36 * 3_600_000);
             }
-            // Older messages were read; the tail may still be unread.
+            // Older messages were read; inbound messages in a short tail may
+            // still be unread (so unreadCount and the latest readStatus agree).
             let len = t.messages.len();
+            let unread_tail = if rng.gen_bool(0.6) { 0 } else { rng.gen_range(1..=3) };
             for (k, m) in t.messages.iter_mut().enumerate() {
-                m.read = k + 3 < len || rng.gen_bool(0.5);
+                m.read = !m.inbound || k + unread_tail < len;
             }
             t.recount_unread();
             let idx = a.threads.len();
