@@ -812,3 +812,105 @@ async fn send_update_and_bulk_update_change_state() {
         .any(|t| t["conversationId"] == cid.as_str()));
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn scripted_delete_after_page_one_skips_an_item_at_the_boundary() {
+    let (h, c) = start(SimConfig::default()).await;
+    let list = |offset: usize, limit: usize| {
+        let c = c.clone();
+        let u = format!(
+            "{}{BASE}/conversation?conversation_type=FROM_MEMBERS&limit={limit}&offset={offset}",
+            h.base_url()
+        );
+        let t = h.token("acct-0");
+        async move {
+            let (s, v) = get(&c, &u, &t).await;
+            assert_eq!(s, 200);
+            v["conversations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["conversationId"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = list(0, 30).await;
+    // "Delete the item at offset 3 right after page 1 is served."
+    let r = c
+        .post(format!("{}/_sim/script", h.base_url()))
+        .json(&json!({"in_requests": 1, "mutate": {"account": "acct-0", "delete_offsets": [3]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page1 = list(0, 10).await;
+    assert_eq!(page1, before[..10], "page 1 was served before the deletion");
+    let page2 = list(10, 10).await;
+    assert_eq!(page2, before[11..21], "everything shifted up by one");
+    assert!(
+        !page1.contains(&before[10]) && !page2.contains(&before[10]),
+        "skipped"
+    );
+    let done = h.scheduled();
+    assert_eq!(done[0].after_request, 2);
+    assert_eq!(
+        done[0].result.as_ref().unwrap()["deletedThreadIds"][0],
+        before[3].as_str()
+    );
+    // "Bump item 25 to the head between pages 2 and 3": missed by this pass.
+    h.schedule_mutation(1, json!({"account": "acct-0", "bump_offsets": [25]}));
+    let now = list(0, 30).await;
+    let p3 = list(20, 10).await;
+    assert!(!p3.contains(&now[25]), "moved ahead of the reader");
+    assert_eq!(list(0, 1).await[0], now[25]);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn hostile_inputs_get_error_shapes_not_crashes() {
+    let (h, c) = start(SimConfig::default()).await;
+    let t = h.token("acct-0");
+    let base = format!("{}{BASE}/conversation", h.base_url());
+    for q in [
+        "?conversation_type=FROM_MEMBERS&offset=9223372036854775807&limit=50",
+        "?conversation_type=FROM_MEMBERS&offset=99999999999999999999999",
+        "?conversation_type=%FF%FE&limit=%",
+        "?conversation_type=FROM_MEMBERS&start_time=2025-01-01T00:00:00Z&end_time=2024-01-01T00:00:00Z",
+        "?&&&=&conversation_type=FROM_MEMBERS",
+    ] {
+        let (s, v) = get(&c, &format!("{base}{q}"), &t).await;
+        assert!(s == 200 || s == 400, "{q}: {s}");
+        assert!(v.is_object(), "{q}: JSON body");
+    }
+    let r = c
+        .post(format!("{}/_sim/clock/advance", h.base_url()))
+        .json(&json!({"seconds": 1e300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for body in ["", "[]", "{\"conversations\": 5}", "\u{0}"] {
+        let r = c
+            .post(format!("{}{BASE}/bulk_update_conversation", h.base_url()))
+            .bearer_auth(&t)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body:?}");
+    }
+    let r = c
+        .post(format!("{}/_sim/mutate", h.base_url()))
+        .json(&json!({"account": "acct-0", "delete_offsets": [100000]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        get(&c, &format!("{base}?conversation_type=FROM_MEMBERS"), &t)
+            .await
+            .0,
+        200
+    );
+    h.shutdown().await;
+}

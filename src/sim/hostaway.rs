@@ -169,7 +169,7 @@ fn envelope(result: Vec<Value>, limit: usize, offset: usize, count: usize) -> Re
     json(
         StatusCode::OK,
         &json!({"status": "success", "result": result, "limit": limit, "offset": offset,
-                "count": count, "page": offset / limit.max(1) + 1, "totalPages": total_pages}),
+                "count": count, "page": (offset / limit.max(1)).saturating_add(1), "totalPages": total_pages}),
     )
 }
 
@@ -283,7 +283,7 @@ impl HostawaySim {
         json!({
             "id": r.id, "listingMapId": r.listing_id, "channelId": 2000, "channelName": "direct",
             "guestName": r.guest, "guestEmail": format!("guest{}@example.com", r.id),
-            "arrivalDate": fmt(r.arrival_ms)[..10], "departureDate": fmt(r.arrival_ms + 3 * DAY_MS)[..10],
+            "arrivalDate": fmt(r.arrival_ms).get(..10), "departureDate": fmt(r.arrival_ms + 3 * DAY_MS).get(..10),
             "status": r.status, "isArchived": i32::from(r.archived),
             "hasUnreadConversationMessages": i32::from(r.messages.last().is_some_and(|m| m.incoming)),
             "insertedOn": fmt(r.inserted_ms), "updatedOn": fmt(r.updated_ms),

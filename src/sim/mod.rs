@@ -158,6 +158,21 @@ pub struct Harness {
     pub clock: clock::SimClock,
     pub limits: RwLock<Limits>,
     pub latency_ms: AtomicU64,
+    /// Mutations scheduled to run right after a given provider request.
+    pub scripts: std::sync::Mutex<Vec<ScheduledMutation>>,
+}
+
+/// A `/_sim/mutate` body applied right after the response to provider
+/// request number `after_request` (1-based, counting every provider request
+/// since start) has been produced, e.g. "delete the item at offset 3 right
+/// after page 1 is served".
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduledMutation {
+    pub after_request: u64,
+    pub mutate: serde_json::Value,
+    /// Filled in once it ran: what changed, or the error.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
 }
 
 impl Harness {
@@ -171,12 +186,39 @@ impl Harness {
                 daily_quota: config.daily_quota,
             }),
             latency_ms: AtomicU64::new(config.latency_ms),
+            scripts: std::sync::Mutex::default(),
             config,
         }
     }
 
     pub fn limits(&self) -> Limits {
         self.limits.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Schedule `mutate` after `in_requests` more provider requests (>= 1).
+    pub fn schedule(&self, in_requests: u64, mutate: serde_json::Value) -> u64 {
+        let at = self.faults.requests_seen() + in_requests.max(1);
+        if let Ok(mut s) = self.scripts.lock() {
+            s.push(ScheduledMutation {
+                after_request: at,
+                mutate,
+                result: None,
+            });
+        }
+        at
+    }
+
+    /// Scheduled mutations due after request number `n` (1-based).
+    fn due_scripts(&self, n: u64) -> Vec<(usize, serde_json::Value)> {
+        match self.scripts.lock() {
+            Ok(s) => s
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.result.is_none() && m.after_request <= n)
+                .map(|(i, m)| (i, m.mutate.clone()))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 }
 
@@ -263,6 +305,20 @@ impl SimHandle {
     pub fn expire_token(&self, account: &str) -> bool {
         self.provider.expire_token(account)
     }
+    /// Run `mutate` right after the response to the `in_requests`-th next
+    /// provider request is produced; returns that request's number.
+    pub fn schedule_mutation(&self, in_requests: u64, mutate: serde_json::Value) -> u64 {
+        self.provider.harness().schedule(in_requests, mutate)
+    }
+    /// Scheduled mutations, with results for those that ran.
+    pub fn scheduled(&self) -> Vec<ScheduledMutation> {
+        self.provider
+            .harness()
+            .scripts
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
     /// Stop serving; open connections get up to 2 s to finish.
     pub async fn shutdown(self) {
         self.cancel.cancel();
@@ -347,7 +403,8 @@ async fn harness_layer(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let response = match h.faults.next() {
+    let (n, action) = h.faults.next();
+    let response = match action {
         FaultAction::None => next.run(req).await,
         FaultAction::Error5xx => p.error_5xx(),
         FaultAction::Burst429 => p.burst_429(),
@@ -371,7 +428,24 @@ async fn harness_layer(
         response.status().as_u16(),
         metered,
     );
+    run_scripts(p.as_ref(), n + 1);
     response
+}
+
+/// Apply scheduled mutations due after request `n` before its response leaves.
+fn run_scripts(p: &dyn SimProvider, n: u64) {
+    let h = p.harness();
+    for (i, body) in h.due_scripts(n) {
+        let result = match p.mutate(&body) {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        if let Ok(mut s) = h.scripts.lock() {
+            if let Some(m) = s.get_mut(i) {
+                m.result = Some(result);
+            }
+        }
+    }
 }
 
 /// Abort the connection without writing a response. Unwinding out of the

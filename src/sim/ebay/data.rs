@@ -195,7 +195,11 @@ impl AccountData {
             // Older messages were read; inbound messages in a short tail may
             // still be unread (so unreadCount and the latest readStatus agree).
             let len = t.messages.len();
-            let unread_tail = if rng.gen_bool(0.6) { 0 } else { rng.gen_range(1..=3) };
+            let unread_tail = if rng.gen_bool(0.6) {
+                0
+            } else {
+                rng.gen_range(1..=3)
+            };
             for (k, m) in t.messages.iter_mut().enumerate() {
                 m.read = !m.inbound || k + unread_tail < len;
             }

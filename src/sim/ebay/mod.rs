@@ -302,6 +302,20 @@ impl EbaySim {
                 ))
             }
         };
+        // Offsets refer to the unfiltered FROM_MEMBERS list as it is now.
+        let at_offset = |offs: &[usize]| -> Result<Vec<usize>, String> {
+            let order = &a.order[ConvType::FromMembers.slot()];
+            offs.iter()
+                .map(|o| {
+                    order
+                        .get(*o)
+                        .copied()
+                        .ok_or(format!("no thread at offset {o}"))
+                })
+                .collect()
+        };
+        let bump_at = at_offset(&req.bump_offsets)?;
+        let delete_at = at_offset(&req.delete_offsets)?;
         let targets: Vec<usize> = req
             .thread_ids
             .iter()
@@ -322,6 +336,15 @@ impl EbaySim {
                 } else {
                     targets[n % targets.len()]
                 };
+                let dir = inbound.unwrap_or_else(|| rng.gen_bool(0.6));
+                let (mid, created) = a.add_message(rng, idx, dir, now, None);
+                new_messages.push(json!({
+                    "conversationId": a.threads[idx].id, "messageId": mid, "createdDate": created,
+                }));
+            }
+        });
+        self.with_rng(|rng| {
+            for idx in bump_at {
                 let dir = inbound.unwrap_or_else(|| rng.gen_bool(0.6));
                 let (mid, created) = a.add_message(rng, idx, dir, now, None);
                 new_messages.push(json!({
@@ -351,7 +374,7 @@ impl EbaySim {
                     .ok_or_else(|| format!("unknown or deleted thread {id}"))
             })
             .collect::<Result<_, _>>()?;
-        for idx in explicit {
+        for idx in explicit.into_iter().chain(delete_at) {
             if a.delete_thread(idx) {
                 deleted.push(a.threads[idx].id.clone());
             }
@@ -409,6 +432,12 @@ struct MutateRequest {
     /// Threads to delete explicitly (in addition to `delete_threads` random ones).
     #[serde(default)]
     delete_ids: Vec<String>,
+    /// One new message each for the FROM_MEMBERS threads now at these offsets.
+    #[serde(default)]
+    bump_offsets: Vec<usize>,
+    /// Delete the FROM_MEMBERS threads now at these offsets.
+    #[serde(default)]
+    delete_offsets: Vec<usize>,
     /// inbound (default) | outbound | mixed
     direction: Option<String>,
 }
@@ -497,6 +526,8 @@ impl SimProvider for EbaySim {
             delete_threads: 0,
             thread_ids: vec![],
             delete_ids: vec![],
+            bump_offsets: vec![],
+            delete_offsets: vec![],
             direction: Some(if inbound { "inbound" } else { "outbound" }.into()),
         };
         let _ = self.mutate_account(i, &req);
