@@ -914,3 +914,43 @@ async fn hostile_inputs_get_error_shapes_not_crashes() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn list_sort_knob_and_missing_scope() {
+    use threadsync::sim::ListSort;
+    let (h, c) = start(SimConfig {
+        list_sort: ListSort::LatestAsc,
+        ..SimConfig::default()
+    })
+    .await;
+    let convs = walk_list(&c, &h, &h.token("acct-0"), "FROM_MEMBERS", 50).await;
+    let dates: Vec<&str> = convs
+        .iter()
+        .map(|t| t["latestMessage"]["createdDate"].as_str().unwrap())
+        .collect();
+    assert!(dates.windows(2).all(|w| w[0] <= w[1]), "ascending");
+    let (s, v) = get(
+        &c,
+        &format!(
+            "{}{BASE}/conversation?conversation_type=FROM_MEMBERS",
+            h.base_url()
+        ),
+        "sim-ebay-noscope-acct-0",
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(first_error(&v)["errorId"], 1100);
+    h.shutdown().await;
+    let (h, c) = start(SimConfig {
+        list_sort: ListSort::CreatedDesc,
+        ..SimConfig::default()
+    })
+    .await;
+    let convs = walk_list(&c, &h, &h.token("acct-0"), "FROM_MEMBERS", 50).await;
+    let created: Vec<&str> = convs
+        .iter()
+        .map(|t| t["createdDate"].as_str().unwrap())
+        .collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "created desc");
+    h.shutdown().await;
+}

@@ -63,6 +63,17 @@ pub enum MessageOrder {
     Desc,
 }
 
+/// Order of the eBay conversation list (the real order is undocumented).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ListSort {
+    /// latestMessage.createdDate descending (default).
+    LatestDesc,
+    LatestAsc,
+    /// Conversation createdDate descending.
+    CreatedDesc,
+}
+
 /// Spelling of SMSEagle sent-message statuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -98,6 +109,8 @@ pub struct SimConfig {
     /// Epoch ms of the first quota reset; None = next UTC midnight.
     pub quota_reset_at_ms: Option<i64>,
     pub message_order: MessageOrder,
+    /// eBay: conversation list order.
+    pub list_sort: ListSort,
     /// SMSEagle: status spelling.
     pub status_style: StatusStyle,
     /// SMSEagle: probability that a serial id is skipped (gaps in ids).
@@ -131,6 +144,7 @@ impl Default for SimConfig {
             token_ttl_secs: 7200,
             quota_reset_at_ms: None,
             message_order: MessageOrder::Asc,
+            list_sort: ListSort::LatestDesc,
             status_style: StatusStyle::Gammu,
             id_gap_rate: 0.05,
             no_report_rate: 0.1,
@@ -542,6 +556,8 @@ pub struct SimArgs {
     pub start_time_semantics: StartTimeSemantics,
     #[arg(long, value_enum, default_value = "asc")]
     pub message_order: MessageOrder,
+    #[arg(long, value_enum, default_value = "latest-desc")]
+    pub list_sort: ListSort,
     #[arg(long, default_value_t = 7200)]
     pub token_ttl_secs: u64,
     #[arg(long, value_enum, default_value = "gammu")]
@@ -574,6 +590,7 @@ impl SimArgs {
             mutate_rate: self.mutate_rate,
             token_ttl_secs: self.token_ttl_secs,
             message_order: self.message_order,
+            list_sort: self.list_sort,
             status_style: self.status_style,
             drop_rate: self.drop_rate,
             ..SimConfig::default()

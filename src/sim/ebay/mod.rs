@@ -28,6 +28,7 @@ use std::time::Duration;
 
 pub const TOKEN_PREFIX: &str = "sim-ebay-";
 pub const REFRESH_PREFIX: &str = "sim-ebay-refresh-";
+pub const NOSCOPE_PREFIX: &str = "sim-ebay-noscope-";
 
 #[derive(Clone, Debug)]
 pub struct Quota {
@@ -111,6 +112,20 @@ pub fn invalid_token() -> Response {
             long_message:
                 "Invalid access token. Check the value of the Authorization HTTP request header."
                     .into(),
+            parameters: vec![],
+        },
+    )
+}
+
+pub fn insufficient_scope() -> Response {
+    error_response(
+        StatusCode::FORBIDDEN,
+        EbayError {
+            error_id: 1100,
+            domain: "ACCESS",
+            category: "REQUEST",
+            message: "Access denied".into(),
+            long_message: "Insufficient permissions to fulfill the request.".into(),
             parameters: vec![],
         },
     )
@@ -230,7 +245,15 @@ impl EbaySim {
     }
 
     pub(crate) fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<usize, Response> {
-        match super::http::bearer(headers).and_then(|t| self.token_owner(t)) {
+        let token = super::http::bearer(headers);
+        // `sim-ebay-noscope-acct-N`: a valid user token without the
+        // commerce.message scope.
+        if let Some(name) = token.and_then(|t| t.strip_prefix(NOSCOPE_PREFIX)) {
+            if self.account_index(name).is_some() {
+                return Err(insufficient_scope());
+            }
+        }
+        match token.and_then(|t| self.token_owner(t)) {
             Some((i, true)) => Ok(i),
             _ => Err(invalid_token()),
         }

@@ -8,7 +8,7 @@ use super::{
 use crate::sim::clock::{iso_ms, parse_iso};
 use crate::sim::control::{bad_request, parse_body};
 use crate::sim::http::{empty, host, json, Query};
-use crate::sim::{MessageOrder, StartTimeSemantics};
+use crate::sim::{ListSort, MessageOrder, StartTimeSemantics};
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -406,15 +406,26 @@ async fn list(State(sim): State<S>, headers: HeaderMap, RawQuery(raw): RawQuery)
         return store_error();
     };
     let order = &a.order[ctype.slot()];
+    let sort = sim.h.config.list_sort;
     let filtered: Vec<usize>;
-    let matching: &[usize] = if filter.is_trivial() {
+    let matching: &[usize] = if filter.is_trivial() && sort == ListSort::LatestDesc {
+        // Fast path: a slice of the pre-sorted index, no copying.
         order
     } else {
-        filtered = order
+        let mut v: Vec<usize> = order
             .iter()
             .copied()
             .filter(|idx| filter.matches(&a.threads[*idx]))
             .collect();
+        match sort {
+            ListSort::LatestDesc => {}
+            ListSort::LatestAsc => v.reverse(),
+            ListSort::CreatedDesc => v.sort_by(|x, y| {
+                let (tx, ty) = (&a.threads[*x], &a.threads[*y]);
+                ty.created.cmp(&tx.created).then_with(|| tx.id.cmp(&ty.id))
+            }),
+        }
+        filtered = v;
         &filtered
     };
     let total = matching.len();
