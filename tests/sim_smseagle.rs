@@ -268,3 +268,41 @@ async fn errors_auth_and_device_busy() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn single_message_read_and_delete() {
+    let h = sim::start(cfg()).await.unwrap();
+    let c = Client::new();
+    let t = h.token("acct-0");
+    let (_, inbox) = get(&c, &h, "/api/v2/messages/inbox?limit=3", &t).await;
+    let id = inbox[1]["id"].as_u64().unwrap();
+    let (s, one) = get(&c, &h, &format!("/api/v2/messages/inbox/{id}"), &t).await;
+    assert_eq!(s, 200);
+    assert_eq!(one, inbox[1]);
+    assert_eq!(get(&c, &h, "/api/v2/messages/inbox/abc", &t).await.0, 400);
+    assert_eq!(
+        get(&c, &h, "/api/v2/messages/inbox/99999999", &t).await.0,
+        404
+    );
+    let r = c
+        .delete(format!("{}/api/v2/messages/inbox/{id}", h.base_url()))
+        .header("access-token", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get(&c, &h, &format!("/api/v2/messages/inbox/{id}"), &t)
+            .await
+            .0,
+        404
+    );
+    let (_, after) = get(&c, &h, "/api/v2/messages/inbox?limit=3", &t).await;
+    assert!(!ids(&after).contains(&id));
+    let truth = h.truth(Some("acct-0"));
+    assert_eq!(
+        truth["accounts"][0]["deleted"][0],
+        json!({"folder": "inbox", "id": id})
+    );
+    h.shutdown().await;
+}

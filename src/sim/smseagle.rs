@@ -145,6 +145,8 @@ struct Device {
     next_sent: u64,
     skipped_ids: Vec<u64>,
     numbers: Vec<String>,
+    /// `{folder, id}` of rows deleted through the API.
+    deleted: Vec<Value>,
 }
 
 pub struct SmsEagleSim {
@@ -259,6 +261,7 @@ impl SmsEagleSim {
                 next_sent: 1,
                 skipped_ids: Vec::new(),
                 numbers,
+                deleted: Vec::new(),
             };
             let total = config.threads * config.messages;
             // Seed history ends at the anchor, one event every ~7 minutes.
@@ -439,6 +442,110 @@ fn date_param(q: &Query, names: &[&str]) -> Result<Option<i64>, Response> {
     }
 }
 
+fn normalize_folder(f: &str) -> Option<&'static str> {
+    Some(match f {
+        "inbox" => "inbox",
+        "outbox" => "outbox",
+        "sentitems" | "sent" => "sentitems",
+        "error" => "error",
+        _ => return None,
+    })
+}
+
+fn unknown_folder(f: &str) -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        &json!({"status": "error", "message": format!("Unknown folder '{f}'")}),
+    )
+}
+
+/// `error` is a view over sent messages that failed.
+fn in_folder(folder: &str, m: &Sms, v: &View) -> bool {
+    match folder {
+        "error" => {
+            !m.inbound && matches!(v.status, St::SendingError | St::Error | St::DeliveryFailed)
+        }
+        f => v.folder == f,
+    }
+}
+
+fn not_found() -> Response {
+    json(
+        StatusCode::NOT_FOUND,
+        &json!({"status": "error", "message": "Message not found"}),
+    )
+}
+
+/// `GET /api/v2/messages/{folder}/{id}` (path shape unverified, [U]).
+async fn read_one(
+    State(sim): State<S>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let i = match sim.auth(&headers) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let (folder, id) = path.map(|Path(p)| p).unwrap_or_default();
+    let Some(folder) = normalize_folder(&folder) else {
+        return unknown_folder(&folder);
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return wrong_params("id must be a non-negative integer");
+    };
+    sim.h
+        .stats
+        .record_lookup(&format!("acct-{i}"), &id.to_string());
+    let now = sim.h.clock.now_ms();
+    let Ok(d) = sim.devices[i].read() else {
+        return wrong_params("device store unavailable");
+    };
+    let inbound = folder == "inbox";
+    d.messages
+        .iter()
+        .find(|m| m.id == id && m.inbound == inbound && in_folder(folder, m, &m.view(now)))
+        .map(|m| json(StatusCode::OK, &sim.render(m, now)))
+        .unwrap_or_else(not_found)
+}
+
+/// `DELETE /api/v2/messages/{folder}/{id}`: the row disappears (a deletion
+/// the sync must tolerate); listed in truth as deleted.
+async fn delete_one(
+    State(sim): State<S>,
+    headers: HeaderMap,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Response {
+    let i = match sim.auth(&headers) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let (folder, id) = path.map(|Path(p)| p).unwrap_or_default();
+    let Some(folder) = normalize_folder(&folder) else {
+        return unknown_folder(&folder);
+    };
+    let Ok(id) = id.parse::<u64>() else {
+        return wrong_params("id must be a non-negative integer");
+    };
+    let now = sim.h.clock.now_ms();
+    let Ok(mut d) = sim.devices[i].write() else {
+        return wrong_params("device store unavailable");
+    };
+    let inbound = folder == "inbox";
+    let Some(pos) = d
+        .messages
+        .iter()
+        .position(|m| m.id == id && m.inbound == inbound && in_folder(folder, m, &m.view(now)))
+    else {
+        return not_found();
+    };
+    d.messages.remove(pos);
+    d.deleted.push(json!({"folder": folder, "id": id}));
+    json(
+        StatusCode::OK,
+        &json!({"status": "success", "message": "Message deleted", "id": id}),
+    )
+}
+
 async fn read_folder(
     State(sim): State<S>,
     headers: HeaderMap,
@@ -450,15 +557,8 @@ async fn read_folder(
         Err(r) => return r,
     };
     let folder = folder.map(|Path(f)| f).unwrap_or_default();
-    let folder = match folder.as_str() {
-        "inbox" | "outbox" | "sentitems" | "error" => folder,
-        "sent" => "sentitems".to_string(),
-        _ => {
-            return json(
-                StatusCode::NOT_FOUND,
-                &json!({"status": "error", "message": format!("Unknown folder '{folder}'")}),
-            )
-        }
+    let Some(folder) = normalize_folder(&folder) else {
+        return unknown_folder(&folder);
     };
     let q = Query::parse(raw.as_deref());
     let parsed = (|| {
@@ -493,13 +593,7 @@ async fn read_folder(
         .iter()
         .filter(|m| {
             let v = m.view(now);
-            let in_folder = match folder.as_str() {
-                "error" => {
-                    !m.inbound
-                        && matches!(v.status, St::SendingError | St::Error | St::DeliveryFailed)
-                }
-                f => v.folder == f,
-            };
+            let in_folder = in_folder(folder, m, &v);
             in_folder
                 && id_from.is_none_or(|x| m.id >= x)
                 && id_to.is_none_or(|x| m.id <= x)
@@ -588,7 +682,7 @@ impl SimProvider for SmsEagleSim {
                     .map(|m| m.id)
                     .collect();
                 json!({"account": d.name, "messages": msgs, "skipped_ids": d.skipped_ids,
-                       "pending_ids": pending, "next_sent_id": d.next_sent, "next_inbox_id": d.next_inbox})
+                       "pending_ids": pending, "deleted": d.deleted, "next_sent_id": d.next_sent, "next_inbox_id": d.next_inbox})
             })
             .collect();
         json!({"provider": "smseagle", "now": fmt_date(now), "accounts": accounts})
@@ -649,6 +743,10 @@ impl SimProvider for SmsEagleSim {
         Router::new()
             .route("/api/v2/messages/sms", post(send_sms))
             .route("/api/v2/messages/{folder}", get(read_folder))
+            .route(
+                "/api/v2/messages/{folder}/{id}",
+                get(read_one).delete(delete_one),
+            )
             .with_state(self)
     }
 }
