@@ -271,3 +271,71 @@ async fn tokens_403_until_valid_and_after_revocation() {
     assert_eq!(get(&c, &h, "/v1/conversations?limit=1", &tok).await.0, 403);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn send_message_reservation_lookup_and_activity_window() {
+    let h = sim::start(cfg()).await.unwrap();
+    let c = Client::new();
+    let t = h.token("acct-0");
+    let (_, v) = get(
+        &c,
+        &h,
+        "/v1/reservations?limit=1&sortOrder=latestActivity",
+        &t,
+    )
+    .await;
+    let oldest = v["result"][0].clone();
+    let rid = oldest["id"].as_u64().unwrap();
+    let (s, one) = get(&c, &h, &format!("/v1/reservations/{rid}"), &t).await;
+    assert_eq!(s, 200);
+    assert_eq!(one["result"]["id"], rid);
+    let (_, convs) = get(&c, &h, &format!("/v1/reservations/{rid}/conversations"), &t).await;
+    let cid = convs["result"][0]["id"].as_u64().unwrap();
+    assert_eq!(convs["result"][0]["reservationId"], rid);
+    assert_eq!(get(&c, &h, "/v1/reservations/42", &t).await.0, 404);
+    // Only reservations active on or after the oldest one's day.
+    let day = &oldest["latestActivityOn"].as_str().unwrap()[..10];
+    let (s, v) = get(
+        &c,
+        &h,
+        &format!("/v1/reservations?latestActivityEnd={day}"),
+        &t,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(ids(&v).contains(&rid));
+    assert!(v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| &r["latestActivityOn"].as_str().unwrap()[..10] <= day));
+    let (s, _) = get(&c, &h, "/v1/reservations?latestActivityStart=soon", &t).await;
+    assert_eq!(s, 400);
+    // Sending a reply makes it the newest message and moves the conversation up.
+    let r = c
+        .post(format!("{}/v1/conversations/{cid}/messages", h.base_url()))
+        .bearer_auth(&t)
+        .json(&json!({"body": "See you soon", "communicationType": "email"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent: Value = r.json().await.unwrap();
+    assert_eq!(sent["result"]["isIncoming"], 0);
+    assert_eq!(sent["result"]["body"], "See you soon");
+    let (_, head) = get(&c, &h, "/v1/conversations?limit=1", &t).await;
+    assert_eq!(head["result"][0]["id"], cid);
+    assert_eq!(
+        head["result"][0]["conversationMessages"][0]["id"],
+        sent["result"]["id"]
+    );
+    let r = c
+        .post(format!("{}/v1/conversations/{cid}/messages", h.base_url()))
+        .bearer_auth(&t)
+        .json(&json!({"communicationType": "fax"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    h.shutdown().await;
+}

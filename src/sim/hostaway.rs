@@ -376,6 +376,24 @@ async fn reservations(
         let want = v == "1" || v == "true";
         rows.retain(|r| r.archived == want);
     }
+    // latestActivityStart/End: `YYYY-MM-DD` or `YYYY-MM-DD HH:MM:SS`, inclusive.
+    for (name, is_start) in [("latestActivityStart", true), ("latestActivityEnd", false)] {
+        if let Some(v) = q.get(&[name]) {
+            let Some(ms) = parse_day_or_time(v, is_start) else {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Invalid value for {name}"),
+                );
+            };
+            rows.retain(|r| {
+                if is_start {
+                    r.latest_activity() >= ms
+                } else {
+                    r.latest_activity() <= ms
+                }
+            });
+        }
+    }
     let sort = q.get(&["sortOrder"]).unwrap_or("updatedOnDesc");
     let key = |r: &Reservation| -> i64 {
         match sort {
@@ -506,6 +524,130 @@ async fn conversation_messages(
         .map(|m| HostawaySim::message_json(&a, r, m))
         .collect();
     envelope(result, limit, offset, count)
+}
+
+fn parse_day_or_time(v: &str, start_of_day: bool) -> Option<i64> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    if let Ok(t) = NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S") {
+        return Some(t.and_utc().timestamp_millis());
+    }
+    let d = NaiveDate::parse_from_str(v, "%Y-%m-%d").ok()?;
+    let t = if start_of_day {
+        d.and_hms_opt(0, 0, 0)?
+    } else {
+        d.and_hms_milli_opt(23, 59, 59, 999)?
+    };
+    Some(t.and_utc().timestamp_millis())
+}
+
+async fn reservation(
+    State(sim): State<S>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let i = match sim.admit(&headers, peer) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Ok(a) = sim.accounts[i].read() else {
+        return fail(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable");
+    };
+    match id
+        .parse::<u64>()
+        .ok()
+        .and_then(|x| a.by_res.get(&x))
+        .map(|idx| &a.reservations[*idx])
+    {
+        Some(r) if !r.deleted => json(
+            StatusCode::OK,
+            &json!({"status": "success", "result": HostawaySim::reservation_json(&a, r)}),
+        ),
+        _ => fail(StatusCode::NOT_FOUND, "Reservation not found"),
+    }
+}
+
+async fn reservation_conversations(
+    State(sim): State<S>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let i = match sim.admit(&headers, peer) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let Ok(a) = sim.accounts[i].read() else {
+        return fail(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable");
+    };
+    match id
+        .parse::<u64>()
+        .ok()
+        .and_then(|x| a.by_res.get(&x))
+        .map(|idx| &a.reservations[*idx])
+    {
+        Some(r) if !r.deleted => envelope(vec![HostawaySim::conversation_json(&a, r)], 100, 0, 1),
+        _ => fail(StatusCode::NOT_FOUND, "Reservation not found"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SendBody {
+    body: Option<String>,
+    communication_type: Option<String>,
+}
+
+/// `POST /v1/conversations/{id}/messages` with `{body, communicationType}`.
+async fn send_message(
+    State(sim): State<S>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let i = match sim.admit(&headers, peer) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
+    let req: SendBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return fail(StatusCode::BAD_REQUEST, &format!("Invalid JSON body: {e}")),
+    };
+    let Some(text) = req.body.filter(|b| !b.is_empty()) else {
+        return fail(StatusCode::BAD_REQUEST, "body is required");
+    };
+    if let Some(t) = req.communication_type.as_deref() {
+        if !["email", "channel", "sms", "whatsapp"].contains(&t) {
+            return fail(StatusCode::BAD_REQUEST, "Invalid communicationType");
+        }
+    }
+    let now = sim.h.clock.now_ms();
+    let Ok(mut a) = sim.accounts[i].write() else {
+        return fail(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable");
+    };
+    let Some(idx) = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|c| a.by_conv.get(&c).copied())
+        .filter(|idx| !a.reservations[*idx].deleted)
+    else {
+        return fail(StatusCode::NOT_FOUND, "Conversation not found");
+    };
+    sim.with_rng(|r| a.add_message(r, idx, false, now));
+    let r = &mut a.reservations[idx];
+    if let Some(m) = r.messages.last_mut() {
+        m.body = text;
+        m.status = "sent";
+    }
+    let r = &a.reservations[idx];
+    match r.messages.last() {
+        Some(m) => json(
+            StatusCode::OK,
+            &json!({"status": "success", "result": HostawaySim::message_json(&a, r, m)}),
+        ),
+        None => fail(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable"),
+    }
 }
 
 async fn conversation(
@@ -770,7 +912,12 @@ impl SimProvider for HostawaySim {
             .route("/v1/conversations/{id}", get(conversation))
             .route(
                 "/v1/conversations/{id}/messages",
-                get(conversation_messages),
+                get(conversation_messages).post(send_message),
+            )
+            .route("/v1/reservations/{id}", get(reservation))
+            .route(
+                "/v1/reservations/{id}/conversations",
+                get(reservation_conversations),
             )
             .with_state(self)
     }
