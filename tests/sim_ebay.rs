@@ -954,3 +954,89 @@ async fn list_sort_knob_and_missing_scope() {
     assert!(created.windows(2).all(|w| w[0] >= w[1]), "created desc");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn user_ids_second_resolution_detail_lag_and_status_flips() {
+    let (h, c) = start(SimConfig {
+        ebay_user_ids: true,
+        second_resolution: true,
+        list_detail_lag_ms: 60_000,
+        ..SimConfig::default()
+    })
+    .await;
+    let t = h.token("acct-0");
+    let list_url = |q: &str| {
+        format!(
+            "{}{BASE}/conversation?conversation_type=FROM_MEMBERS&limit=50{q}",
+            h.base_url()
+        )
+    };
+    let (_, v) = get(&c, &list_url(""), &t).await;
+    for conv in v["conversations"].as_array().unwrap() {
+        let m = &conv["latestMessage"];
+        for who in ["senderUsername", "recipientUsername"] {
+            let u = m[who].as_str().unwrap();
+            assert!(u.starts_with('u') && u.len() == 17, "opaque id, got {u}");
+        }
+        assert!(m["createdDate"].as_str().unwrap().ends_with(".000Z"));
+    }
+    // The list shows the new message at once; the detail only after the lag.
+    let target = v["conversations"][10]["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let changed = h
+        .mutate(&json!({"account": "acct-0", "thread_ids": [target], "new_messages": 1}))
+        .unwrap();
+    let mid = changed["newMessages"][0]["messageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, v) = get(&c, &list_url(""), &t).await;
+    assert_eq!(
+        v["conversations"][0]["latestMessage"]["messageId"],
+        mid.as_str()
+    );
+    let detail = format!(
+        "{}{BASE}/conversation/{target}?conversation_type=FROM_MEMBERS&limit=50",
+        h.base_url()
+    );
+    let all_ids = |v: &Value| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["messageId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, d) = get(&c, &format!("{detail}&offset=0"), &t).await;
+    let total = d["total"].as_u64().unwrap();
+    let (_, last) = get(
+        &c,
+        &format!("{detail}&offset={}", total.saturating_sub(1)),
+        &t,
+    )
+    .await;
+    assert!(!all_ids(&last).contains(&mid), "detail lags the list");
+    h.advance_clock(61.0);
+    let (_, d2) = get(&c, &format!("{detail}&offset={total}"), &t).await;
+    assert_eq!(d2["total"].as_u64().unwrap(), total + 1);
+    assert_eq!(all_ids(&d2), vec![mid]);
+    // Status flips move threads in and out of filtered lists.
+    let (_, unread) = get(&c, &list_url("&conversation_status=UNREAD"), &t).await;
+    let flip = unread["conversations"][0]["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = unread["total"].as_u64().unwrap();
+    let out = h
+        .mutate(&json!({"account": "acct-0", "set_status": {flip.clone(): "READ"}}))
+        .unwrap();
+    assert_eq!(out["statusChangedIds"][0], flip.as_str());
+    let (_, unread2) = get(&c, &list_url("&conversation_status=UNREAD"), &t).await;
+    assert_eq!(unread2["total"].as_u64().unwrap(), before - 1);
+    assert!(h
+        .mutate(&json!({"account": "acct-0", "set_status": {flip: "ARCHIVED"}}))
+        .is_err());
+    h.shutdown().await;
+}

@@ -111,6 +111,13 @@ pub struct SimConfig {
     pub message_order: MessageOrder,
     /// eBay: conversation list order.
     pub list_sort: ListSort,
+    /// eBay: opaque immutable user ids instead of usernames.
+    pub ebay_user_ids: bool,
+    /// eBay: createdDate truncated to whole seconds (ties).
+    pub second_resolution: bool,
+    /// eBay: the detail endpoint hides messages younger than this while the
+    /// list already shows them as latestMessage (eventual consistency).
+    pub list_detail_lag_ms: u64,
     /// SMSEagle: status spelling.
     pub status_style: StatusStyle,
     /// SMSEagle: probability that a serial id is skipped (gaps in ids).
@@ -145,6 +152,9 @@ impl Default for SimConfig {
             quota_reset_at_ms: None,
             message_order: MessageOrder::Asc,
             list_sort: ListSort::LatestDesc,
+            ebay_user_ids: false,
+            second_resolution: false,
+            list_detail_lag_ms: 0,
             status_style: StatusStyle::Gammu,
             id_gap_rate: 0.05,
             no_report_rate: 0.1,
@@ -558,6 +568,15 @@ pub struct SimArgs {
     pub message_order: MessageOrder,
     #[arg(long, value_enum, default_value = "latest-desc")]
     pub list_sort: ListSort,
+    /// eBay: show opaque user ids instead of usernames.
+    #[arg(long)]
+    pub user_ids: bool,
+    /// eBay: whole-second timestamps.
+    #[arg(long)]
+    pub second_resolution: bool,
+    /// eBay: detail lags the list by this many ms.
+    #[arg(long, default_value_t = 0)]
+    pub list_detail_lag_ms: u64,
     #[arg(long, default_value_t = 7200)]
     pub token_ttl_secs: u64,
     #[arg(long, value_enum, default_value = "gammu")]
@@ -591,6 +610,9 @@ impl SimArgs {
             token_ttl_secs: self.token_ttl_secs,
             message_order: self.message_order,
             list_sort: self.list_sort,
+            ebay_user_ids: self.user_ids,
+            second_resolution: self.second_resolution,
+            list_detail_lag_ms: self.list_detail_lag_ms,
             status_style: self.status_style,
             drop_rate: self.drop_rate,
             ..SimConfig::default()

@@ -94,6 +94,7 @@ pub struct Thread {
     pub created: String,
     /// The other party: a buyer username, or "eBay".
     pub other: String,
+    pub other_uid: String,
     pub reference_id: Option<String>,
     /// Ascending by createdDate.
     pub messages: Vec<Message>,
@@ -117,9 +118,30 @@ impl Thread {
     }
 }
 
+/// Generation switches that change what clients see.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataOptions {
+    /// Show opaque immutable user ids instead of usernames (eBay's
+    /// username -> user id migration).
+    pub user_ids: bool,
+    /// Truncate timestamps to whole seconds, producing ties.
+    pub second_resolution: bool,
+}
+
+/// Stable opaque id for a username (FNV-1a).
+pub fn user_id(name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("u{h:016x}")
+}
+
 pub struct AccountData {
     pub name: String,
     pub seller: String,
+    pub seller_uid: String,
+    pub opts: DataOptions,
     pub threads: Vec<Thread>,
     pub by_id: HashMap<String, usize>,
     /// Live thread indexes per conversation type, latest message desc, ties by id.
@@ -163,11 +185,20 @@ fn thread_size(rng: &mut ChaCha8Rng, mean: usize) -> usize {
 }
 
 impl AccountData {
-    pub fn generate(seed: u64, acct_no: usize, threads: usize, mean: usize) -> Self {
+    pub fn generate(
+        seed: u64,
+        acct_no: usize,
+        threads: usize,
+        mean: usize,
+        opts: DataOptions,
+    ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, acct_no as u64 + 1));
+        let seller = format!("seller_{acct_no}");
         let mut a = AccountData {
             name: format!("acct-{acct_no}"),
-            seller: format!("seller_{acct_no}"),
+            seller_uid: user_id(&seller),
+            seller,
+            opts,
             threads: Vec::with_capacity(threads),
             by_id: HashMap::with_capacity(threads),
             order: [Vec::new(), Vec::new()],
@@ -232,6 +263,11 @@ impl AccountData {
         };
         Thread {
             id,
+            other_uid: if other == "eBay" {
+                other.clone()
+            } else {
+                user_id(&other)
+            },
             ctype,
             status: if rng.gen_bool(0.1) {
                 ConvStatus::Archive
@@ -250,6 +286,11 @@ impl AccountData {
 
     fn new_message(&mut self, rng: &mut ChaCha8Rng, t: &Thread, inbound: bool, at: i64) -> Message {
         self.next_msg += 1;
+        let at = if self.opts.second_resolution {
+            at - at.rem_euclid(1000)
+        } else {
+            at
+        };
         let lines = match (t.ctype, inbound) {
             (ConvType::FromEbay, _) => EBAY_LINES,
             (_, true) => BUYER_LINES,
@@ -285,10 +326,15 @@ impl AccountData {
 
     /// Usernames of a message: (sender, recipient).
     pub fn parties<'a>(&'a self, t: &'a Thread, m: &Message) -> (&'a str, &'a str) {
-        if m.inbound {
-            (&t.other, &self.seller)
+        let (me, other) = if self.opts.user_ids {
+            (&self.seller_uid, &t.other_uid)
         } else {
             (&self.seller, &t.other)
+        };
+        if m.inbound {
+            (other, me)
+        } else {
+            (me, other)
         }
     }
 
@@ -351,6 +397,7 @@ impl AccountData {
         let mut t = self.new_thread(rng, ConvType::FromMembers, now_ms);
         t.status = ConvStatus::Active;
         if let Some(o) = other {
+            t.other_uid = user_id(&o);
             t.other = o;
         }
         let m = self.new_message(rng, &t, inbound, now_ms);
@@ -396,6 +443,7 @@ impl Thread {
             title: self.title.clone(),
             created: String::new(),
             other: self.other.clone(),
+            other_uid: self.other_uid.clone(),
             reference_id: None,
             messages: Vec::new(),
             unread: 0,
@@ -410,8 +458,8 @@ mod tests {
 
     #[test]
     fn generation_is_deterministic_and_sorted() {
-        let a = AccountData::generate(5, 0, 200, 20);
-        let b = AccountData::generate(5, 0, 200, 20);
+        let a = AccountData::generate(5, 0, 200, 20, DataOptions::default());
+        let b = AccountData::generate(5, 0, 200, 20, DataOptions::default());
         let ids = |d: &AccountData| {
             d.threads
                 .iter()

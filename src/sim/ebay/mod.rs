@@ -144,6 +144,10 @@ impl EbaySim {
                     i,
                     config.threads,
                     config.messages,
+                    data::DataOptions {
+                        user_ids: config.ebay_user_ids,
+                        second_resolution: config.second_resolution,
+                    },
                 ))
             })
             .collect();
@@ -339,6 +343,27 @@ impl EbaySim {
         };
         let bump_at = at_offset(&req.bump_offsets)?;
         let delete_at = at_offset(&req.delete_offsets)?;
+        let mut status_changes = Vec::new();
+        for (id, st) in &req.set_status {
+            let idx = a
+                .live(id)
+                .ok_or_else(|| format!("unknown or deleted thread {id}"))?;
+            let parsed = match st.as_str() {
+                "READ" | "UNREAD" => None,
+                other => Some(
+                    data::ConvStatus::parse(other)
+                        .ok_or_else(|| format!("invalid status {other}"))?,
+                ),
+            };
+            status_changes.push((idx, st.clone(), parsed));
+        }
+        for (idx, st, parsed) in &status_changes {
+            match parsed {
+                Some(s) => a.threads[*idx].status = *s,
+                None => a.set_read(*idx, st == "READ"),
+            }
+        }
+        let status_changed: Vec<&str> = req.set_status.keys().map(String::as_str).collect();
         let targets: Vec<usize> = req
             .thread_ids
             .iter()
@@ -425,6 +450,7 @@ impl EbaySim {
             "newMessages": new_messages,
             "newThreads": new_threads,
             "deletedThreadIds": deleted,
+            "statusChangedIds": status_changed,
         }))
     }
 }
@@ -461,6 +487,10 @@ struct MutateRequest {
     /// Delete the FROM_MEMBERS threads now at these offsets.
     #[serde(default)]
     delete_offsets: Vec<usize>,
+    /// conversationId -> ACTIVE | ARCHIVE | DELETE | READ | UNREAD
+    /// (moves threads in or out of filtered lists).
+    #[serde(default)]
+    set_status: std::collections::BTreeMap<String, String>,
     /// inbound (default) | outbound | mixed
     direction: Option<String>,
 }
@@ -551,6 +581,7 @@ impl SimProvider for EbaySim {
             delete_ids: vec![],
             bump_offsets: vec![],
             delete_offsets: vec![],
+            set_status: Default::default(),
             direction: Some(if inbound { "inbound" } else { "outbound" }.into()),
         };
         let _ = self.mutate_account(i, &req);

@@ -498,15 +498,21 @@ async fn detail(
         return not_found(&id);
     };
     let t = &a.threads[idx];
-    let total = t.messages.len();
+    // With list_detail_lag_ms, the newest messages are not visible here yet.
+    let lag = sim.h.config.list_detail_lag_ms as i64;
+    let total = if lag > 0 {
+        let cutoff = sim.h.clock.now_ms() - lag;
+        t.messages.partition_point(|m| m.created_ms <= cutoff)
+    } else {
+        t.messages.len()
+    };
     let range = offset.min(total)..(offset + limit).min(total);
     let messages: Vec<MessageView> = match sim.h.config.message_order {
         MessageOrder::Asc => t.messages[range]
             .iter()
             .map(|m| message_view(&a, t, m))
             .collect(),
-        MessageOrder::Desc => t
-            .messages
+        MessageOrder::Desc => t.messages[..total]
             .iter()
             .rev()
             .skip(range.start)
