@@ -511,6 +511,12 @@ async fn faults_change_at_runtime() {
     let r = c.get(&url).bearer_auth(&t).send().await;
     assert!(r.is_err(), "connection dropped without a response");
     assert!(started.elapsed().as_millis() >= 290);
+    let route = &h.stats().accounts["acct-0"].by_route["GET /commerce/message/v1/conversation"];
+    assert_eq!(
+        route.get(&0),
+        Some(&1),
+        "dropped request recorded as status 0"
+    );
     set(json!({"timeout": 0.0, "slow": 1.0, "slow_ms": 300})).await;
     let started = std::time::Instant::now();
     assert_eq!(get(&c, &url, &t).await.0, 200);

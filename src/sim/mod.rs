@@ -441,17 +441,16 @@ async fn harness_layer(
             malformed(r).await
         }
         FaultAction::Timeout { ms } => {
-            h.stats.record(account.as_deref(), &route, 0, metered);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             drop_connection()
         }
     };
-    h.stats.record(
-        account.as_deref(),
-        &route,
-        response.status().as_u16(),
-        metered,
-    );
+    // A dropped connection is recorded with status 0.
+    let status = match action {
+        FaultAction::Timeout { .. } => 0,
+        _ => response.status().as_u16(),
+    };
+    h.stats.record(account.as_deref(), &route, status, metered);
     run_scripts(p.as_ref(), n + 1);
     response
 }
@@ -472,11 +471,16 @@ fn run_scripts(p: &dyn SimProvider, n: u64) {
     }
 }
 
-/// Abort the connection without writing a response. Unwinding out of the
-/// handler ends the connection task, which closes the socket. `resume_unwind`
-/// skips the panic hook, so nothing is printed; this is a deliberate fault.
-fn drop_connection() -> ! {
-    std::panic::resume_unwind(Box::new("simulated timeout: connection dropped"))
+/// Abort the connection without writing a response: a response whose body
+/// fails on its first poll makes hyper close the socket before it flushes
+/// the status line, so the client sees the connection end with nothing.
+fn drop_connection() -> Response {
+    let stream = futures::stream::once(async {
+        Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other(
+            "simulated timeout: connection dropped",
+        ))
+    });
+    Response::new(axum::body::Body::from_stream(stream))
 }
 
 /// Keep status and headers, cut the body in half and append garbage.
