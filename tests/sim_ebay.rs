@@ -1046,3 +1046,36 @@ async fn user_ids_second_resolution_detail_lag_and_status_flips() {
         .is_err());
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn background_workload_adds_messages_and_reorders_the_list() {
+    let (h, c) = start(SimConfig {
+        mutate_rate: 500.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let count = |v: &Value| v["accounts"][0]["messageCount"].as_u64().unwrap();
+    let before = count(&h.truth(None));
+    let head = |c: Client, url: String, t: String| async move {
+        let (_, v) = get(&c, &url, &t).await;
+        v["conversations"][0]["latestMessage"]["messageId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let url = format!(
+        "{}{BASE}/conversation?conversation_type=FROM_MEMBERS&limit=1",
+        h.base_url()
+    );
+    let t = h.token("acct-0");
+    let first = head(c.clone(), url.clone(), t.clone()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let after = count(&h.truth(None));
+    assert!(after >= before + 100, "{before} -> {after}");
+    assert_ne!(
+        head(c, url, t).await,
+        first,
+        "a newer message now heads the list"
+    );
+    h.shutdown().await;
+}
