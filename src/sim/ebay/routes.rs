@@ -557,9 +557,6 @@ struct SendMessageRequest {
     message_text: Option<String>,
     #[serde(default)]
     message_media: Vec<serde_json::Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    email_copy_to_sender: Option<bool>,
     reference: Option<ReferenceIn>,
 }
 

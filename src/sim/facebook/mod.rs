@@ -10,6 +10,11 @@
 //! budget answered as 80006 with `X-Business-Use-Case-Usage`, token expiry 190,
 //! and only the newest `detail_window` messages readable by id.
 
+mod fields;
+mod routes;
+
+pub use fields::{parse_fields, Field};
+
 use super::faults::{mix, unit};
 use super::http::{b64_decode, b64_encode, bearer, host, json, Query};
 use super::stats::SlidingWindow;
@@ -185,77 +190,6 @@ fn no_object(id: &str) -> Response {
         &format!("Unsupported get request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation."),
         false,
     )
-}
-
-// ---------- fields parser: `a,b{c,d}.limit(5),e.limit(2){f}` ----------
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Field {
-    pub name: String,
-    pub limit: Option<usize>,
-    pub sub: Option<Vec<Field>>,
-}
-
-pub fn parse_fields(s: &str) -> Result<Vec<Field>, String> {
-    let chars: Vec<char> = s.chars().collect();
-    let mut pos = 0;
-    let fields = parse_list(&chars, &mut pos)?;
-    if pos != chars.len() {
-        return Err(format!("unexpected '{}' at {pos}", chars[pos]));
-    }
-    Ok(fields)
-}
-
-fn parse_list(c: &[char], pos: &mut usize) -> Result<Vec<Field>, String> {
-    let mut out = Vec::new();
-    loop {
-        let start = *pos;
-        while *pos < c.len() && (c[*pos].is_ascii_alphanumeric() || c[*pos] == '_') {
-            *pos += 1;
-        }
-        if start == *pos {
-            return Err(format!("expected a field name at {start}"));
-        }
-        let mut f = Field {
-            name: c[start..*pos].iter().collect(),
-            limit: None,
-            sub: None,
-        };
-        loop {
-            if *pos < c.len() && c[*pos] == '{' {
-                *pos += 1;
-                f.sub = Some(parse_list(c, pos)?);
-                if *pos >= c.len() || c[*pos] != '}' {
-                    return Err("missing '}'".into());
-                }
-                *pos += 1;
-            } else if c[*pos..].starts_with(&['.', 'l', 'i', 'm', 'i', 't', '(']) {
-                *pos += 7;
-                let ns = *pos;
-                while *pos < c.len() && c[*pos].is_ascii_digit() {
-                    *pos += 1;
-                }
-                let n: usize = c[ns..*pos]
-                    .iter()
-                    .collect::<String>()
-                    .parse()
-                    .map_err(|_| "bad limit".to_string())?;
-                if *pos >= c.len() || c[*pos] != ')' {
-                    return Err("missing ')'".into());
-                }
-                *pos += 1;
-                f.limit = Some(n);
-            } else {
-                break;
-            }
-        }
-        out.push(f);
-        if *pos < c.len() && c[*pos] == ',' {
-            *pos += 1;
-        } else {
-            return Ok(out);
-        }
-    }
 }
 
 const CONV_FIELDS: &[&str] = &[
@@ -649,199 +583,6 @@ impl FacebookSim {
     }
 }
 
-type S = Arc<FacebookSim>;
-
-fn check_version(v: &str) -> Result<(), Response> {
-    let ok = v
-        .strip_prefix('v')
-        .and_then(|r| r.strip_suffix(".0"))
-        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
-    if ok {
-        Ok(())
-    } else {
-        Err(graph_error(
-            2500,
-            None,
-            &format!("Unknown path components: /{v}"),
-            false,
-        ))
-    }
-}
-
-fn with_usage(mut r: Response, usage: Option<String>) -> Response {
-    if let Some(u) = usage.and_then(|u| HeaderValue::from_str(&u).ok()) {
-        r.headers_mut().insert("x-business-use-case-usage", u);
-    }
-    r
-}
-
-async fn conversations(
-    State(sim): State<S>,
-    headers: HeaderMap,
-    Path((version, page_id)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let q = Query::parse(raw.as_deref());
-    if let Err(r) = check_version(&version) {
-        return r;
-    }
-    let (i, usage) = match sim.admit(&headers, &q) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    if page_id != format!("acct-{i}") {
-        return no_object(&page_id);
-    }
-    let result = (|| {
-        let fields = fields_param(&q, "id,updated_time")?;
-        check_fields(&fields, CONV_FIELDS, "UnifiedThread")?;
-        let limit = limit_param(&q, 25)?;
-        if let Some(pl) = q.get(&["platform"]) {
-            if pl != "messenger" && pl != "instagram" {
-                return Err(graph_error(
-                    100,
-                    None,
-                    "(#100) platform must be one of {messenger, instagram}",
-                    false,
-                ));
-            }
-        }
-        let p = sim.pages[i].read().map_err(|_| no_object(&page_id))?;
-        let user = q.get(&["user_id"]);
-        let ids: Vec<&str> = p
-            .order
-            .iter()
-            .map(|ci| &p.convs[*ci])
-            .filter(|c| user.is_none_or(|u| c.user_id == u))
-            .map(|c| c.id.as_str())
-            .collect();
-        let w = window(&ids, &q, limit)?;
-        let data: Vec<Value> = ids[w.start..w.end]
-            .iter()
-            .filter_map(|id| p.by_id.get(*id).map(|ci| &p.convs[*ci]))
-            .filter(|c| !c.filtered)
-            .map(|c| sim.conv_json(&p, c, &fields, &headers))
-            .collect();
-        let mut body = json!({ "data": data });
-        let pg = paging(
-            &headers,
-            &format!("/{version}/{page_id}/conversations"),
-            &q,
-            &ids,
-            &w,
-            limit,
-        );
-        if !pg.is_null() {
-            body["paging"] = pg;
-        }
-        Ok(json(StatusCode::OK, &body))
-    })();
-    with_usage(result.unwrap_or_else(|r| r), usage)
-}
-
-async fn node(
-    State(sim): State<S>,
-    headers: HeaderMap,
-    Path((version, id)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let q = Query::parse(raw.as_deref());
-    if let Err(r) = check_version(&version) {
-        return r;
-    }
-    let (i, usage) = match sim.admit(&headers, &q) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let result = (|| {
-        let p = sim.pages[i].read().map_err(|_| no_object(&id))?;
-        if let Some(ci) = p.by_id.get(&id).copied().filter(|ci| !p.convs[*ci].deleted) {
-            let fields = fields_param(&q, "id,updated_time")?;
-            check_fields(&fields, CONV_FIELDS, "UnifiedThread")?;
-            return Ok(json(
-                StatusCode::OK,
-                &sim.conv_json(&p, &p.convs[ci], &fields, &headers),
-            ));
-        }
-        if let Some((ci, mi)) = p
-            .msg_index
-            .get(&id)
-            .copied()
-            .filter(|(ci, _)| !p.convs[*ci].deleted)
-        {
-            let fields = fields_param(&q, "id,created_time")?;
-            check_fields(&fields, MSG_FIELDS, "Message")?;
-            let c = &p.convs[ci];
-            // Only the newest `detail_window` messages can be read by id.
-            if c.messages.len() - mi > sim.h.config.detail_window {
-                return Err(graph_error(
-                    100,
-                    Some(2018278),
-                    "(#100) This message has been deleted or is outside the readable window of the 20 most recent messages.",
-                    false,
-                ));
-            }
-            return Ok(json(
-                StatusCode::OK,
-                &sim.msg_json(&p, c, &c.messages[mi], &fields),
-            ));
-        }
-        Err(no_object(&id))
-    })();
-    with_usage(result.unwrap_or_else(|r| r), usage)
-}
-
-async fn messages(
-    State(sim): State<S>,
-    headers: HeaderMap,
-    Path((version, conv_id)): Path<(String, String)>,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let q = Query::parse(raw.as_deref());
-    if let Err(r) = check_version(&version) {
-        return r;
-    }
-    let (i, usage) = match sim.admit(&headers, &q) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let result = (|| {
-        let fields = fields_param(&q, "id,created_time")?;
-        check_fields(&fields, MSG_FIELDS, "Message")?;
-        let limit = limit_param(&q, 25)?;
-        let p = sim.pages[i].read().map_err(|_| no_object(&conv_id))?;
-        let Some(ci) = p
-            .by_id
-            .get(&conv_id)
-            .copied()
-            .filter(|ci| !p.convs[*ci].deleted)
-        else {
-            return Err(no_object(&conv_id));
-        };
-        let c = &p.convs[ci];
-        let ids: Vec<&str> = c.messages.iter().rev().map(|m| m.id.as_str()).collect();
-        let w = window(&ids, &q, limit)?;
-        let n = c.messages.len();
-        let data: Vec<Value> = (w.start..w.end)
-            .map(|k| sim.msg_json(&p, c, &c.messages[n - 1 - k], &fields))
-            .collect();
-        let mut body = json!({ "data": data });
-        let pg = paging(
-            &headers,
-            &format!("/{version}/{conv_id}/messages"),
-            &q,
-            &ids,
-            &w,
-            limit,
-        );
-        if !pg.is_null() {
-            body["paging"] = pg;
-        }
-        Ok(json(StatusCode::OK, &body))
-    })();
-    with_usage(result.unwrap_or_else(|r| r), usage)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MutateBody {
@@ -1031,27 +772,12 @@ impl SimProvider for FacebookSim {
 
     fn api_routes(self: Arc<Self>) -> Router {
         Router::new()
-            .route("/{version}/{node}/conversations", get(conversations))
-            .route("/{version}/{node}/messages", get(messages))
-            .route("/{version}/{node}", get(node))
+            .route(
+                "/{version}/{node}/conversations",
+                get(routes::conversations),
+            )
+            .route("/{version}/{node}/messages", get(routes::messages))
+            .route("/{version}/{node}", get(routes::node))
             .with_state(self)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_nested_fields_with_limits() {
-        let f = parse_fields("participants,updated_time,messages.limit(10){message,from}").unwrap();
-        assert_eq!(f.len(), 3);
-        assert_eq!(f[2].limit, Some(10));
-        assert_eq!(f[2].sub.as_ref().unwrap()[1].name, "from");
-        let g = parse_fields("messages{id}.limit(3)").unwrap();
-        assert_eq!(g[0].limit, Some(3));
-        assert!(parse_fields("a{b").is_err());
-        assert!(parse_fields("a,,b").is_err());
-        assert!(parse_fields("a.limit(x)").is_err());
     }
 }
