@@ -288,3 +288,29 @@ async fn tokens_fields_messages_and_detail_window() {
     assert_eq!(v["error"]["error_subcode"], 463);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn injected_faults_use_graph_error_shapes() {
+    use threadsync::sim::Faults;
+    let h = sim::start(cfg()).await.unwrap();
+    let c = Client::new();
+    h.set_faults(Faults {
+        error_5xx: 1.0,
+        ..Faults::default()
+    });
+    let (s, v, _) = get(&c, &url(&h, "acct-0/conversations", "")).await;
+    assert_eq!(s, 500);
+    assert_eq!(v["error"]["is_transient"], true);
+    h.set_faults(Faults {
+        burst_429: 1.0,
+        ..Faults::default()
+    });
+    let (s, v, _) = get(&c, &url(&h, "acct-0/conversations", "")).await;
+    assert_eq!((s.as_u16(), v["error"]["code"].as_u64()), (400, Some(613)));
+    h.set_faults(Faults::default());
+    assert_eq!(get(&c, &url(&h, "acct-0/conversations", "")).await.0, 200);
+    let stats = h.stats();
+    assert_eq!(stats.totals.by_status[&500], 1);
+    assert_eq!(stats.totals.by_status[&400], 1);
+    h.shutdown().await;
+}

@@ -339,3 +339,35 @@ async fn send_message_reservation_lookup_and_activity_window() {
     assert_eq!(r.status(), 400);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn injected_faults_use_hostaway_shapes() {
+    use threadsync::sim::Faults;
+    let h = sim::start(cfg()).await.unwrap();
+    let c = Client::new();
+    let t = h.token("acct-0");
+    h.set_faults(Faults {
+        error_5xx: 1.0,
+        ..Faults::default()
+    });
+    let (s, v) = get(&c, &h, "/v1/conversations", &t).await;
+    assert_eq!(
+        (s, v["status"].as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some("fail"))
+    );
+    h.set_faults(Faults {
+        burst_429: 1.0,
+        ..Faults::default()
+    });
+    let r = c
+        .get(format!("{}/v1/conversations", h.base_url()))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_none());
+    h.set_faults(Faults::default());
+    assert_eq!(get(&c, &h, "/v1/conversations?limit=1", &t).await.0, 200);
+    h.shutdown().await;
+}
