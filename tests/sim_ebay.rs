@@ -1079,3 +1079,97 @@ async fn background_workload_adds_messages_and_reorders_the_list() {
     );
     h.shutdown().await;
 }
+
+/// The API's list and detail views agree with /_sim/truth after every kind
+/// of change (the simulator serves pre-rendered JSON; this catches staleness).
+#[tokio::test]
+async fn api_views_match_truth_after_changes() {
+    let (h, c) = start(SimConfig {
+        threads: 40,
+        ..SimConfig::default()
+    })
+    .await;
+    let t = h.token("acct-0");
+    let truth0 = h.truth(Some("acct-0"));
+    let ids: Vec<String> = truth0["accounts"][0]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["conversationType"] == "FROM_MEMBERS")
+        .map(|x| x["conversationId"].as_str().unwrap().to_string())
+        .collect();
+    h.mutate(&json!({"account": "acct-0", "new_messages": 5, "new_threads": 2, "delete_threads": 1,
+                     "set_status": {ids[0].clone(): "ARCHIVE", ids[1].clone(): "READ", ids[2].clone(): "UNREAD"}}))
+        .unwrap();
+    let post = |path: &str, body: Value| {
+        let c = c.clone();
+        let u = format!("{}{BASE}/{path}", h.base_url());
+        let t = t.clone();
+        async move {
+            c.post(u)
+                .bearer_auth(t)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        post(
+            "update_conversation",
+            json!({"conversationId": ids[3], "conversationType": "FROM_MEMBERS", "read": true})
+        )
+        .await,
+        204
+    );
+    assert_eq!(post("update_conversation", json!({"conversationId": ids[4], "conversationType": "FROM_MEMBERS", "conversationStatus": "ARCHIVE"})).await, 204);
+    assert_eq!(post("send_message", json!({"conversationId": ids[5], "messageText": "reply",
+        "messageMedia": [{"mediaName": "x.txt", "mediaType": "TXT", "mediaUrl": "https://x.test/x.txt"}]})).await, 201);
+    assert_eq!(post("bulk_update_conversation", json!({"conversations": [{"conversationId": ids[6], "conversationType": "FROM_MEMBERS", "conversationStatus": "UNREAD"}]})).await, 200);
+
+    let truth = h.truth(Some("acct-0"));
+    let listed = walk_list(&c, &h, &t, "FROM_MEMBERS", 50).await;
+    let by_id: std::collections::HashMap<&str, &Value> = truth["accounts"][0]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["conversationId"].as_str().unwrap(), x))
+        .collect();
+    assert_eq!(listed.len(), truth_ids(&truth, 0, "FROM_MEMBERS").len());
+    for conv in &listed {
+        let id = conv["conversationId"].as_str().unwrap();
+        let tr = by_id[id];
+        assert_eq!(conv["unreadCount"], tr["unreadCount"], "{id}");
+        assert_eq!(conv["conversationStatus"], tr["conversationStatus"], "{id}");
+        assert_eq!(
+            conv["latestMessage"]["messageId"], tr["latestMessageId"],
+            "{id}"
+        );
+        let (s, d) = get(
+            &c,
+            &format!(
+                "{}{BASE}/conversation/{id}?conversation_type=FROM_MEMBERS&limit=50",
+                h.base_url()
+            ),
+            &t,
+        )
+        .await;
+        assert_eq!(s, 200);
+        for (api, want) in d["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(tr["messages"].as_array().unwrap())
+        {
+            let mut want = want.clone();
+            let w = want.as_object_mut().unwrap();
+            w.remove("direction");
+            if w["messageMedia"].as_array().unwrap().is_empty() {
+                w.remove("messageMedia");
+            }
+            assert_eq!(api, &want, "{id}");
+        }
+    }
+    h.shutdown().await;
+}

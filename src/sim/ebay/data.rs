@@ -1,6 +1,7 @@
 //! eBay dataset: deterministic generation from the seed, the per-account
 //! store with recency-ordered indexes, and mutations that keep them sorted.
 
+use super::render;
 use crate::sim::clock::iso_ms;
 use crate::sim::faults::mix;
 use rand::{Rng, SeedableRng};
@@ -83,6 +84,8 @@ pub struct Message {
     pub body: String,
     pub read: bool,
     pub media: Vec<Media>,
+    /// Rendered `MessageDetail` JSON (see render.rs).
+    pub json: String,
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +103,8 @@ pub struct Thread {
     pub messages: Vec<Message>,
     pub unread: u32,
     pub deleted: bool,
+    /// Rendered `ConversationDetail` JSON including `latestMessage`.
+    pub json: String,
 }
 
 impl Thread {
@@ -238,6 +243,7 @@ impl AccountData {
             let idx = a.threads.len();
             a.by_id.insert(t.id.clone(), idx);
             a.threads.push(t);
+            a.rerender(idx, 0);
         }
         for slot in 0..2 {
             let mut ids: Vec<usize> = (0..a.threads.len())
@@ -281,6 +287,7 @@ impl AccountData {
             messages: Vec::new(),
             unread: 0,
             deleted: false,
+            json: String::new(),
         }
     }
 
@@ -314,6 +321,7 @@ impl AccountData {
             body: lines[rng.gen_range(0..lines.len())].to_string(),
             read: !inbound,
             media,
+            json: String::new(),
         }
     }
 
@@ -382,6 +390,8 @@ impl AccountData {
         let thread = &mut self.threads[idx];
         thread.messages.push(m);
         thread.recount_unread();
+        let last = thread.messages.len() - 1;
+        self.rerender(idx, last);
         self.link(idx);
         out
     }
@@ -406,6 +416,7 @@ impl AccountData {
         let idx = self.threads.len();
         self.by_id.insert(t.id.clone(), idx);
         self.threads.push(t);
+        self.rerender(idx, 0);
         self.link(idx);
         idx
     }
@@ -430,6 +441,30 @@ impl AccountData {
             m.read = false;
         }
         t.recount_unread();
+        self.rerender(idx, 0);
+    }
+
+    pub fn set_status(&mut self, idx: usize, status: ConvStatus) {
+        self.threads[idx].status = status;
+        let len = self.threads[idx].messages.len();
+        self.rerender(idx, len);
+    }
+
+    /// Re-render the JSON of messages `from..` and of the conversation.
+    /// Call after changing any field a client can see.
+    pub fn rerender(&mut self, idx: usize, from: usize) {
+        let t = &self.threads[idx];
+        let fresh: Vec<String> = t.messages[from.min(t.messages.len())..]
+            .iter()
+            .map(|m| render::message(self, t, m))
+            .collect();
+        let t = &mut self.threads[idx];
+        let start = from.min(t.messages.len());
+        for (m, j) in t.messages[start..].iter_mut().zip(fresh) {
+            m.json = j;
+        }
+        let conv = render::conversation(t, t.messages.last().map(|m| m.json.as_str()));
+        t.json = conv;
     }
 }
 
@@ -448,6 +483,7 @@ impl Thread {
             messages: Vec::new(),
             unread: 0,
             deleted: false,
+            json: String::new(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! tokens that expire after `token_ttl_secs` of simulated time.
 
 pub mod data;
+mod render;
 mod routes;
 
 use super::clock::next_utc_midnight;
@@ -359,7 +360,7 @@ impl EbaySim {
         }
         for (idx, st, parsed) in &status_changes {
             match parsed {
-                Some(s) => a.threads[*idx].status = *s,
+                Some(s) => a.set_status(*idx, *s),
                 None => a.set_read(*idx, st == "READ"),
             }
         }
