@@ -9,6 +9,7 @@
 //! advancing the clock makes reports "arrive". Sent ids are serial with gaps.
 
 mod routes;
+mod v1;
 
 use super::clock::parse_iso;
 use routes::*;
@@ -302,16 +303,20 @@ impl SmsEagleSim {
         (i < self.devices.len()).then_some(i)
     }
 
+    /// Account of a valid (known, not expired) token.
+    fn token_index(&self, token: &str) -> Option<usize> {
+        token
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|n| self.account_index(n))
+            .filter(|i| !self.expired.read().map(|e| e.contains(i)).unwrap_or(false))
+    }
+
     fn auth(&self, headers: &HeaderMap) -> Result<usize, Response> {
         let token = headers
             .get("access-token")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let i = token
-            .strip_prefix(TOKEN_PREFIX)
-            .and_then(|n| self.account_index(n))
-            .filter(|i| !self.expired.read().map(|e| e.contains(i)).unwrap_or(false));
-        i.ok_or_else(|| {
+        self.token_index(token).ok_or_else(|| {
             json(
                 StatusCode::UNAUTHORIZED,
                 &json!({"status": "error", "message": "Invalid access token"}),
@@ -392,7 +397,16 @@ impl SimProvider for SmsEagleSim {
     }
 
     fn identify(&self, parts: &Parts) -> Option<String> {
-        let t = parts.headers.get("access-token")?.to_str().ok()?;
+        // v2: `access-token` header; v1: `access_token` query parameter.
+        let q = Query::parse(parts.uri.query());
+        let t = match parts
+            .headers
+            .get("access-token")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(t) => t.to_string(),
+            None => q.get(&["access_token"])?.to_string(),
+        };
         let i = self.account_index(t.strip_prefix(TOKEN_PREFIX)?)?;
         Some(format!("acct-{i}"))
     }
@@ -503,6 +517,12 @@ impl SimProvider for SmsEagleSim {
                 "/api/v2/messages/{folder}/{id}",
                 get(read_one).delete(delete_one),
             )
+            .route("/http_api/read_sms", get(v1::read_sms))
+            .route("/http_api/send_sms", get(v1::send_sms_v1))
+            .route("/http_api/get_inbox_length", get(v1::inbox_length))
+            .route("/http_api/get_outbox_length", get(v1::outbox_length))
+            .route("/http_api/get_queue_length", get(v1::outbox_length))
+            .route("/http_api/get_sentitems_length", get(v1::sentitems_length))
             .with_state(self)
     }
 }
