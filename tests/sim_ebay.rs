@@ -1173,3 +1173,37 @@ async fn api_views_match_truth_after_changes() {
     }
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn background_deletes_and_status_flips() {
+    let (h, _c) = start(SimConfig {
+        mutate_rate: 500.0,
+        mutate_delete_share: 0.3,
+        mutate_flip_share: 0.3,
+        ..SimConfig::default()
+    })
+    .await;
+    let archived = |v: &Value| {
+        v["accounts"][0]["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["conversationStatus"] == "ARCHIVE")
+            .map(|t| t["conversationId"].as_str().unwrap().to_string())
+            .collect::<HashSet<_>>()
+    };
+    let before = h.truth(None);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let after = h.truth(None);
+    let deleted = after["accounts"][0]["deletedThreadIds"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(deleted >= 10, "about 45 deletes expected, got {deleted}");
+    assert_ne!(
+        archived(&before),
+        archived(&after),
+        "some threads flipped status"
+    );
+    h.shutdown().await;
+}

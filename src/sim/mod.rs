@@ -102,8 +102,13 @@ pub struct SimConfig {
     pub rps_limit: Option<f64>,
     pub faults: Faults,
     pub start_time_semantics: StartTimeSemantics,
-    /// Background workload: new messages per second across all accounts.
+    /// Background workload: mutation steps per second across all accounts.
     pub mutate_rate: f64,
+    /// eBay: share of background steps that delete a thread.
+    pub mutate_delete_share: f64,
+    /// eBay: share of background steps that flip a thread's status
+    /// (ACTIVE/ARCHIVE/READ/UNREAD), moving it in or out of filtered lists.
+    pub mutate_flip_share: f64,
     /// Lifetime of tokens minted by the token endpoints.
     pub token_ttl_secs: u64,
     /// Epoch ms of the first quota reset; None = next UTC midnight.
@@ -148,6 +153,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             start_time_semantics: StartTimeSemantics::AnyMessage,
             mutate_rate: 0.0,
+            mutate_delete_share: 0.0,
+            mutate_flip_share: 0.0,
             token_ttl_secs: 7200,
             quota_reset_at_ms: None,
             message_order: MessageOrder::Asc,
@@ -563,9 +570,15 @@ pub struct SimArgs {
     pub slow_ms: u64,
     #[arg(long, default_value_t = 30000)]
     pub timeout_ms: u64,
-    /// Background new messages per second.
+    /// Background mutation steps per second (mostly new messages).
     #[arg(long, default_value_t = 0.0)]
     pub mutate_rate: f64,
+    /// eBay: share of background steps that delete a thread.
+    #[arg(long, default_value_t = 0.0)]
+    pub mutate_delete_share: f64,
+    /// eBay: share of background steps that flip a thread's status.
+    #[arg(long, default_value_t = 0.0)]
+    pub mutate_flip_share: f64,
     #[arg(long, value_enum, default_value = "any-message")]
     pub start_time_semantics: StartTimeSemantics,
     #[arg(long, value_enum, default_value = "asc")]
@@ -611,6 +624,8 @@ impl SimArgs {
             },
             start_time_semantics: self.start_time_semantics,
             mutate_rate: self.mutate_rate,
+            mutate_delete_share: self.mutate_delete_share,
+            mutate_flip_share: self.mutate_flip_share,
             token_ttl_secs: self.token_ttl_secs,
             message_order: self.message_order,
             list_sort: self.list_sort,

@@ -562,21 +562,28 @@ impl SimProvider for EbaySim {
         self.mutate_account(i, &req)
     }
 
+    /// One step of the background workload. Shares of deletes and status
+    /// flips come from the config; of the rest, 10% start a new thread and
+    /// 90% add a message (60% inbound).
     fn background_step(&self) {
         if self.accounts.is_empty() {
             return;
         }
-        let (i, new_thread, inbound) = self.with_rng(|r| {
+        let cfg = &self.h.config;
+        let (i, roll, new_thread, inbound, flip, pick) = self.with_rng(|r| {
             (
                 r.gen_range(0..self.accounts.len()),
+                r.gen::<f64>(),
                 r.gen_bool(0.1),
                 r.gen_bool(0.6),
+                r.gen_range(0..4usize),
+                r.gen::<u32>() as usize,
             )
         });
-        let req = MutateRequest {
+        let mut req = MutateRequest {
             account: format!("acct-{i}"),
-            new_messages: usize::from(!new_thread),
-            new_threads: usize::from(new_thread),
+            new_messages: 0,
+            new_threads: 0,
             delete_threads: 0,
             thread_ids: vec![],
             delete_ids: vec![],
@@ -585,6 +592,24 @@ impl SimProvider for EbaySim {
             set_status: Default::default(),
             direction: Some(if inbound { "inbound" } else { "outbound" }.into()),
         };
+        if roll < cfg.mutate_delete_share {
+            req.delete_threads = 1;
+        } else if roll < cfg.mutate_delete_share + cfg.mutate_flip_share {
+            // Flip a random member thread in or out of a filtered list.
+            let target = self.accounts[i].read().ok().and_then(|a| {
+                let order = &a.order[ConvType::FromMembers.slot()];
+                order
+                    .get(pick % order.len().max(1))
+                    .map(|idx| a.threads[*idx].id.clone())
+            });
+            let Some(id) = target else { return };
+            let status = ["ACTIVE", "ARCHIVE", "READ", "UNREAD"][flip];
+            req.set_status.insert(id, status.to_string());
+        } else if new_thread {
+            req.new_threads = 1;
+        } else {
+            req.new_messages = 1;
+        }
         let _ = self.mutate_account(i, &req);
     }
 
