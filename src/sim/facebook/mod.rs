@@ -480,7 +480,14 @@ impl FacebookSim {
         Ok((i, (pct >= 10).then(|| header(pct, 0))))
     }
 
-    fn conv_json(&self, p: &Page, c: &Conv, fields: &[Field], headers: &HeaderMap) -> Value {
+    fn conv_json(
+        &self,
+        p: &Page,
+        c: &Conv,
+        fields: &[Field],
+        headers: &HeaderMap,
+        version: &str,
+    ) -> Value {
         let mut o = Map::new();
         let page_party = json!({"id": p.name, "name": format!("Page {}", p.name), "email": format!("{}@facebook.com", p.name)});
         let user_party = json!({"id": c.user_id, "name": c.user_name, "email": format!("{}@facebook.com", c.user_id)});
@@ -531,7 +538,7 @@ impl FacebookSim {
                     let mut v = json!({"data": data});
                     let paging = paging(
                         headers,
-                        &format!("/v19.0/{}/messages", c.id),
+                        &format!("/{version}/{}/messages", c.id),
                         &Query::default(),
                         &ids,
                         &w,

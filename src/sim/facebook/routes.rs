@@ -73,7 +73,7 @@ pub(super) async fn conversations(
             .iter()
             .filter_map(|id| p.by_id.get(*id).map(|ci| &p.convs[*ci]))
             .filter(|c| !c.filtered)
-            .map(|c| sim.conv_json(&p, c, &fields, &headers))
+            .map(|c| sim.conv_json(&p, c, &fields, &headers, &version))
             .collect();
         let mut body = json!({ "data": data });
         let pg = paging(
@@ -113,7 +113,7 @@ pub(super) async fn node(
             check_fields(&fields, CONV_FIELDS, "UnifiedThread")?;
             return Ok(json(
                 StatusCode::OK,
-                &sim.conv_json(&p, &p.convs[ci], &fields, &headers),
+                &sim.conv_json(&p, &p.convs[ci], &fields, &headers, &version),
             ));
         }
         if let Some((ci, mi)) = p
