@@ -237,6 +237,13 @@ async fn tokens_fields_messages_and_detail_window() {
             .len(),
         2
     );
+    let nested_next = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|c| c["messages"]["paging"]["next"].as_str())
+        .expect("a thread with more than 3 messages");
+    assert!(nested_next.contains("/v21.0/t_"), "{nested_next}");
     // Walk the messages edge of the longest thread.
     let truth = h.truth(Some("acct-0"));
     let longest = truth["accounts"][0]["conversations"]
