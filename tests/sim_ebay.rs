@@ -511,6 +511,12 @@ async fn faults_change_at_runtime() {
     let r = c.get(&url).bearer_auth(&t).send().await;
     assert!(r.is_err(), "connection dropped without a response");
     assert!(started.elapsed().as_millis() >= 290);
+    let route = &h.stats().accounts["acct-0"].by_route["GET /commerce/message/v1/conversation"];
+    assert_eq!(
+        route.get(&0),
+        Some(&1),
+        "dropped request recorded as status 0"
+    );
     set(json!({"timeout": 0.0, "slow": 1.0, "slow_ms": 300})).await;
     let started = std::time::Instant::now();
     assert_eq!(get(&c, &url, &t).await.0, 200);
@@ -810,5 +816,394 @@ async fn send_update_and_bulk_update_change_state() {
         .unwrap()
         .iter()
         .any(|t| t["conversationId"] == cid.as_str()));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn scripted_delete_after_page_one_skips_an_item_at_the_boundary() {
+    let (h, c) = start(SimConfig::default()).await;
+    let list = |offset: usize, limit: usize| {
+        let c = c.clone();
+        let u = format!(
+            "{}{BASE}/conversation?conversation_type=FROM_MEMBERS&limit={limit}&offset={offset}",
+            h.base_url()
+        );
+        let t = h.token("acct-0");
+        async move {
+            let (s, v) = get(&c, &u, &t).await;
+            assert_eq!(s, 200);
+            v["conversations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["conversationId"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = list(0, 30).await;
+    // "Delete the item at offset 3 right after page 1 is served."
+    let r = c
+        .post(format!("{}/_sim/script", h.base_url()))
+        .json(&json!({"in_requests": 1, "mutate": {"account": "acct-0", "delete_offsets": [3]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page1 = list(0, 10).await;
+    assert_eq!(page1, before[..10], "page 1 was served before the deletion");
+    let page2 = list(10, 10).await;
+    assert_eq!(page2, before[11..21], "everything shifted up by one");
+    assert!(
+        !page1.contains(&before[10]) && !page2.contains(&before[10]),
+        "skipped"
+    );
+    let done = h.scheduled();
+    assert_eq!(done[0].after_request, 2);
+    assert_eq!(
+        done[0].result.as_ref().unwrap()["deletedThreadIds"][0],
+        before[3].as_str()
+    );
+    // "Bump item 25 to the head between pages 2 and 3": missed by this pass.
+    h.schedule_mutation(1, json!({"account": "acct-0", "bump_offsets": [25]}));
+    let now = list(0, 30).await;
+    let p3 = list(20, 10).await;
+    assert!(!p3.contains(&now[25]), "moved ahead of the reader");
+    assert_eq!(list(0, 1).await[0], now[25]);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn hostile_inputs_get_error_shapes_not_crashes() {
+    let (h, c) = start(SimConfig::default()).await;
+    let t = h.token("acct-0");
+    let base = format!("{}{BASE}/conversation", h.base_url());
+    for q in [
+        "?conversation_type=FROM_MEMBERS&offset=9223372036854775807&limit=50",
+        "?conversation_type=FROM_MEMBERS&offset=99999999999999999999999",
+        "?conversation_type=%FF%FE&limit=%",
+        "?conversation_type=FROM_MEMBERS&start_time=2025-01-01T00:00:00Z&end_time=2024-01-01T00:00:00Z",
+        "?&&&=&conversation_type=FROM_MEMBERS",
+    ] {
+        let (s, v) = get(&c, &format!("{base}{q}"), &t).await;
+        assert!(s == 200 || s == 400, "{q}: {s}");
+        assert!(v.is_object(), "{q}: JSON body");
+    }
+    let r = c
+        .post(format!("{}/_sim/clock/advance", h.base_url()))
+        .json(&json!({"seconds": 1e300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for body in ["", "[]", "{\"conversations\": 5}", "\u{0}"] {
+        let r = c
+            .post(format!("{}{BASE}/bulk_update_conversation", h.base_url()))
+            .bearer_auth(&t)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body:?}");
+    }
+    let r = c
+        .post(format!("{}/_sim/mutate", h.base_url()))
+        .json(&json!({"account": "acct-0", "delete_offsets": [100000]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        get(&c, &format!("{base}?conversation_type=FROM_MEMBERS"), &t)
+            .await
+            .0,
+        200
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn list_sort_knob_and_missing_scope() {
+    use threadsync::sim::ListSort;
+    let (h, c) = start(SimConfig {
+        list_sort: ListSort::LatestAsc,
+        ..SimConfig::default()
+    })
+    .await;
+    let convs = walk_list(&c, &h, &h.token("acct-0"), "FROM_MEMBERS", 50).await;
+    let dates: Vec<&str> = convs
+        .iter()
+        .map(|t| t["latestMessage"]["createdDate"].as_str().unwrap())
+        .collect();
+    assert!(dates.windows(2).all(|w| w[0] <= w[1]), "ascending");
+    let (s, v) = get(
+        &c,
+        &format!(
+            "{}{BASE}/conversation?conversation_type=FROM_MEMBERS",
+            h.base_url()
+        ),
+        "sim-ebay-noscope-acct-0",
+    )
+    .await;
+    assert_eq!(s, 403);
+    assert_eq!(first_error(&v)["errorId"], 1100);
+    h.shutdown().await;
+    let (h, c) = start(SimConfig {
+        list_sort: ListSort::CreatedDesc,
+        ..SimConfig::default()
+    })
+    .await;
+    let convs = walk_list(&c, &h, &h.token("acct-0"), "FROM_MEMBERS", 50).await;
+    let created: Vec<&str> = convs
+        .iter()
+        .map(|t| t["createdDate"].as_str().unwrap())
+        .collect();
+    assert!(created.windows(2).all(|w| w[0] >= w[1]), "created desc");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_ids_second_resolution_detail_lag_and_status_flips() {
+    let (h, c) = start(SimConfig {
+        ebay_user_ids: true,
+        second_resolution: true,
+        list_detail_lag_ms: 60_000,
+        ..SimConfig::default()
+    })
+    .await;
+    let t = h.token("acct-0");
+    let list_url = |q: &str| {
+        format!(
+            "{}{BASE}/conversation?conversation_type=FROM_MEMBERS&limit=50{q}",
+            h.base_url()
+        )
+    };
+    let (_, v) = get(&c, &list_url(""), &t).await;
+    for conv in v["conversations"].as_array().unwrap() {
+        let m = &conv["latestMessage"];
+        for who in ["senderUsername", "recipientUsername"] {
+            let u = m[who].as_str().unwrap();
+            assert!(u.starts_with('u') && u.len() == 17, "opaque id, got {u}");
+        }
+        assert!(m["createdDate"].as_str().unwrap().ends_with(".000Z"));
+    }
+    // The list shows the new message at once; the detail only after the lag.
+    let target = v["conversations"][10]["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let changed = h
+        .mutate(&json!({"account": "acct-0", "thread_ids": [target], "new_messages": 1}))
+        .unwrap();
+    let mid = changed["newMessages"][0]["messageId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, v) = get(&c, &list_url(""), &t).await;
+    assert_eq!(
+        v["conversations"][0]["latestMessage"]["messageId"],
+        mid.as_str()
+    );
+    let detail = format!(
+        "{}{BASE}/conversation/{target}?conversation_type=FROM_MEMBERS&limit=50",
+        h.base_url()
+    );
+    let all_ids = |v: &Value| -> Vec<String> {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["messageId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, d) = get(&c, &format!("{detail}&offset=0"), &t).await;
+    let total = d["total"].as_u64().unwrap();
+    let (_, last) = get(
+        &c,
+        &format!("{detail}&offset={}", total.saturating_sub(1)),
+        &t,
+    )
+    .await;
+    assert!(!all_ids(&last).contains(&mid), "detail lags the list");
+    h.advance_clock(61.0);
+    let (_, d2) = get(&c, &format!("{detail}&offset={total}"), &t).await;
+    assert_eq!(d2["total"].as_u64().unwrap(), total + 1);
+    assert_eq!(all_ids(&d2), vec![mid]);
+    // Status flips move threads in and out of filtered lists.
+    let (_, unread) = get(&c, &list_url("&conversation_status=UNREAD"), &t).await;
+    let flip = unread["conversations"][0]["conversationId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = unread["total"].as_u64().unwrap();
+    let out = h
+        .mutate(&json!({"account": "acct-0", "set_status": {flip.clone(): "READ"}}))
+        .unwrap();
+    assert_eq!(out["statusChangedIds"][0], flip.as_str());
+    let (_, unread2) = get(&c, &list_url("&conversation_status=UNREAD"), &t).await;
+    assert_eq!(unread2["total"].as_u64().unwrap(), before - 1);
+    assert!(h
+        .mutate(&json!({"account": "acct-0", "set_status": {flip: "ARCHIVED"}}))
+        .is_err());
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn background_workload_adds_messages_and_reorders_the_list() {
+    let (h, c) = start(SimConfig {
+        mutate_rate: 500.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let count = |v: &Value| v["accounts"][0]["messageCount"].as_u64().unwrap();
+    let before = count(&h.truth(None));
+    let head = |c: Client, url: String, t: String| async move {
+        let (_, v) = get(&c, &url, &t).await;
+        v["conversations"][0]["latestMessage"]["messageId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let url = format!(
+        "{}{BASE}/conversation?conversation_type=FROM_MEMBERS&limit=1",
+        h.base_url()
+    );
+    let t = h.token("acct-0");
+    let first = head(c.clone(), url.clone(), t.clone()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let after = count(&h.truth(None));
+    assert!(after >= before + 100, "{before} -> {after}");
+    assert_ne!(
+        head(c, url, t).await,
+        first,
+        "a newer message now heads the list"
+    );
+    h.shutdown().await;
+}
+
+/// The API's list and detail views agree with /_sim/truth after every kind
+/// of change (the simulator serves pre-rendered JSON; this catches staleness).
+#[tokio::test]
+async fn api_views_match_truth_after_changes() {
+    let (h, c) = start(SimConfig {
+        threads: 40,
+        ..SimConfig::default()
+    })
+    .await;
+    let t = h.token("acct-0");
+    let truth0 = h.truth(Some("acct-0"));
+    let ids: Vec<String> = truth0["accounts"][0]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["conversationType"] == "FROM_MEMBERS")
+        .map(|x| x["conversationId"].as_str().unwrap().to_string())
+        .collect();
+    h.mutate(&json!({"account": "acct-0", "new_messages": 5, "new_threads": 2, "delete_threads": 1,
+                     "set_status": {ids[0].clone(): "ARCHIVE", ids[1].clone(): "READ", ids[2].clone(): "UNREAD"}}))
+        .unwrap();
+    let post = |path: &str, body: Value| {
+        let c = c.clone();
+        let u = format!("{}{BASE}/{path}", h.base_url());
+        let t = t.clone();
+        async move {
+            c.post(u)
+                .bearer_auth(t)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(
+        post(
+            "update_conversation",
+            json!({"conversationId": ids[3], "conversationType": "FROM_MEMBERS", "read": true})
+        )
+        .await,
+        204
+    );
+    assert_eq!(post("update_conversation", json!({"conversationId": ids[4], "conversationType": "FROM_MEMBERS", "conversationStatus": "ARCHIVE"})).await, 204);
+    assert_eq!(post("send_message", json!({"conversationId": ids[5], "messageText": "reply",
+        "messageMedia": [{"mediaName": "x.txt", "mediaType": "TXT", "mediaUrl": "https://x.test/x.txt"}]})).await, 201);
+    assert_eq!(post("bulk_update_conversation", json!({"conversations": [{"conversationId": ids[6], "conversationType": "FROM_MEMBERS", "conversationStatus": "UNREAD"}]})).await, 200);
+
+    let truth = h.truth(Some("acct-0"));
+    let listed = walk_list(&c, &h, &t, "FROM_MEMBERS", 50).await;
+    let by_id: std::collections::HashMap<&str, &Value> = truth["accounts"][0]["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["conversationId"].as_str().unwrap(), x))
+        .collect();
+    assert_eq!(listed.len(), truth_ids(&truth, 0, "FROM_MEMBERS").len());
+    for conv in &listed {
+        let id = conv["conversationId"].as_str().unwrap();
+        let tr = by_id[id];
+        assert_eq!(conv["unreadCount"], tr["unreadCount"], "{id}");
+        assert_eq!(conv["conversationStatus"], tr["conversationStatus"], "{id}");
+        assert_eq!(
+            conv["latestMessage"]["messageId"], tr["latestMessageId"],
+            "{id}"
+        );
+        let (s, d) = get(
+            &c,
+            &format!(
+                "{}{BASE}/conversation/{id}?conversation_type=FROM_MEMBERS&limit=50",
+                h.base_url()
+            ),
+            &t,
+        )
+        .await;
+        assert_eq!(s, 200);
+        for (api, want) in d["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(tr["messages"].as_array().unwrap())
+        {
+            let mut want = want.clone();
+            let w = want.as_object_mut().unwrap();
+            w.remove("direction");
+            if w["messageMedia"].as_array().unwrap().is_empty() {
+                w.remove("messageMedia");
+            }
+            assert_eq!(api, &want, "{id}");
+        }
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn background_deletes_and_status_flips() {
+    let (h, _c) = start(SimConfig {
+        mutate_rate: 500.0,
+        mutate_delete_share: 0.3,
+        mutate_flip_share: 0.3,
+        ..SimConfig::default()
+    })
+    .await;
+    let archived = |v: &Value| {
+        v["accounts"][0]["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["conversationStatus"] == "ARCHIVE")
+            .map(|t| t["conversationId"].as_str().unwrap().to_string())
+            .collect::<HashSet<_>>()
+    };
+    let before = h.truth(None);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let after = h.truth(None);
+    let deleted = after["accounts"][0]["deletedThreadIds"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(deleted >= 10, "about 45 deletes expected, got {deleted}");
+    assert_ne!(
+        archived(&before),
+        archived(&after),
+        "some threads flipped status"
+    );
     h.shutdown().await;
 }

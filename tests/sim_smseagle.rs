@@ -268,3 +268,154 @@ async fn errors_auth_and_device_busy() {
     );
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn single_message_read_and_delete() {
+    let h = sim::start(cfg()).await.unwrap();
+    let c = Client::new();
+    let t = h.token("acct-0");
+    let (_, inbox) = get(&c, &h, "/api/v2/messages/inbox?limit=3", &t).await;
+    let id = inbox[1]["id"].as_u64().unwrap();
+    let (s, one) = get(&c, &h, &format!("/api/v2/messages/inbox/{id}"), &t).await;
+    assert_eq!(s, 200);
+    assert_eq!(one, inbox[1]);
+    assert_eq!(get(&c, &h, "/api/v2/messages/inbox/abc", &t).await.0, 400);
+    assert_eq!(
+        get(&c, &h, "/api/v2/messages/inbox/99999999", &t).await.0,
+        404
+    );
+    let r = c
+        .delete(format!("{}/api/v2/messages/inbox/{id}", h.base_url()))
+        .header("access-token", &t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        get(&c, &h, &format!("/api/v2/messages/inbox/{id}"), &t)
+            .await
+            .0,
+        404
+    );
+    let (_, after) = get(&c, &h, "/api/v2/messages/inbox?limit=3", &t).await;
+    assert!(!ids(&after).contains(&id));
+    let truth = h.truth(Some("acct-0"));
+    assert_eq!(
+        truth["accounts"][0]["deleted"][0],
+        json!({"folder": "inbox", "id": id})
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn v1_http_api_reads_sends_and_reports_errors_in_200_bodies() {
+    let h = sim::start(cfg()).await.unwrap();
+    let c = Client::new();
+    let t = h.token("acct-0");
+    let v1 = |path: String| {
+        let c = c.clone();
+        let u = format!("{}/http_api/{path}", h.base_url());
+        async move {
+            let r = c.get(u).send().await.unwrap();
+            assert_eq!(r.status(), 200, "v1 reports errors in the body");
+            r.text().await.unwrap()
+        }
+    };
+    let body: Value =
+        serde_json::from_str(&v1("read_sms?access_token=bad&folder=inbox".into()).await).unwrap();
+    assert_eq!(body["result"]["error_text"], "Invalid access token");
+    let body: Value =
+        serde_json::from_str(&v1(format!("read_sms?access_token={t}&folder=drafts")).await)
+            .unwrap();
+    assert_eq!(body["result"]["error_text"], "Wrong parameters");
+    let body: Value = serde_json::from_str(
+        &v1(format!(
+            "read_sms?access_token={t}&folder=inbox&datefrom=2026-01-01"
+        ))
+        .await,
+    )
+    .unwrap();
+    assert_eq!(
+        body["result"]["error_text"], "Wrong parameters",
+        "dates are YYYYmmDDHHMMSS"
+    );
+    // Same rows as v2, with Gammu column names.
+    let (_, v2) = get(&c, &h, "/api/v2/messages/inbox?limit=10", &t).await;
+    let body: Value =
+        serde_json::from_str(&v1(format!("read_sms?access_token={t}&folder=inbox&limit=10")).await)
+            .unwrap();
+    let rows = body["result"].as_array().unwrap();
+    assert_eq!(rows.len(), 10);
+    for (a, b) in rows.iter().zip(v2.as_array().unwrap()) {
+        assert_eq!(a["ID"], b["id"].to_string());
+        assert_eq!(a["TextDecoded"], b["text"]);
+        assert_eq!(a["SenderNumber"], b["number"]);
+        let hex = a["Text"].as_str().unwrap();
+        let units: Vec<u16> = (0..hex.len())
+            .step_by(4)
+            .map(|k| u16::from_str_radix(&hex[k..k + 4], 16).unwrap())
+            .collect();
+        assert_eq!(
+            String::from_utf16(&units).unwrap(),
+            b["text"].as_str().unwrap()
+        );
+    }
+    let body: Value = serde_json::from_str(
+        &v1(format!(
+            "read_sms?access_token={t}&folder=inbox&idfrom=99999999"
+        ))
+        .await,
+    )
+    .unwrap();
+    assert_eq!(body["result"], "No data to display");
+    // Send, then follow the id through outbox and sentitems.
+    let sent = v1(format!(
+        "send_sms?access_token={t}&to=%2B48500100200&message=hello%20v1"
+    ))
+    .await;
+    let id: u64 = sent
+        .trim()
+        .strip_prefix("OK; ID=[")
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let q =
+        |folder: &str| format!("read_sms?access_token={t}&folder={folder}&idfrom={id}&idto={id}");
+    let out: Value = serde_json::from_str(&v1(q("outbox")).await).unwrap();
+    assert_eq!(out["result"][0]["Status"], "Reserved");
+    assert_eq!(out["result"][0]["TextDecoded"], "hello v1");
+    assert_eq!(
+        v1(format!("get_queue_length?access_token={t}"))
+            .await
+            .trim(),
+        "1"
+    );
+    h.advance_clock(10.0);
+    let sent: Value = serde_json::from_str(&v1(q("sentitems")).await).unwrap();
+    assert_eq!(sent["result"][0]["ID"], id.to_string());
+    assert_eq!(
+        v1(format!("get_queue_length?access_token={t}"))
+            .await
+            .trim(),
+        "0"
+    );
+    let n: usize = v1(format!("get_inbox_length?access_token={t}"))
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    let truth = h.truth(Some("acct-0"));
+    let inbox = truth["accounts"][0]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["folder"] == "inbox")
+        .count();
+    assert_eq!(n, inbox);
+    assert_eq!(
+        h.stats().accounts["acct-0"].lookups_by_id[&id.to_string()],
+        2
+    );
+    h.shutdown().await;
+}

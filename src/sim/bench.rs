@@ -71,6 +71,7 @@ struct WorkerResult {
 struct RawConn {
     stream: TcpStream,
     buf: Vec<u8>,
+    body: std::ops::Range<usize>,
 }
 
 impl RawConn {
@@ -80,11 +81,12 @@ impl RawConn {
         Ok(Self {
             stream,
             buf: Vec::with_capacity(64 * 1024),
+            body: 0..0,
         })
     }
 
-    /// Returns (status, body).
-    async fn get(&mut self, host: &str, path: &str, token: &str) -> anyhow::Result<(u16, Vec<u8>)> {
+    /// Returns the status; the body is `self.body()` until the next call.
+    async fn get(&mut self, host: &str, path: &str, token: &str) -> anyhow::Result<u16> {
         let req =
             format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n");
         self.stream.write_all(req.as_bytes()).await?;
@@ -113,16 +115,20 @@ impl RawConn {
         while self.buf.len() < header_end + len {
             self.fill().await?;
         }
-        Ok((status, self.buf[header_end..header_end + len].to_vec()))
+        self.body = header_end..header_end + len;
+        Ok(status)
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.buf[self.body.clone()]
     }
 
     async fn fill(&mut self) -> anyhow::Result<()> {
-        let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk).await?;
+        self.buf.reserve(16 * 1024);
+        let n = self.stream.read_buf(&mut self.buf).await?;
         if n == 0 {
             bail!("connection closed");
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 }
@@ -142,11 +148,11 @@ async fn collect_ids(addr: SocketAddr, token: &str) -> anyhow::Result<Vec<String
     loop {
         let path =
             format!("{BASE}/conversation?conversation_type=FROM_MEMBERS&limit=50&offset={offset}");
-        let (status, body) = conn.get(&host, &path, token).await?;
+        let status = conn.get(&host, &path, token).await?;
         if status != 200 {
             bail!("list returned {status}");
         }
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        let v: serde_json::Value = serde_json::from_slice(conn.body())?;
         let page = v["conversations"].as_array().cloned().unwrap_or_default();
         ids.extend(
             page.iter()
@@ -188,10 +194,10 @@ async fn worker(
             )
         };
         let t0 = Instant::now();
-        let (status, body) = conn.get(&host, &path, &token).await?;
+        let status = conn.get(&host, &path, &token).await?;
         r.latencies_us
             .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
-        r.bytes += body.len() as u64;
+        r.bytes += conn.body().len() as u64;
         if status != 200 {
             r.non_200 += 1;
         }

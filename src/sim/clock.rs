@@ -22,16 +22,25 @@ impl SimClock {
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+        let now = Utc::now();
+        Duration::try_milliseconds(self.offset_ms.load(Ordering::Relaxed))
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(now)
     }
 
     pub fn now_ms(&self) -> i64 {
         self.now().timestamp_millis()
     }
 
+    /// Move time forward; at most ~100 years in total so dates stay valid.
     pub fn advance(&self, seconds: f64) {
-        self.offset_ms
-            .fetch_add((seconds * 1000.0) as i64, Ordering::Relaxed);
+        const MAX_MS: i64 = 100 * 366 * 86_400_000;
+        let add = (seconds.clamp(0.0, MAX_MS as f64 / 1000.0) * 1000.0) as i64;
+        let _ = self
+            .offset_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |o| {
+                Some(o.saturating_add(add).min(MAX_MS))
+            });
     }
 }
 

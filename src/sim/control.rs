@@ -26,6 +26,7 @@ pub fn routes(p: P) -> Router {
         .route("/_sim/clock", get(clock_get))
         .route("/_sim/clock/advance", post(clock_advance))
         .route("/_sim/expire_token", post(expire_token))
+        .route("/_sim/script", get(script_get).post(script_post))
         .with_state(p)
 }
 
@@ -192,4 +193,47 @@ async fn expire_token(State(p): State<P>, body: Bytes) -> Response {
     } else {
         bad_request(format!("unknown account {}", e.account))
     }
+}
+
+async fn script_get(State(p): State<P>) -> Response {
+    let s = p
+        .harness()
+        .scripts
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    json(
+        StatusCode::OK,
+        &json!({"requests_seen": p.harness().faults.requests_seen(), "scheduled": s}),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptBody {
+    /// Run after this many more provider requests (default 1 = after the next one).
+    in_requests: Option<u64>,
+    /// Or after this absolute (1-based) provider request number.
+    after_request: Option<u64>,
+    mutate: serde_json::Value,
+}
+
+async fn script_post(State(p): State<P>, body: Bytes) -> Response {
+    let b: ScriptBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let h = p.harness();
+    let seen = h.faults.requests_seen();
+    let in_requests = match (b.in_requests, b.after_request) {
+        (Some(k), None) => k,
+        (None, Some(n)) if n > seen => n - seen,
+        (None, Some(n)) => {
+            return bad_request(format!("request {n} already happened ({seen} seen)"))
+        }
+        (None, None) => 1,
+        (Some(_), Some(_)) => return bad_request("give in_requests or after_request, not both"),
+    };
+    let at = h.schedule(in_requests, b.mutate);
+    json(StatusCode::OK, &json!({"after_request": at}))
 }

@@ -101,14 +101,14 @@ impl FaultPlan {
         self.counter.load(Ordering::Relaxed)
     }
 
-    /// Decide the fault for the next request.
-    pub fn next(&self) -> FaultAction {
+    /// Number the next request (0-based) and decide its fault.
+    pub fn next(&self) -> (u64, FaultAction) {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let f = match self.faults.read() {
             Ok(f) => f,
-            Err(_) => return FaultAction::None,
+            Err(_) => return (n, FaultAction::None),
         };
-        Self::decide(&f, self.seed, n)
+        (n, Self::decide(&f, self.seed, n))
     }
 
     /// One uniform draw per request, compared against the cumulative

@@ -93,8 +93,10 @@ pub fn percent_encode(s: &str) -> String {
 
 /// Serialise `value` to a JSON response with `status`.
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(bytes) => json_bytes(status, bytes),
+    // Start big enough for a typical page so serialisation rarely reallocates.
+    let mut bytes = Vec::with_capacity(16 * 1024);
+    match serde_json::to_writer(&mut bytes, value) {
+        Ok(()) => json_bytes(status, bytes),
         Err(_) => {
             let mut r = Response::new(Body::from("serialisation failed"));
             *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;

@@ -63,6 +63,17 @@ pub enum MessageOrder {
     Desc,
 }
 
+/// Order of the eBay conversation list (the real order is undocumented).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ListSort {
+    /// latestMessage.createdDate descending (default).
+    LatestDesc,
+    LatestAsc,
+    /// Conversation createdDate descending.
+    CreatedDesc,
+}
+
 /// Spelling of SMSEagle sent-message statuses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -91,13 +102,27 @@ pub struct SimConfig {
     pub rps_limit: Option<f64>,
     pub faults: Faults,
     pub start_time_semantics: StartTimeSemantics,
-    /// Background workload: new messages per second across all accounts.
+    /// Background workload: mutation steps per second across all accounts.
     pub mutate_rate: f64,
+    /// eBay: share of background steps that delete a thread.
+    pub mutate_delete_share: f64,
+    /// eBay: share of background steps that flip a thread's status
+    /// (ACTIVE/ARCHIVE/READ/UNREAD), moving it in or out of filtered lists.
+    pub mutate_flip_share: f64,
     /// Lifetime of tokens minted by the token endpoints.
     pub token_ttl_secs: u64,
     /// Epoch ms of the first quota reset; None = next UTC midnight.
     pub quota_reset_at_ms: Option<i64>,
     pub message_order: MessageOrder,
+    /// eBay: conversation list order.
+    pub list_sort: ListSort,
+    /// eBay: opaque immutable user ids instead of usernames.
+    pub ebay_user_ids: bool,
+    /// eBay: createdDate truncated to whole seconds (ties).
+    pub second_resolution: bool,
+    /// eBay: the detail endpoint hides messages younger than this while the
+    /// list already shows them as latestMessage (eventual consistency).
+    pub list_detail_lag_ms: u64,
     /// SMSEagle: status spelling.
     pub status_style: StatusStyle,
     /// SMSEagle: probability that a serial id is skipped (gaps in ids).
@@ -128,9 +153,15 @@ impl Default for SimConfig {
             faults: Faults::default(),
             start_time_semantics: StartTimeSemantics::AnyMessage,
             mutate_rate: 0.0,
+            mutate_delete_share: 0.0,
+            mutate_flip_share: 0.0,
             token_ttl_secs: 7200,
             quota_reset_at_ms: None,
             message_order: MessageOrder::Asc,
+            list_sort: ListSort::LatestDesc,
+            ebay_user_ids: false,
+            second_resolution: false,
+            list_detail_lag_ms: 0,
             status_style: StatusStyle::Gammu,
             id_gap_rate: 0.05,
             no_report_rate: 0.1,
@@ -158,6 +189,21 @@ pub struct Harness {
     pub clock: clock::SimClock,
     pub limits: RwLock<Limits>,
     pub latency_ms: AtomicU64,
+    /// Mutations scheduled to run right after a given provider request.
+    pub scripts: std::sync::Mutex<Vec<ScheduledMutation>>,
+}
+
+/// A `/_sim/mutate` body applied right after the response to provider
+/// request number `after_request` (1-based, counting every provider request
+/// since start) has been produced, e.g. "delete the item at offset 3 right
+/// after page 1 is served".
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduledMutation {
+    pub after_request: u64,
+    pub mutate: serde_json::Value,
+    /// Filled in once it ran: what changed, or the error.
+    #[serde(default)]
+    pub result: Option<serde_json::Value>,
 }
 
 impl Harness {
@@ -171,12 +217,39 @@ impl Harness {
                 daily_quota: config.daily_quota,
             }),
             latency_ms: AtomicU64::new(config.latency_ms),
+            scripts: std::sync::Mutex::default(),
             config,
         }
     }
 
     pub fn limits(&self) -> Limits {
         self.limits.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Schedule `mutate` after `in_requests` more provider requests (>= 1).
+    pub fn schedule(&self, in_requests: u64, mutate: serde_json::Value) -> u64 {
+        let at = self.faults.requests_seen() + in_requests.max(1);
+        if let Ok(mut s) = self.scripts.lock() {
+            s.push(ScheduledMutation {
+                after_request: at,
+                mutate,
+                result: None,
+            });
+        }
+        at
+    }
+
+    /// Scheduled mutations due after request number `n` (1-based).
+    fn due_scripts(&self, n: u64) -> Vec<(usize, serde_json::Value)> {
+        match self.scripts.lock() {
+            Ok(s) => s
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.result.is_none() && m.after_request <= n)
+                .map(|(i, m)| (i, m.mutate.clone()))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 }
 
@@ -263,6 +336,20 @@ impl SimHandle {
     pub fn expire_token(&self, account: &str) -> bool {
         self.provider.expire_token(account)
     }
+    /// Run `mutate` right after the response to the `in_requests`-th next
+    /// provider request is produced; returns that request's number.
+    pub fn schedule_mutation(&self, in_requests: u64, mutate: serde_json::Value) -> u64 {
+        self.provider.harness().schedule(in_requests, mutate)
+    }
+    /// Scheduled mutations, with results for those that ran.
+    pub fn scheduled(&self) -> Vec<ScheduledMutation> {
+        self.provider
+            .harness()
+            .scripts
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
     /// Stop serving; open connections get up to 2 s to finish.
     pub async fn shutdown(self) {
         self.cancel.cancel();
@@ -347,7 +434,8 @@ async fn harness_layer(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let response = match h.faults.next() {
+    let (n, action) = h.faults.next();
+    let response = match action {
         FaultAction::None => next.run(req).await,
         FaultAction::Error5xx => p.error_5xx(),
         FaultAction::Burst429 => p.burst_429(),
@@ -360,25 +448,46 @@ async fn harness_layer(
             malformed(r).await
         }
         FaultAction::Timeout { ms } => {
-            h.stats.record(account.as_deref(), &route, 0, metered);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             drop_connection()
         }
     };
-    h.stats.record(
-        account.as_deref(),
-        &route,
-        response.status().as_u16(),
-        metered,
-    );
+    // A dropped connection is recorded with status 0.
+    let status = match action {
+        FaultAction::Timeout { .. } => 0,
+        _ => response.status().as_u16(),
+    };
+    h.stats.record(account.as_deref(), &route, status, metered);
+    run_scripts(p.as_ref(), n + 1);
     response
 }
 
-/// Abort the connection without writing a response. Unwinding out of the
-/// handler ends the connection task, which closes the socket. `resume_unwind`
-/// skips the panic hook, so nothing is printed; this is a deliberate fault.
-fn drop_connection() -> ! {
-    std::panic::resume_unwind(Box::new("simulated timeout: connection dropped"))
+/// Apply scheduled mutations due after request `n` before its response leaves.
+fn run_scripts(p: &dyn SimProvider, n: u64) {
+    let h = p.harness();
+    for (i, body) in h.due_scripts(n) {
+        let result = match p.mutate(&body) {
+            Ok(v) => v,
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        if let Ok(mut s) = h.scripts.lock() {
+            if let Some(m) = s.get_mut(i) {
+                m.result = Some(result);
+            }
+        }
+    }
+}
+
+/// Abort the connection without writing a response: a response whose body
+/// fails on its first poll makes hyper close the socket before it flushes
+/// the status line, so the client sees the connection end with nothing.
+fn drop_connection() -> Response {
+    let stream = futures::stream::once(async {
+        Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other(
+            "simulated timeout: connection dropped",
+        ))
+    });
+    Response::new(axum::body::Body::from_stream(stream))
 }
 
 /// Keep status and headers, cut the body in half and append garbage.
@@ -461,13 +570,30 @@ pub struct SimArgs {
     pub slow_ms: u64,
     #[arg(long, default_value_t = 30000)]
     pub timeout_ms: u64,
-    /// Background new messages per second.
+    /// Background mutation steps per second (mostly new messages).
     #[arg(long, default_value_t = 0.0)]
     pub mutate_rate: f64,
+    /// eBay: share of background steps that delete a thread.
+    #[arg(long, default_value_t = 0.0)]
+    pub mutate_delete_share: f64,
+    /// eBay: share of background steps that flip a thread's status.
+    #[arg(long, default_value_t = 0.0)]
+    pub mutate_flip_share: f64,
     #[arg(long, value_enum, default_value = "any-message")]
     pub start_time_semantics: StartTimeSemantics,
     #[arg(long, value_enum, default_value = "asc")]
     pub message_order: MessageOrder,
+    #[arg(long, value_enum, default_value = "latest-desc")]
+    pub list_sort: ListSort,
+    /// eBay: show opaque user ids instead of usernames.
+    #[arg(long)]
+    pub user_ids: bool,
+    /// eBay: whole-second timestamps.
+    #[arg(long)]
+    pub second_resolution: bool,
+    /// eBay: detail lags the list by this many ms.
+    #[arg(long, default_value_t = 0)]
+    pub list_detail_lag_ms: u64,
     #[arg(long, default_value_t = 7200)]
     pub token_ttl_secs: u64,
     #[arg(long, value_enum, default_value = "gammu")]
@@ -498,8 +624,14 @@ impl SimArgs {
             },
             start_time_semantics: self.start_time_semantics,
             mutate_rate: self.mutate_rate,
+            mutate_delete_share: self.mutate_delete_share,
+            mutate_flip_share: self.mutate_flip_share,
             token_ttl_secs: self.token_ttl_secs,
             message_order: self.message_order,
+            list_sort: self.list_sort,
+            ebay_user_ids: self.user_ids,
+            second_resolution: self.second_resolution,
+            list_detail_lag_ms: self.list_detail_lag_ms,
             status_style: self.status_style,
             drop_rate: self.drop_rate,
             ..SimConfig::default()

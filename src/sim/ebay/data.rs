@@ -1,6 +1,7 @@
 //! eBay dataset: deterministic generation from the seed, the per-account
 //! store with recency-ordered indexes, and mutations that keep them sorted.
 
+use super::render;
 use crate::sim::clock::iso_ms;
 use crate::sim::faults::mix;
 use rand::{Rng, SeedableRng};
@@ -83,6 +84,8 @@ pub struct Message {
     pub body: String,
     pub read: bool,
     pub media: Vec<Media>,
+    /// Rendered `MessageDetail` JSON (see render.rs).
+    pub json: String,
 }
 
 #[derive(Clone, Debug)]
@@ -94,11 +97,14 @@ pub struct Thread {
     pub created: String,
     /// The other party: a buyer username, or "eBay".
     pub other: String,
+    pub other_uid: String,
     pub reference_id: Option<String>,
     /// Ascending by createdDate.
     pub messages: Vec<Message>,
     pub unread: u32,
     pub deleted: bool,
+    /// Rendered `ConversationDetail` JSON including `latestMessage`.
+    pub json: String,
 }
 
 impl Thread {
@@ -117,9 +123,30 @@ impl Thread {
     }
 }
 
+/// Generation switches that change what clients see.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DataOptions {
+    /// Show opaque immutable user ids instead of usernames (eBay's
+    /// username -> user id migration).
+    pub user_ids: bool,
+    /// Truncate timestamps to whole seconds, producing ties.
+    pub second_resolution: bool,
+}
+
+/// Stable opaque id for a username (FNV-1a).
+pub fn user_id(name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("u{h:016x}")
+}
+
 pub struct AccountData {
     pub name: String,
     pub seller: String,
+    pub seller_uid: String,
+    pub opts: DataOptions,
     pub threads: Vec<Thread>,
     pub by_id: HashMap<String, usize>,
     /// Live thread indexes per conversation type, latest message desc, ties by id.
@@ -163,11 +190,20 @@ fn thread_size(rng: &mut ChaCha8Rng, mean: usize) -> usize {
 }
 
 impl AccountData {
-    pub fn generate(seed: u64, acct_no: usize, threads: usize, mean: usize) -> Self {
+    pub fn generate(
+        seed: u64,
+        acct_no: usize,
+        threads: usize,
+        mean: usize,
+        opts: DataOptions,
+    ) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, acct_no as u64 + 1));
+        let seller = format!("seller_{acct_no}");
         let mut a = AccountData {
             name: format!("acct-{acct_no}"),
-            seller: format!("seller_{acct_no}"),
+            seller_uid: user_id(&seller),
+            seller,
+            opts,
             threads: Vec::with_capacity(threads),
             by_id: HashMap::with_capacity(threads),
             order: [Vec::new(), Vec::new()],
@@ -192,15 +228,22 @@ impl AccountData {
                 t.messages.push(m);
                 at += rng.gen_range(60_000..36 * 3_600_000);
             }
-            // Older messages were read; the tail may still be unread.
+            // Older messages were read; inbound messages in a short tail may
+            // still be unread (so unreadCount and the latest readStatus agree).
             let len = t.messages.len();
+            let unread_tail = if rng.gen_bool(0.6) {
+                0
+            } else {
+                rng.gen_range(1..=3)
+            };
             for (k, m) in t.messages.iter_mut().enumerate() {
-                m.read = k + 3 < len || rng.gen_bool(0.5);
+                m.read = !m.inbound || k + unread_tail < len;
             }
             t.recount_unread();
             let idx = a.threads.len();
             a.by_id.insert(t.id.clone(), idx);
             a.threads.push(t);
+            a.rerender(idx, 0);
         }
         for slot in 0..2 {
             let mut ids: Vec<usize> = (0..a.threads.len())
@@ -226,6 +269,11 @@ impl AccountData {
         };
         Thread {
             id,
+            other_uid: if other == "eBay" {
+                other.clone()
+            } else {
+                user_id(&other)
+            },
             ctype,
             status: if rng.gen_bool(0.1) {
                 ConvStatus::Archive
@@ -239,11 +287,17 @@ impl AccountData {
             messages: Vec::new(),
             unread: 0,
             deleted: false,
+            json: String::new(),
         }
     }
 
     fn new_message(&mut self, rng: &mut ChaCha8Rng, t: &Thread, inbound: bool, at: i64) -> Message {
         self.next_msg += 1;
+        let at = if self.opts.second_resolution {
+            at - at.rem_euclid(1000)
+        } else {
+            at
+        };
         let lines = match (t.ctype, inbound) {
             (ConvType::FromEbay, _) => EBAY_LINES,
             (_, true) => BUYER_LINES,
@@ -267,6 +321,7 @@ impl AccountData {
             body: lines[rng.gen_range(0..lines.len())].to_string(),
             read: !inbound,
             media,
+            json: String::new(),
         }
     }
 
@@ -279,10 +334,15 @@ impl AccountData {
 
     /// Usernames of a message: (sender, recipient).
     pub fn parties<'a>(&'a self, t: &'a Thread, m: &Message) -> (&'a str, &'a str) {
-        if m.inbound {
-            (&t.other, &self.seller)
+        let (me, other) = if self.opts.user_ids {
+            (&self.seller_uid, &t.other_uid)
         } else {
             (&self.seller, &t.other)
+        };
+        if m.inbound {
+            (other, me)
+        } else {
+            (me, other)
         }
     }
 
@@ -330,6 +390,8 @@ impl AccountData {
         let thread = &mut self.threads[idx];
         thread.messages.push(m);
         thread.recount_unread();
+        let last = thread.messages.len() - 1;
+        self.rerender(idx, last);
         self.link(idx);
         out
     }
@@ -345,6 +407,7 @@ impl AccountData {
         let mut t = self.new_thread(rng, ConvType::FromMembers, now_ms);
         t.status = ConvStatus::Active;
         if let Some(o) = other {
+            t.other_uid = user_id(&o);
             t.other = o;
         }
         let m = self.new_message(rng, &t, inbound, now_ms);
@@ -353,6 +416,7 @@ impl AccountData {
         let idx = self.threads.len();
         self.by_id.insert(t.id.clone(), idx);
         self.threads.push(t);
+        self.rerender(idx, 0);
         self.link(idx);
         idx
     }
@@ -377,6 +441,30 @@ impl AccountData {
             m.read = false;
         }
         t.recount_unread();
+        self.rerender(idx, 0);
+    }
+
+    pub fn set_status(&mut self, idx: usize, status: ConvStatus) {
+        self.threads[idx].status = status;
+        let len = self.threads[idx].messages.len();
+        self.rerender(idx, len);
+    }
+
+    /// Re-render the JSON of messages `from..` and of the conversation.
+    /// Call after changing any field a client can see.
+    pub fn rerender(&mut self, idx: usize, from: usize) {
+        let t = &self.threads[idx];
+        let fresh: Vec<String> = t.messages[from.min(t.messages.len())..]
+            .iter()
+            .map(|m| render::message(self, t, m))
+            .collect();
+        let t = &mut self.threads[idx];
+        let start = from.min(t.messages.len());
+        for (m, j) in t.messages[start..].iter_mut().zip(fresh) {
+            m.json = j;
+        }
+        let conv = render::conversation(t, t.messages.last().map(|m| m.json.as_str()));
+        t.json = conv;
     }
 }
 
@@ -390,10 +478,12 @@ impl Thread {
             title: self.title.clone(),
             created: String::new(),
             other: self.other.clone(),
+            other_uid: self.other_uid.clone(),
             reference_id: None,
             messages: Vec::new(),
             unread: 0,
             deleted: false,
+            json: String::new(),
         }
     }
 }
@@ -404,8 +494,8 @@ mod tests {
 
     #[test]
     fn generation_is_deterministic_and_sorted() {
-        let a = AccountData::generate(5, 0, 200, 20);
-        let b = AccountData::generate(5, 0, 200, 20);
+        let a = AccountData::generate(5, 0, 200, 20, DataOptions::default());
+        let b = AccountData::generate(5, 0, 200, 20, DataOptions::default());
         let ids = |d: &AccountData| {
             d.threads
                 .iter()

@@ -6,6 +6,7 @@
 //! tokens that expire after `token_ttl_secs` of simulated time.
 
 pub mod data;
+mod render;
 mod routes;
 
 use super::clock::next_utc_midnight;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 pub const TOKEN_PREFIX: &str = "sim-ebay-";
 pub const REFRESH_PREFIX: &str = "sim-ebay-refresh-";
+pub const NOSCOPE_PREFIX: &str = "sim-ebay-noscope-";
 
 #[derive(Clone, Debug)]
 pub struct Quota {
@@ -116,6 +118,20 @@ pub fn invalid_token() -> Response {
     )
 }
 
+pub fn insufficient_scope() -> Response {
+    error_response(
+        StatusCode::FORBIDDEN,
+        EbayError {
+            error_id: 1100,
+            domain: "ACCESS",
+            category: "REQUEST",
+            message: "Access denied".into(),
+            long_message: "Insufficient permissions to fulfill the request.".into(),
+            parameters: vec![],
+        },
+    )
+}
+
 impl EbaySim {
     pub fn build(config: SimConfig) -> anyhow::Result<Arc<dyn SimProvider>> {
         Ok(Arc::new(Self::new(config)))
@@ -129,6 +145,10 @@ impl EbaySim {
                     i,
                     config.threads,
                     config.messages,
+                    data::DataOptions {
+                        user_ids: config.ebay_user_ids,
+                        second_resolution: config.second_resolution,
+                    },
                 ))
             })
             .collect();
@@ -230,7 +250,15 @@ impl EbaySim {
     }
 
     pub(crate) fn authenticate(&self, headers: &axum::http::HeaderMap) -> Result<usize, Response> {
-        match super::http::bearer(headers).and_then(|t| self.token_owner(t)) {
+        let token = super::http::bearer(headers);
+        // `sim-ebay-noscope-acct-N`: a valid user token without the
+        // commerce.message scope.
+        if let Some(name) = token.and_then(|t| t.strip_prefix(NOSCOPE_PREFIX)) {
+            if self.account_index(name).is_some() {
+                return Err(insufficient_scope());
+            }
+        }
+        match token.and_then(|t| self.token_owner(t)) {
             Some((i, true)) => Ok(i),
             _ => Err(invalid_token()),
         }
@@ -302,6 +330,41 @@ impl EbaySim {
                 ))
             }
         };
+        // Offsets refer to the unfiltered FROM_MEMBERS list as it is now.
+        let at_offset = |offs: &[usize]| -> Result<Vec<usize>, String> {
+            let order = &a.order[ConvType::FromMembers.slot()];
+            offs.iter()
+                .map(|o| {
+                    order
+                        .get(*o)
+                        .copied()
+                        .ok_or(format!("no thread at offset {o}"))
+                })
+                .collect()
+        };
+        let bump_at = at_offset(&req.bump_offsets)?;
+        let delete_at = at_offset(&req.delete_offsets)?;
+        let mut status_changes = Vec::new();
+        for (id, st) in &req.set_status {
+            let idx = a
+                .live(id)
+                .ok_or_else(|| format!("unknown or deleted thread {id}"))?;
+            let parsed = match st.as_str() {
+                "READ" | "UNREAD" => None,
+                other => Some(
+                    data::ConvStatus::parse(other)
+                        .ok_or_else(|| format!("invalid status {other}"))?,
+                ),
+            };
+            status_changes.push((idx, st.clone(), parsed));
+        }
+        for (idx, st, parsed) in &status_changes {
+            match parsed {
+                Some(s) => a.set_status(*idx, *s),
+                None => a.set_read(*idx, st == "READ"),
+            }
+        }
+        let status_changed: Vec<&str> = req.set_status.keys().map(String::as_str).collect();
         let targets: Vec<usize> = req
             .thread_ids
             .iter()
@@ -322,6 +385,15 @@ impl EbaySim {
                 } else {
                     targets[n % targets.len()]
                 };
+                let dir = inbound.unwrap_or_else(|| rng.gen_bool(0.6));
+                let (mid, created) = a.add_message(rng, idx, dir, now, None);
+                new_messages.push(json!({
+                    "conversationId": a.threads[idx].id, "messageId": mid, "createdDate": created,
+                }));
+            }
+        });
+        self.with_rng(|rng| {
+            for idx in bump_at {
                 let dir = inbound.unwrap_or_else(|| rng.gen_bool(0.6));
                 let (mid, created) = a.add_message(rng, idx, dir, now, None);
                 new_messages.push(json!({
@@ -351,7 +423,7 @@ impl EbaySim {
                     .ok_or_else(|| format!("unknown or deleted thread {id}"))
             })
             .collect::<Result<_, _>>()?;
-        for idx in explicit {
+        for idx in explicit.into_iter().chain(delete_at) {
             if a.delete_thread(idx) {
                 deleted.push(a.threads[idx].id.clone());
             }
@@ -379,6 +451,7 @@ impl EbaySim {
             "newMessages": new_messages,
             "newThreads": new_threads,
             "deletedThreadIds": deleted,
+            "statusChangedIds": status_changed,
         }))
     }
 }
@@ -409,6 +482,16 @@ struct MutateRequest {
     /// Threads to delete explicitly (in addition to `delete_threads` random ones).
     #[serde(default)]
     delete_ids: Vec<String>,
+    /// One new message each for the FROM_MEMBERS threads now at these offsets.
+    #[serde(default)]
+    bump_offsets: Vec<usize>,
+    /// Delete the FROM_MEMBERS threads now at these offsets.
+    #[serde(default)]
+    delete_offsets: Vec<usize>,
+    /// conversationId -> ACTIVE | ARCHIVE | DELETE | READ | UNREAD
+    /// (moves threads in or out of filtered lists).
+    #[serde(default)]
+    set_status: std::collections::BTreeMap<String, String>,
     /// inbound (default) | outbound | mixed
     direction: Option<String>,
 }
@@ -479,26 +562,54 @@ impl SimProvider for EbaySim {
         self.mutate_account(i, &req)
     }
 
+    /// One step of the background workload. Shares of deletes and status
+    /// flips come from the config; of the rest, 10% start a new thread and
+    /// 90% add a message (60% inbound).
     fn background_step(&self) {
         if self.accounts.is_empty() {
             return;
         }
-        let (i, new_thread, inbound) = self.with_rng(|r| {
+        let cfg = &self.h.config;
+        let (i, roll, new_thread, inbound, flip, pick) = self.with_rng(|r| {
             (
                 r.gen_range(0..self.accounts.len()),
+                r.gen::<f64>(),
                 r.gen_bool(0.1),
                 r.gen_bool(0.6),
+                r.gen_range(0..4usize),
+                r.gen::<u32>() as usize,
             )
         });
-        let req = MutateRequest {
+        let mut req = MutateRequest {
             account: format!("acct-{i}"),
-            new_messages: usize::from(!new_thread),
-            new_threads: usize::from(new_thread),
+            new_messages: 0,
+            new_threads: 0,
             delete_threads: 0,
             thread_ids: vec![],
             delete_ids: vec![],
+            bump_offsets: vec![],
+            delete_offsets: vec![],
+            set_status: Default::default(),
             direction: Some(if inbound { "inbound" } else { "outbound" }.into()),
         };
+        if roll < cfg.mutate_delete_share {
+            req.delete_threads = 1;
+        } else if roll < cfg.mutate_delete_share + cfg.mutate_flip_share {
+            // Flip a random member thread in or out of a filtered list.
+            let target = self.accounts[i].read().ok().and_then(|a| {
+                let order = &a.order[ConvType::FromMembers.slot()];
+                order
+                    .get(pick % order.len().max(1))
+                    .map(|idx| a.threads[*idx].id.clone())
+            });
+            let Some(id) = target else { return };
+            let status = ["ACTIVE", "ARCHIVE", "READ", "UNREAD"][flip];
+            req.set_status.insert(id, status.to_string());
+        } else if new_thread {
+            req.new_threads = 1;
+        } else {
+            req.new_messages = 1;
+        }
         let _ = self.mutate_account(i, &req);
     }
 

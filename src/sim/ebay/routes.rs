@@ -1,14 +1,15 @@
 //! eBay HTTP handlers. Responses are serialised straight from borrowed store
 //! data while the account's read lock is held; nothing clones the list.
 
-use super::data::{AccountData, ConvStatus, ConvType, Media, Message, Thread};
+use super::data::{ConvStatus, ConvType, Media, Thread};
+use super::render::PageWriter;
 use super::{
     bad_param, error_response, EbayError, EbaySim, ErrorParam, REFRESH_PREFIX, TOKEN_PREFIX,
 };
 use crate::sim::clock::{iso_ms, parse_iso};
 use crate::sim::control::{bad_request, parse_body};
-use crate::sim::http::{empty, host, json, Query};
-use crate::sim::{MessageOrder, StartTimeSemantics};
+use crate::sim::http::{empty, host, json, json_bytes, Query};
+use crate::sim::{ListSort, MessageOrder, StartTimeSemantics};
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -50,83 +51,6 @@ pub fn control(sim: S) -> Router {
     Router::new()
         .route("/_sim/quota", get(quota_get).post(quota_post))
         .with_state(sim)
-}
-
-// ---------- borrowed response views ----------
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MessageView<'a> {
-    message_id: &'a str,
-    created_date: &'a str,
-    sender_username: &'a str,
-    recipient_username: &'a str,
-    subject: &'a str,
-    message_body: &'a str,
-    read_status: bool,
-    #[serde(skip_serializing_if = "<[Media]>::is_empty")]
-    message_media: &'a [Media],
-}
-
-fn message_view<'a>(a: &'a AccountData, t: &'a Thread, m: &'a Message) -> MessageView<'a> {
-    let (sender, recipient) = a.parties(t, m);
-    MessageView {
-        message_id: &m.id,
-        created_date: &m.created,
-        sender_username: sender,
-        recipient_username: recipient,
-        subject: &m.subject,
-        message_body: &m.body,
-        read_status: m.read,
-        message_media: &m.media,
-    }
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ConversationView<'a> {
-    conversation_id: &'a str,
-    conversation_status: ConvStatus,
-    conversation_title: &'a str,
-    conversation_type: ConvType,
-    created_date: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    latest_message: Option<MessageView<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reference_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reference_type: Option<&'static str>,
-    unread_count: u32,
-}
-
-#[derive(Serialize)]
-struct ListView<'a> {
-    conversations: Vec<ConversationView<'a>>,
-    href: String,
-    limit: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next: Option<String>,
-    offset: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prev: Option<String>,
-    total: usize,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DetailView<'a> {
-    conversation_status: ConvStatus,
-    conversation_title: &'a str,
-    conversation_type: ConvType,
-    href: String,
-    limit: usize,
-    messages: Vec<MessageView<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next: Option<String>,
-    offset: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    prev: Option<String>,
-    total: usize,
 }
 
 // ---------- validation helpers ----------
@@ -406,36 +330,30 @@ async fn list(State(sim): State<S>, headers: HeaderMap, RawQuery(raw): RawQuery)
         return store_error();
     };
     let order = &a.order[ctype.slot()];
+    let sort = sim.h.config.list_sort;
     let filtered: Vec<usize>;
-    let matching: &[usize] = if filter.is_trivial() {
+    let matching: &[usize] = if filter.is_trivial() && sort == ListSort::LatestDesc {
+        // Fast path: a slice of the pre-sorted index, no copying.
         order
     } else {
-        filtered = order
+        let mut v: Vec<usize> = order
             .iter()
             .copied()
             .filter(|idx| filter.matches(&a.threads[*idx]))
             .collect();
+        match sort {
+            ListSort::LatestDesc => {}
+            ListSort::LatestAsc => v.reverse(),
+            ListSort::CreatedDesc => v.sort_by(|x, y| {
+                let (tx, ty) = (&a.threads[*x], &a.threads[*y]);
+                ty.created.cmp(&tx.created).then_with(|| tx.id.cmp(&ty.id))
+            }),
+        }
+        filtered = v;
         &filtered
     };
     let total = matching.len();
     let page = &matching[offset.min(total)..(offset + limit).min(total)];
-    let conversations = page
-        .iter()
-        .map(|idx| {
-            let t = &a.threads[*idx];
-            ConversationView {
-                conversation_id: &t.id,
-                conversation_status: t.status,
-                conversation_title: &t.title,
-                conversation_type: t.ctype,
-                created_date: &t.created,
-                latest_message: t.latest().map(|m| message_view(&a, t, m)),
-                reference_id: t.reference_id.as_deref(),
-                reference_type: t.reference_id.as_ref().map(|_| "LISTING"),
-                unread_count: t.unread,
-            }
-        })
-        .collect();
     let (href, next, prev) = page_links(
         &headers,
         &format!("{BASE}/conversation"),
@@ -444,18 +362,19 @@ async fn list(State(sim): State<S>, headers: HeaderMap, RawQuery(raw): RawQuery)
         offset,
         total,
     );
-    json(
-        StatusCode::OK,
-        &ListView {
-            conversations,
-            href,
-            limit,
-            next,
-            offset,
-            prev,
-            total,
-        },
-    )
+    // Same field order as the serde views would give (alphabetical).
+    let mut w = PageWriter::new(1024 + page.len() * 900);
+    w.fragments(
+        "conversations",
+        page.iter().map(|idx| a.threads[*idx].json.as_str()),
+    );
+    w.value("href", &href);
+    w.value("limit", &limit);
+    w.opt("next", next.as_deref());
+    w.value("offset", &offset);
+    w.opt("prev", prev.as_deref());
+    w.value("total", &total);
+    json_bytes(StatusCode::OK, w.finish())
 }
 
 async fn detail(
@@ -487,22 +406,15 @@ async fn detail(
         return not_found(&id);
     };
     let t = &a.threads[idx];
-    let total = t.messages.len();
-    let range = offset.min(total)..(offset + limit).min(total);
-    let messages: Vec<MessageView> = match sim.h.config.message_order {
-        MessageOrder::Asc => t.messages[range]
-            .iter()
-            .map(|m| message_view(&a, t, m))
-            .collect(),
-        MessageOrder::Desc => t
-            .messages
-            .iter()
-            .rev()
-            .skip(range.start)
-            .take(range.len())
-            .map(|m| message_view(&a, t, m))
-            .collect(),
+    // With list_detail_lag_ms, the newest messages are not visible here yet.
+    let lag = sim.h.config.list_detail_lag_ms as i64;
+    let total = if lag > 0 {
+        let cutoff = sim.h.clock.now_ms() - lag;
+        t.messages.partition_point(|m| m.created_ms <= cutoff)
+    } else {
+        t.messages.len()
     };
+    let range = offset.min(total)..(offset + limit).min(total);
     let (href, next, prev) = page_links(
         &headers,
         &format!("{BASE}/conversation/{id}"),
@@ -511,21 +423,32 @@ async fn detail(
         offset,
         total,
     );
-    json(
-        StatusCode::OK,
-        &DetailView {
-            conversation_status: t.status,
-            conversation_title: &t.title,
-            conversation_type: t.ctype,
-            href,
-            limit,
-            messages,
-            next,
-            offset,
-            prev,
-            total,
-        },
-    )
+    let mut w = PageWriter::new(1024 + range.len() * 400);
+    w.value("conversationStatus", &t.status);
+    w.value("conversationTitle", &t.title);
+    w.value("conversationType", &t.ctype);
+    w.value("href", &href);
+    w.value("limit", &limit);
+    match sim.h.config.message_order {
+        MessageOrder::Asc => w.fragments(
+            "messages",
+            t.messages[range.clone()].iter().map(|m| m.json.as_str()),
+        ),
+        MessageOrder::Desc => w.fragments(
+            "messages",
+            t.messages[..total]
+                .iter()
+                .rev()
+                .skip(range.start)
+                .take(range.len())
+                .map(|m| m.json.as_str()),
+        ),
+    }
+    w.opt("next", next.as_deref());
+    w.value("offset", &offset);
+    w.opt("prev", prev.as_deref());
+    w.value("total", &total);
+    json_bytes(StatusCode::OK, w.finish())
 }
 
 fn invalid_body(e: impl std::fmt::Display) -> Response {
@@ -540,9 +463,6 @@ struct SendMessageRequest {
     message_text: Option<String>,
     #[serde(default)]
     message_media: Vec<serde_json::Value>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    email_copy_to_sender: Option<bool>,
     reference: Option<ReferenceIn>,
 }
 
@@ -656,9 +576,8 @@ async fn send_message(State(sim): State<S>, headers: HeaderMap, body: Bytes) -> 
             if let Some(m) = a.threads[idx].messages.last_mut() {
                 m.body = text;
             }
-            if let Some(r) = &req.reference {
-                a.threads[idx].reference_id = r.reference_id.clone();
-            }
+            a.threads[idx].reference_id =
+                req.reference.as_ref().and_then(|r| r.reference_id.clone());
             idx
         }
         _ => {
@@ -673,6 +592,8 @@ async fn send_message(State(sim): State<S>, headers: HeaderMap, body: Bytes) -> 
     if let Some(m) = a.threads[idx].messages.last_mut() {
         m.media = media;
     }
+    let last = a.threads[idx].messages.len().saturating_sub(1);
+    a.rerender(idx, last);
     let t = &a.threads[idx];
     let Some(m) = t.latest() else {
         return store_error();
@@ -765,7 +686,7 @@ async fn update_conversation(State(sim): State<S>, headers: HeaderMap, body: Byt
     // `read` wins when both are given, as eBay documents.
     match (req.read, status) {
         (Some(read), _) => a.set_read(idx, read),
-        (None, Some(st)) => a.threads[idx].status = st,
+        (None, Some(st)) => a.set_status(idx, st),
         (None, None) => {}
     }
     empty(StatusCode::NO_CONTENT)
@@ -822,7 +743,7 @@ async fn bulk_update(State(sim): State<S>, headers: HeaderMap, body: Bytes) -> R
             }
             (Some(idx), Some(s)) => match ConvStatus::parse(s) {
                 Some(st) => {
-                    a.threads[idx].status = st;
+                    a.set_status(idx, st);
                     true
                 }
                 None => false,

@@ -8,7 +8,11 @@
 //! `DeliveryPending`). States are computed from the clock when read, so
 //! advancing the clock makes reports "arrive". Sent ids are serial with gaps.
 
+mod routes;
+mod v1;
+
 use super::clock::parse_iso;
+use routes::*;
 
 use super::faults::mix;
 use super::http::{json, Query};
@@ -145,6 +149,8 @@ struct Device {
     next_sent: u64,
     skipped_ids: Vec<u64>,
     numbers: Vec<String>,
+    /// `{folder, id}` of rows deleted through the API.
+    deleted: Vec<Value>,
 }
 
 pub struct SmsEagleSim {
@@ -259,6 +265,7 @@ impl SmsEagleSim {
                 next_sent: 1,
                 skipped_ids: Vec::new(),
                 numbers,
+                deleted: Vec::new(),
             };
             let total = config.threads * config.messages;
             // Seed history ends at the anchor, one event every ~7 minutes.
@@ -296,16 +303,20 @@ impl SmsEagleSim {
         (i < self.devices.len()).then_some(i)
     }
 
+    /// Account of a valid (known, not expired) token.
+    fn token_index(&self, token: &str) -> Option<usize> {
+        token
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|n| self.account_index(n))
+            .filter(|i| !self.expired.read().map(|e| e.contains(i)).unwrap_or(false))
+    }
+
     fn auth(&self, headers: &HeaderMap) -> Result<usize, Response> {
         let token = headers
             .get("access-token")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let i = token
-            .strip_prefix(TOKEN_PREFIX)
-            .and_then(|n| self.account_index(n))
-            .filter(|i| !self.expired.read().map(|e| e.contains(i)).unwrap_or(false));
-        i.ok_or_else(|| {
+        self.token_index(token).ok_or_else(|| {
             json(
                 StatusCode::UNAUTHORIZED,
                 &json!({"status": "error", "message": "Invalid access token"}),
@@ -363,162 +374,6 @@ fn wrong_params(detail: &str) -> Response {
     )
 }
 
-type S = Arc<SmsEagleSim>;
-
-#[derive(Deserialize)]
-struct SendBody {
-    to: Option<Vec<String>>,
-    text: Option<String>,
-    validity: Option<String>,
-}
-
-async fn send_sms(State(sim): State<S>, headers: HeaderMap, body: Bytes) -> Response {
-    let i = match sim.auth(&headers) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let req: SendBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return wrong_params(&format!("invalid JSON body ({e})")),
-    };
-    let to = req.to.unwrap_or_default();
-    let Some(text) = req.text.filter(|t| !t.is_empty()) else {
-        return wrong_params("text is required");
-    };
-    if to.is_empty() {
-        return wrong_params("to must list at least one number");
-    }
-    let validity: &'static str = match req.validity.as_deref() {
-        None => "max",
-        Some(v) => match ["5m", "10m", "30m", "1h", "max"]
-            .into_iter()
-            .find(|x| *x == v)
-        {
-            Some(x) => x,
-            None => return wrong_params("validity must be 5m|10m|30m|1h|max"),
-        },
-    };
-    let now = sim.h.clock.now_ms();
-    let Ok(mut d) = sim.devices[i].write() else {
-        return wrong_params("device store unavailable");
-    };
-    let out: Vec<Value> = to
-        .into_iter()
-        .map(|number| {
-            let valid = number.len() >= 3
-                && number
-                    .chars()
-                    .enumerate()
-                    .all(|(k, c)| c.is_ascii_digit() || (k == 0 && c == '+'));
-            if !valid {
-                return json!({"status": "error", "message": "Invalid phone number", "number": number});
-            }
-            let id = sim.with_rng(|r| d.send(r, &sim.h.config, number.clone(), text.clone(), validity, now));
-            json!({"status": "queued", "message": "OK", "number": number, "id": id})
-        })
-        .collect();
-    json(StatusCode::OK, &out)
-}
-
-fn num_param(q: &Query, names: &[&str]) -> Result<Option<u64>, Response> {
-    match q.get(names) {
-        None | Some("") => Ok(None),
-        Some(v) => v
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| wrong_params(&format!("{} must be a non-negative integer", names[0]))),
-    }
-}
-
-fn date_param(q: &Query, names: &[&str]) -> Result<Option<i64>, Response> {
-    match q.get(names) {
-        None | Some("") => Ok(None),
-        Some(v) => parse_date(v).map(Some).ok_or_else(|| {
-            wrong_params(&format!("{} must be YYYYmmDDHHMMSS or ISO-8601", names[0]))
-        }),
-    }
-}
-
-async fn read_folder(
-    State(sim): State<S>,
-    headers: HeaderMap,
-    folder: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-) -> Response {
-    let i = match sim.auth(&headers) {
-        Ok(i) => i,
-        Err(r) => return r,
-    };
-    let folder = folder.map(|Path(f)| f).unwrap_or_default();
-    let folder = match folder.as_str() {
-        "inbox" | "outbox" | "sentitems" | "error" => folder,
-        "sent" => "sentitems".to_string(),
-        _ => {
-            return json(
-                StatusCode::NOT_FOUND,
-                &json!({"status": "error", "message": format!("Unknown folder '{folder}'")}),
-            )
-        }
-    };
-    let q = Query::parse(raw.as_deref());
-    let parsed = (|| {
-        Ok::<_, Response>((
-            num_param(&q, &["id_from", "idfrom"])?,
-            num_param(&q, &["id_to", "idto"])?,
-            date_param(&q, &["date_from", "datefrom"])?,
-            date_param(&q, &["date_to", "dateto"])?,
-            date_param(&q, &["updated_from"])?,
-            num_param(&q, &["limit"])?,
-            num_param(&q, &["offset"])?,
-            num_param(&q, &["unread"])?,
-        ))
-    })();
-    let (id_from, id_to, date_from, date_to, updated_from, limit, offset, unread) = match parsed {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    if let (Some(a), Some(b)) = (id_from, id_to) {
-        if a == b {
-            sim.h
-                .stats
-                .record_lookup(&format!("acct-{i}"), &a.to_string());
-        }
-    }
-    let now = sim.h.clock.now_ms();
-    let Ok(d) = sim.devices[i].read() else {
-        return wrong_params("device store unavailable");
-    };
-    let mut rows: Vec<&Sms> = d
-        .messages
-        .iter()
-        .filter(|m| {
-            let v = m.view(now);
-            let in_folder = match folder.as_str() {
-                "error" => {
-                    !m.inbound
-                        && matches!(v.status, St::SendingError | St::Error | St::DeliveryFailed)
-                }
-                f => v.folder == f,
-            };
-            in_folder
-                && id_from.is_none_or(|x| m.id >= x)
-                && id_to.is_none_or(|x| m.id <= x)
-                && date_from.is_none_or(|x| m.created_ms >= x)
-                && date_to.is_none_or(|x| m.created_ms <= x)
-                && updated_from.is_none_or(|x| v.updated_ms >= x)
-                && (unread != Some(1) || (m.inbound && !m.read))
-        })
-        .collect();
-    rows.sort_by_key(|m| m.id);
-    let rows: Vec<Value> = rows
-        .into_iter()
-        .skip(offset.unwrap_or(0) as usize)
-        .take(limit.map(|l| l as usize).unwrap_or(usize::MAX))
-        .map(|m| sim.render(m, now))
-        .collect();
-    json(StatusCode::OK, &rows)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MutateBody {
@@ -542,7 +397,16 @@ impl SimProvider for SmsEagleSim {
     }
 
     fn identify(&self, parts: &Parts) -> Option<String> {
-        let t = parts.headers.get("access-token")?.to_str().ok()?;
+        // v2: `access-token` header; v1: `access_token` query parameter.
+        let q = Query::parse(parts.uri.query());
+        let t = match parts
+            .headers
+            .get("access-token")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(t) => t.to_string(),
+            None => q.get(&["access_token"])?.to_string(),
+        };
         let i = self.account_index(t.strip_prefix(TOKEN_PREFIX)?)?;
         Some(format!("acct-{i}"))
     }
@@ -588,7 +452,7 @@ impl SimProvider for SmsEagleSim {
                     .map(|m| m.id)
                     .collect();
                 json!({"account": d.name, "messages": msgs, "skipped_ids": d.skipped_ids,
-                       "pending_ids": pending, "next_sent_id": d.next_sent, "next_inbox_id": d.next_inbox})
+                       "pending_ids": pending, "deleted": d.deleted, "next_sent_id": d.next_sent, "next_inbox_id": d.next_inbox})
             })
             .collect();
         json!({"provider": "smseagle", "now": fmt_date(now), "accounts": accounts})
@@ -649,6 +513,16 @@ impl SimProvider for SmsEagleSim {
         Router::new()
             .route("/api/v2/messages/sms", post(send_sms))
             .route("/api/v2/messages/{folder}", get(read_folder))
+            .route(
+                "/api/v2/messages/{folder}/{id}",
+                get(read_one).delete(delete_one),
+            )
+            .route("/http_api/read_sms", get(v1::read_sms))
+            .route("/http_api/send_sms", get(v1::send_sms_v1))
+            .route("/http_api/get_inbox_length", get(v1::inbox_length))
+            .route("/http_api/get_outbox_length", get(v1::outbox_length))
+            .route("/http_api/get_queue_length", get(v1::outbox_length))
+            .route("/http_api/get_sentitems_length", get(v1::sentitems_length))
             .with_state(self)
     }
 }

@@ -1,0 +1,544 @@
+//! Hostaway public API simulator: `/v1/accessTokens`, `/v1/reservations`
+//! (limit/offset/afterId, default `updatedOn DESC, id DESC`,
+//! `sortOrder=updatedOn` ascending), `/v1/conversations` and
+//! `/v1/conversations/{id}/messages` (limit/offset), all in the standard
+//! envelope `{status,result,limit,offset,count,page,totalPages}`.
+//!
+//! Limits: `hostaway_ip_limit` requests per `hostaway_window_ms` per client IP
+//! (the `X-Sim-Client-IP` header overrides the socket address) and
+//! `hostaway_account_limit` per account, answered with 429
+//! `{"status":"fail","message":...}`. Bad, revoked or not-yet-valid tokens
+//! (minted tokens become valid 1 s after issue) get 403.
+
+mod routes;
+
+use super::faults::mix;
+use super::http::{bearer, json, Query};
+use super::stats::SlidingWindow;
+use super::{Harness, SimConfig, SimProvider};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use routes::*;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+const ANCHOR_MS: i64 = super::ebay::data::ANCHOR_MS;
+pub const TOKEN_PREFIX: &str = "sim-hostaway-";
+const DAY_MS: i64 = 86_400_000;
+const RATE_MESSAGE: &str = "This error occurs because a server detects that your application has exceeded the rate limits or has made too many requests in a given period of time.";
+
+#[derive(Clone, Debug)]
+struct Msg {
+    id: u64,
+    body: String,
+    incoming: bool,
+    status: &'static str,
+    inserted_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+struct Reservation {
+    id: u64,
+    conversation_id: u64,
+    listing_id: u64,
+    guest: String,
+    arrival_ms: i64,
+    status: &'static str,
+    inserted_ms: i64,
+    updated_ms: i64,
+    archived: bool,
+    messages: Vec<Msg>,
+    deleted: bool,
+}
+
+impl Reservation {
+    fn latest_activity(&self) -> i64 {
+        self.messages
+            .last()
+            .map(|m| m.inserted_ms)
+            .unwrap_or(self.inserted_ms)
+    }
+}
+
+struct Account {
+    name: String,
+    acct_no: usize,
+    reservations: Vec<Reservation>,
+    by_res: HashMap<u64, usize>,
+    by_conv: HashMap<u64, usize>,
+    next_msg: u64,
+    next_res: u64,
+}
+
+fn fmt(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+const GUEST_LINES: &[&str] = &[
+    "What time is check-in?",
+    "Is parking available?",
+    "We arrived, thanks!",
+    "Can we check out late?",
+];
+const HOST_LINES: &[&str] = &[
+    "Check-in is from 3pm.",
+    "Yes, free parking on site.",
+    "Enjoy your stay!",
+    "Late checkout until 12 is fine.",
+];
+
+impl Account {
+    fn add_reservation(&mut self, rng: &mut ChaCha8Rng, at: i64) -> usize {
+        self.next_res += 1;
+        let base = 10_000_000 + self.acct_no as u64 * 1_000_000;
+        let r = Reservation {
+            id: base + self.next_res,
+            conversation_id: base + 500_000 + self.next_res,
+            listing_id: 50_000 + rng.gen_range(0..40),
+            guest: format!("Guest {}", rng.gen_range(100..999)),
+            arrival_ms: at + rng.gen_range(DAY_MS..60 * DAY_MS),
+            status: if rng.gen_bool(0.7) {
+                "new"
+            } else {
+                ["modified", "cancelled", "inquiry"][rng.gen_range(0..3)]
+            },
+            inserted_ms: at,
+            updated_ms: at,
+            archived: rng.gen_bool(0.05),
+            messages: Vec::new(),
+            deleted: false,
+        };
+        let idx = self.reservations.len();
+        self.by_res.insert(r.id, idx);
+        self.by_conv.insert(r.conversation_id, idx);
+        self.reservations.push(r);
+        idx
+    }
+
+    fn add_message(&mut self, rng: &mut ChaCha8Rng, idx: usize, incoming: bool, at: i64) -> u64 {
+        self.next_msg += 1;
+        let id = 900_000_000 + self.acct_no as u64 * 10_000_000 + self.next_msg;
+        let r = &mut self.reservations[idx];
+        let at = at.max(r.latest_activity() + 1000);
+        let lines = if incoming { GUEST_LINES } else { HOST_LINES };
+        r.messages.push(Msg {
+            id,
+            body: lines[rng.gen_range(0..lines.len())].to_string(),
+            incoming,
+            // A few host messages are scheduled and hidden by default.
+            status: if !incoming && rng.gen_bool(0.05) {
+                "awaiting"
+            } else {
+                "sent"
+            },
+            inserted_ms: at,
+        });
+        r.updated_ms = r.updated_ms.max(at);
+        id
+    }
+}
+
+pub struct HostawaySim {
+    h: Harness,
+    accounts: Vec<RwLock<Account>>,
+    ip_window: SlidingWindow,
+    acct_window: SlidingWindow,
+    /// Minted token -> (account, valid from ms).
+    minted: RwLock<HashMap<String, (usize, i64)>>,
+    revoked: RwLock<HashSet<String>>,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+fn fail(status: StatusCode, message: &str) -> Response {
+    json(status, &json!({"status": "fail", "message": message}))
+}
+
+fn envelope(result: Vec<Value>, limit: usize, offset: usize, count: usize) -> Response {
+    let total_pages = if limit == 0 { 0 } else { count.div_ceil(limit) };
+    json(
+        StatusCode::OK,
+        &json!({"status": "success", "result": result, "limit": limit, "offset": offset,
+                "count": count, "page": (offset / limit.max(1)).saturating_add(1), "totalPages": total_pages}),
+    )
+}
+
+impl HostawaySim {
+    pub fn build(config: SimConfig) -> anyhow::Result<Arc<dyn SimProvider>> {
+        let mut accounts = Vec::new();
+        for i in 0..config.accounts {
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(config.seed, 0x405 + i as u64));
+            let mut a = Account {
+                name: format!("acct-{i}"),
+                acct_no: i,
+                reservations: Vec::new(),
+                by_res: HashMap::new(),
+                by_conv: HashMap::new(),
+                next_msg: 0,
+                next_res: 0,
+            };
+            for _ in 0..config.threads {
+                let at = ANCHOR_MS - rng.gen_range(DAY_MS..200 * DAY_MS);
+                let idx = a.add_reservation(&mut rng, at);
+                let n = {
+                    let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+                    ((-u.ln() * config.messages.max(1) as f64).round() as usize).max(1)
+                };
+                let mut t = at;
+                for k in 0..n {
+                    let incoming = k == 0 || rng.gen_bool(0.5);
+                    a.add_message(&mut rng, idx, incoming, t);
+                    t += rng.gen_range(60_000..24 * 3_600_000);
+                }
+            }
+            accounts.push(RwLock::new(a));
+        }
+        let rng = ChaCha8Rng::seed_from_u64(mix(config.seed, 0x4054));
+        let window = Duration::from_millis(config.hostaway_window_ms.max(1));
+        Ok(Arc::new(Self {
+            h: Harness::new(config),
+            accounts,
+            ip_window: SlidingWindow::new(window),
+            acct_window: SlidingWindow::new(window),
+            minted: RwLock::default(),
+            revoked: RwLock::default(),
+            rng: Mutex::new(rng),
+        }))
+    }
+
+    fn account_index(&self, name: &str) -> Option<usize> {
+        let i: usize = name.strip_prefix("acct-")?.parse().ok()?;
+        (i < self.accounts.len()).then_some(i)
+    }
+
+    fn owner(&self, token: &str) -> Option<(usize, bool)> {
+        if self
+            .revoked
+            .read()
+            .map(|r| r.contains(token))
+            .unwrap_or(false)
+        {
+            return self.token_account(token).map(|i| (i, false));
+        }
+        if let Some(i) = token
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|n| self.account_index(n))
+        {
+            return Some((i, true));
+        }
+        let m = self.minted.read().ok()?;
+        let (i, from) = m.get(token)?;
+        Some((*i, self.h.clock.now_ms() >= *from))
+    }
+
+    fn token_account(&self, token: &str) -> Option<usize> {
+        token
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|n| self.account_index(n))
+            .or_else(|| self.minted.read().ok()?.get(token).map(|x| x.0))
+    }
+
+    /// 403 for bad tokens, then the per-IP and per-account windows.
+    fn admit(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<usize, Response> {
+        let i = match bearer(headers).and_then(|t| self.owner(t)) {
+            Some((i, true)) => i,
+            _ => {
+                return Err(fail(
+                    StatusCode::FORBIDDEN,
+                    "Unauthorized: invalid or expired access token",
+                ))
+            }
+        };
+        let ip = headers
+            .get("x-sim-client-ip")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .unwrap_or_else(|| peer.ip().to_string());
+        let cfg = &self.h.config;
+        if self
+            .ip_window
+            .try_acquire(&ip, cfg.hostaway_ip_limit as f64)
+            .is_err()
+            || self
+                .acct_window
+                .try_acquire(&format!("acct-{i}"), cfg.hostaway_account_limit as f64)
+                .is_err()
+        {
+            return Err(fail(StatusCode::TOO_MANY_REQUESTS, RATE_MESSAGE));
+        }
+        Ok(i)
+    }
+
+    fn reservation_json(a: &Account, r: &Reservation) -> Value {
+        json!({
+            "id": r.id, "listingMapId": r.listing_id, "channelId": 2000, "channelName": "direct",
+            "guestName": r.guest, "guestEmail": format!("guest{}@example.com", r.id),
+            "arrivalDate": fmt(r.arrival_ms).get(..10), "departureDate": fmt(r.arrival_ms + 3 * DAY_MS).get(..10),
+            "status": r.status, "isArchived": i32::from(r.archived),
+            "hasUnreadConversationMessages": i32::from(r.messages.last().is_some_and(|m| m.incoming)),
+            "insertedOn": fmt(r.inserted_ms), "updatedOn": fmt(r.updated_ms),
+            "latestActivityOn": fmt(r.latest_activity()), "accountId": a.acct_no,
+        })
+    }
+
+    fn message_json(a: &Account, r: &Reservation, m: &Msg) -> Value {
+        json!({
+            "id": m.id, "accountId": a.acct_no, "listingMapId": r.listing_id, "reservationId": r.id,
+            "conversationId": r.conversation_id, "communicationId": Value::Null, "airbnbThreadMessageId": Value::Null,
+            "body": m.body, "communicationType": "email", "status": m.status,
+            "isIncoming": i32::from(m.incoming), "isSeen": 1, "sentUsingHostaway": i32::from(!m.incoming),
+            "hash": format!("{:016x}", mix(m.id, 7)), "listingTimeZoneName": "Europe/Warsaw",
+            "date": fmt(m.inserted_ms), "sentChannelDate": fmt(m.inserted_ms),
+            "insertedOn": fmt(m.inserted_ms), "updatedOn": fmt(m.inserted_ms), "attachments": [],
+        })
+    }
+
+    fn conversation_json(a: &Account, r: &Reservation) -> Value {
+        let sent = r
+            .messages
+            .iter()
+            .rev()
+            .find(|m| !m.incoming)
+            .map(|m| fmt(m.inserted_ms));
+        let recv = r
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.incoming)
+            .map(|m| fmt(m.inserted_ms));
+        json!({
+            "id": r.conversation_id, "accountId": a.acct_no, "listingMapId": r.listing_id,
+            "reservationId": r.id, "type": "host-guest-email", "recipientName": r.guest,
+            "recipientEmail": format!("guest{}@example.com", r.id),
+            "hasUnreadMessages": i32::from(r.messages.last().is_some_and(|m| m.incoming)),
+            "messageSentOn": sent, "messageReceivedOn": recv,
+            "conversationMessages": r.messages.last().map(|m| vec![Self::message_json(a, r, m)]).unwrap_or_default(),
+        })
+    }
+
+    fn with_rng<T>(&self, f: impl FnOnce(&mut ChaCha8Rng) -> T) -> T {
+        match self.rng.lock() {
+            Ok(mut r) => f(&mut r),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MutateBody {
+    #[serde(default = "acct0")]
+    account: String,
+    #[serde(default)]
+    new_messages: usize,
+    #[serde(default)]
+    new_threads: usize,
+    #[serde(default)]
+    delete_threads: usize,
+    /// Bump `updatedOn` of N random reservations (the afterId shift pitfall).
+    #[serde(default)]
+    update_reservations: usize,
+    /// Conversation ids to target with new messages.
+    #[serde(default)]
+    thread_ids: Vec<u64>,
+    direction: Option<String>,
+}
+
+fn acct0() -> String {
+    "acct-0".into()
+}
+
+impl SimProvider for HostawaySim {
+    fn harness(&self) -> &Harness {
+        &self.h
+    }
+
+    fn identify(&self, parts: &Parts) -> Option<String> {
+        bearer(&parts.headers)
+            .and_then(|t| self.token_account(t))
+            .map(|i| format!("acct-{i}"))
+    }
+
+    fn is_metered(&self, path: &str) -> bool {
+        path != "/v1/accessTokens"
+    }
+
+    fn error_5xx(&self) -> Response {
+        fail(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error")
+    }
+
+    fn burst_429(&self) -> Response {
+        fail(StatusCode::TOO_MANY_REQUESTS, RATE_MESSAGE)
+    }
+
+    fn accounts(&self) -> Vec<String> {
+        (0..self.accounts.len())
+            .map(|i| format!("acct-{i}"))
+            .collect()
+    }
+
+    fn token(&self, account: &str) -> String {
+        format!("{TOKEN_PREFIX}{account}")
+    }
+
+    fn truth(&self, account: Option<&str>) -> Value {
+        let accounts: Vec<Value> = self
+            .accounts
+            .iter()
+            .filter_map(|a| a.read().ok())
+            .filter(|a| account.is_none_or(|n| n == a.name))
+            .map(|a| {
+                let res: Vec<Value> = a
+                    .reservations
+                    .iter()
+                    .filter(|r| !r.deleted)
+                    .map(|r| {
+                        let mut v = Self::reservation_json(&a, r);
+                        v["conversationId"] = json!(r.conversation_id);
+                        v["messages"] = r
+                            .messages
+                            .iter()
+                            .map(|m| Self::message_json(&a, r, m))
+                            .collect();
+                        v
+                    })
+                    .collect();
+                let deleted: Vec<u64> = a
+                    .reservations
+                    .iter()
+                    .filter(|r| r.deleted)
+                    .map(|r| r.conversation_id)
+                    .collect();
+                json!({"account": a.name, "reservations": res, "deleted_conversation_ids": deleted})
+            })
+            .collect();
+        json!({"provider": "hostaway", "accounts": accounts})
+    }
+
+    fn mutate(&self, body: &Value) -> Result<Value, String> {
+        let req: MutateBody = serde_json::from_value(body.clone())
+            .map_err(|e| format!("invalid mutate body: {e}"))?;
+        let i = self
+            .account_index(&req.account)
+            .ok_or_else(|| format!("unknown account {}", req.account))?;
+        let now = self.h.clock.now_ms();
+        let mut a = self.accounts[i].write().map_err(|_| "store poisoned")?;
+        let targets: Vec<usize> = req
+            .thread_ids
+            .iter()
+            .map(|c| {
+                a.by_conv
+                    .get(c)
+                    .copied()
+                    .filter(|x| !a.reservations[*x].deleted)
+                    .ok_or(format!("unknown conversation {c}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let incoming = req.direction.as_deref() != Some("outbound");
+        let live: Vec<usize> = (0..a.reservations.len())
+            .filter(|x| !a.reservations[*x].deleted)
+            .collect();
+        let (mut msgs, mut threads, mut deleted, mut updated) = (vec![], vec![], vec![], vec![]);
+        self.with_rng(|rng| {
+            for n in 0..req.new_messages {
+                if live.is_empty() {
+                    break;
+                }
+                let idx = if targets.is_empty() {
+                    live[rng.gen_range(0..live.len())]
+                } else {
+                    targets[n % targets.len()]
+                };
+                let id = a.add_message(rng, idx, incoming, now);
+                msgs.push(
+                    json!({"conversationId": a.reservations[idx].conversation_id, "messageId": id}),
+                );
+            }
+            for _ in 0..req.new_threads {
+                let idx = a.add_reservation(rng, now);
+                let id = a.add_message(rng, idx, true, now);
+                threads.push(json!({"reservationId": a.reservations[idx].id,
+                    "conversationId": a.reservations[idx].conversation_id, "messageId": id}));
+            }
+            for _ in 0..req.update_reservations {
+                if let Some(idx) = (!live.is_empty()).then(|| live[rng.gen_range(0..live.len())]) {
+                    let r = &mut a.reservations[idx];
+                    r.updated_ms = now.max(r.updated_ms + 1000);
+                    r.status = "modified";
+                    updated.push(r.id);
+                }
+            }
+            for _ in 0..req.delete_threads {
+                if let Some(idx) = (!live.is_empty()).then(|| live[rng.gen_range(0..live.len())]) {
+                    if !a.reservations[idx].deleted {
+                        a.reservations[idx].deleted = true;
+                        deleted.push(a.reservations[idx].conversation_id);
+                    }
+                }
+            }
+        });
+        Ok(
+            json!({"account": a.name, "newMessages": msgs, "newThreads": threads,
+                  "updatedReservationIds": updated, "deletedConversationIds": deleted}),
+        )
+    }
+
+    fn background_step(&self) {
+        if self.accounts.is_empty() {
+            return;
+        }
+        let (i, new_thread, incoming) = self.with_rng(|r| {
+            (
+                r.gen_range(0..self.accounts.len()),
+                r.gen_bool(0.1),
+                r.gen_bool(0.6),
+            )
+        });
+        let _ = self.mutate(&json!({"account": format!("acct-{i}"), "new_messages": usize::from(!new_thread),
+            "new_threads": usize::from(new_thread), "direction": if incoming {"inbound"} else {"outbound"}}));
+    }
+
+    fn expire_token(&self, account: &str) -> bool {
+        if self.account_index(account).is_none() {
+            return false;
+        }
+        if let Ok(mut r) = self.revoked.write() {
+            r.insert(format!("{TOKEN_PREFIX}{account}"));
+        }
+        true
+    }
+
+    fn api_routes(self: Arc<Self>) -> Router {
+        Router::new()
+            .route(
+                "/v1/accessTokens",
+                axum::routing::post(mint_token).delete(revoke_token),
+            )
+            .route("/v1/reservations", get(reservations))
+            .route("/v1/conversations", get(conversations))
+            .route("/v1/conversations/{id}", get(conversation))
+            .route(
+                "/v1/conversations/{id}/messages",
+                get(conversation_messages).post(send_message),
+            )
+            .route("/v1/reservations/{id}", get(reservation))
+            .route(
+                "/v1/reservations/{id}/conversations",
+                get(reservation_conversations),
+            )
+            .with_state(self)
+    }
+}
