@@ -199,7 +199,7 @@ enum Workers {
 impl Workers {
     async fn start(url: &str, args: &QueueBenchArgs) -> anyhow::Result<Workers> {
         if args.processes == 0 {
-            let pool = db::connect(url, (args.workers * 3 + 4) as u32).await?;
+            let pool = db::connect(url, (args.workers * 16).min(96) as u32).await?;
             let cfg = Arc::new(Config::default());
             let stop = CancellationToken::new();
             let tasks = (0..args.workers)

@@ -96,7 +96,7 @@ enum Workers {
 impl Lab {
     pub async fn start(o: LabOptions) -> anyhow::Result<Lab> {
         let scratch = Scratch::create("threadsync_lab", o.durability).await?;
-        let pool = db::connect(&scratch.url, 40).await?;
+        let pool = db::connect(&scratch.url, 64).await?;
         db::migrate(&pool).await?;
         let sim = sim::start(o.sim.clone())
             .await

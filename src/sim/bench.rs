@@ -1,4 +1,4 @@
-//! `threadsync bench-sim`: starts an eBay simulator in-process and drives it
+//! `threadsync bench sim`: starts an eBay simulator in-process and drives it
 //! with many keep-alive connections. The client speaks raw HTTP/1.1 over
 //! tokio sockets so that, on a small machine, the measurement is dominated
 //! by the simulator and not by the load generator.

@@ -72,6 +72,9 @@ pub struct JobCtx {
     pub(crate) fence: Fence,
     /// Set once a Done or Reschedule transaction committed.
     pub(crate) finished: AtomicBool,
+    /// Set once the handler returned: its outcome is being recorded, so a heartbeat that no
+    /// longer finds the lease must not treat it as lost.
+    pub(crate) returned: AtomicBool,
 }
 
 impl JobCtx {
@@ -90,6 +93,7 @@ impl JobCtx {
                 token: job.lease_token,
             },
             finished: AtomicBool::new(false),
+            returned: AtomicBool::new(false),
         }
     }
 
@@ -123,6 +127,10 @@ impl JobCtx {
 
     pub(crate) fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn has_returned(&self) -> bool {
+        self.returned.load(Ordering::Acquire)
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use sqlx::postgres::PgListener;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::AbortHandle;
@@ -31,7 +32,11 @@ pub struct Worker {
 }
 
 struct Shared {
+    /// Handlers' connections.
     pool: PgPool,
+    /// The runtime's own connections (claims, heartbeats, outcomes, reaper), apart from the
+    /// handlers' so busy handlers can never starve a heartbeat into a lost lease.
+    control: PgPool,
     cfg: Arc<Config>,
     registry: Registry,
     name: Arc<str>,
@@ -62,6 +67,10 @@ impl Worker {
         let concurrency = concurrency.max(1);
         Worker {
             shared: Arc::new(Shared {
+                control: PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_lazy_with((*pool.connect_options()).clone()),
                 pool,
                 cfg,
                 registry,
@@ -128,7 +137,7 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
         }
         let want = free.min(MAX_BATCH);
         let skip = kinds_at_limit(s);
-        match queue::claim(&s.pool, &s.name, want, s.cfg.queue.lease(), &skip).await {
+        match queue::claim(&s.control, &s.name, want, s.cfg.queue.lease(), &skip).await {
             Ok(jobs) => {
                 outage.recovered("claim");
                 let n = jobs.len();
@@ -187,7 +196,7 @@ async fn start_jobs(s: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
     }
     if !over_limit.is_empty() {
         // Claimed past a per-kind limit within one batch: hand them straight back.
-        if let Err(e) = fence::release_batch(&s.pool, &over_limit).await {
+        if let Err(e) = fence::release_batch(&s.control, &over_limit).await {
             warn!(error = %e, "could not release over-limit jobs; the reaper will return them");
         }
     }
@@ -257,6 +266,7 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
                     )))
                 }),
         };
+        task_ctx.returned.store(true, std::sync::atomic::Ordering::Release);
         record(&shared, &task_ctx, outcome).await;
         if let Some(h) = handler {
             h.after(&task_ctx).await;
@@ -302,7 +312,7 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
         let res = match &err {
             JobError::Transient(e) => {
                 let text = format!("{e:#}");
-                fence::fail_transient(&s.pool, ctx.fence, policy.max_attempts, policy.backoff(ctx.attempts), &text)
+                fence::fail_transient(&s.control, ctx.fence, policy.max_attempts, policy.backoff(ctx.attempts), &text)
                     .await
                     .map(|st| {
                         match st.as_deref() {
@@ -314,13 +324,13 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
             }
             JobError::RetryAfter { at, reason } => {
                 debug!(job = ctx.id, kind = %ctx.kind, %at, reason = %reason, "job rescheduled by provider signal");
-                fence::retry_at(&s.pool, ctx.fence, *at, reason)
+                fence::retry_at(&s.control, ctx.fence, *at, reason)
                     .await
                     .map(drop)
             }
             JobError::Permanent(reason) => {
                 warn!(job = ctx.id, kind = %ctx.kind, reason = %reason, "job failed permanently");
-                fence::fail_permanent(&s.pool, ctx.fence, reason)
+                fence::fail_permanent(&s.control, ctx.fence, reason)
                     .await
                     .map(drop)
             }
@@ -351,7 +361,7 @@ async fn ack(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Fence>, stop: Cance
                 _ = stop.cancelled() => {
                     while let Ok(f) = rx.try_recv() { batch.push(f); }
                     if !batch.is_empty() {
-                        let _ = fence::complete_batch(&s.pool, &batch).await;
+                        let _ = fence::complete_batch(&s.control, &batch).await;
                     }
                     return;
                 }
@@ -363,7 +373,7 @@ async fn ack(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Fence>, stop: Cance
                 Err(_) => break,
             }
         }
-        match fence::complete_batch(&s.pool, &batch).await {
+        match fence::complete_batch(&s.control, &batch).await {
             Ok(_) => batch.clear(),
             Err(e) => {
                 debug!(error = %e, "batched completion failed; retrying");
@@ -384,7 +394,7 @@ async fn listen(s: Arc<Shared>, stop: CancellationToken) {
             Some(l) => l,
             None => {
                 let connected = async {
-                    let mut l = PgListener::connect_with(&s.pool).await?;
+                    let mut l = PgListener::connect_with(&s.control).await?;
                     l.listen(queue::CHANNEL).await?;
                     Ok::<_, sqlx::Error>(l)
                 }
@@ -423,12 +433,12 @@ async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
     loop {
         tokio::select! { _ = sleep(every) => {}, _ = stop.cancelled() => return }
         let held: Vec<Fence> = lock(&s.inflight).values().map(|f| f.fence).collect();
-        match maintenance::heartbeat(&s.pool, &held, lease).await {
+        match maintenance::heartbeat(&s.control, &held, lease).await {
             Ok(alive) => {
                 let alive: HashSet<i64> = alive.into_iter().collect();
                 let lost: Vec<AbortHandle> = lock(&s.inflight)
                     .values()
-                    .filter(|f| held.contains(&f.fence) && !alive.contains(&f.fence.id) && !f.ctx.is_finished())
+                    .filter(|f| held.contains(&f.fence) && !alive.contains(&f.fence.id) && !f.ctx.has_returned())
                     .map(|f| {
                         warn!(job = f.fence.id, kind = %f.ctx.kind, "lease lost (reaped or cancelled): stopping the handler");
                         f.abort.clone()
@@ -447,17 +457,17 @@ async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
 async fn maintain(s: Arc<Shared>, stop: CancellationToken) {
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
     loop {
-        match maintenance::reap(&s.pool, &s.cfg).await {
+        match maintenance::reap(&s.control, &s.cfg).await {
             Ok(0) => {}
             Ok(n) => warn!(jobs = n, "returned jobs with expired leases to the queue"),
             Err(e) => debug!(error = %e, "reaper failed; will retry"),
         }
-        if let Err(e) = cron::fire_due(&s.pool, &s.cfg.schedules, chrono::Utc::now()).await {
+        if let Err(e) = cron::fire_due(&s.control, &s.cfg.schedules, chrono::Utc::now()).await {
             debug!(error = %e, "cron check failed; will retry");
         }
         if last_prune.elapsed() >= Duration::from_secs(60) {
             let age = Duration::from_secs(s.cfg.queue.retention_hours * 3600);
-            match maintenance::prune(&s.pool, age, s.cfg.queue.prune_batch).await {
+            match maintenance::prune(&s.control, age, s.cfg.queue.prune_batch).await {
                 Ok(0) => {}
                 Ok(n) => info!(jobs = n, "pruned finished jobs past retention"),
                 Err(e) => debug!(error = %e, "prune failed; will retry"),
@@ -488,7 +498,7 @@ async fn drain(s: &Arc<Shared>) {
     }
     let rest: Vec<(Fence, AbortHandle)> = lock(&s.inflight)
         .values()
-        .filter(|f| !f.ctx.is_finished())
+        .filter(|f| !f.ctx.has_returned())
         .map(|f| (f.fence, f.abort.clone()))
         .collect();
     if rest.is_empty() {
@@ -499,7 +509,7 @@ async fn drain(s: &Arc<Shared>) {
     }
     let fences: Vec<Fence> = rest.iter().map(|(f, _)| *f).collect();
     for _ in 0..5 {
-        match fence::release_batch(&s.pool, &fences).await {
+        match fence::release_batch(&s.control, &fences).await {
             Ok(n) => {
                 info!(jobs = n, "released unfinished jobs to pending");
                 return;
