@@ -106,7 +106,11 @@ impl Flow {
 
 /// Reserves the account's next send slot (slots 1/rate apart, shared by the fleet) and
 /// waits for it, unless the account is paused.
-async fn reserve_slot(pool: &PgPool, account: &str, requests_per_second: f64) -> Result<(), FlowError> {
+async fn reserve_slot(
+    pool: &PgPool,
+    account: &str,
+    requests_per_second: f64,
+) -> Result<(), FlowError> {
     let interval = 1.0 / (requests_per_second * PACE_MARGIN);
     for attempt in 0..=MAX_RESLOTS {
         let wait: Option<f64> = sqlx::query_scalar(
@@ -123,10 +127,12 @@ async fn reserve_slot(pool: &PgPool, account: &str, requests_per_second: f64) ->
         let Some(wait) = wait else {
             check_pause(pool, account).await?;
             // Not paused: the flow row is missing (accounts not registered yet). Create it.
-            sqlx::query("INSERT INTO threadsync.flow (account_id) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(account)
-                .execute(pool)
-                .await?;
+            sqlx::query(
+                "INSERT INTO threadsync.flow (account_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            )
+            .bind(account)
+            .execute(pool)
+            .await?;
             return Ok(());
         };
         let slot = Instant::now() + Duration::from_secs_f64(wait.max(0.0));

@@ -266,7 +266,9 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
                     )))
                 }),
         };
-        task_ctx.returned.store(true, std::sync::atomic::Ordering::Release);
+        task_ctx
+            .returned
+            .store(true, std::sync::atomic::Ordering::Release);
         record(&shared, &task_ctx, outcome).await;
         if let Some(h) = handler {
             h.after(&task_ctx).await;
