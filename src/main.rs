@@ -259,7 +259,8 @@ async fn run_worker(
         concurrency >= 1 && runtimes >= 1,
         "--concurrency and --runtimes must be at least 1"
     );
-    let pool = db::connect(&url, (runtimes * concurrency.min(32) + 4) as u32).await?;
+    // Handlers hold a connection only while they read or commit, not during HTTP calls.
+    let pool = db::connect(&url, (runtimes * concurrency.min(16) + 2) as u32).await?;
     db::migrate(&pool).await?;
     threadsync::sync::register_accounts(&pool, &cfg).await?;
     let name = name.unwrap_or_else(threadsync::default_worker_name);

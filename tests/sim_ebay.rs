@@ -647,7 +647,9 @@ async fn mutations_move_threads_and_shift_offsets() {
         last["messages"][0]["senderUsername"],
         d["messages"][0]["senderUsername"]
     );
-    // New thread joins at the head, deletion removes it and shifts pages up.
+    // New thread joins at the head, deletion removes it and shifts pages up. (Wait a few
+    // milliseconds first: a tie on the latest message's timestamp is broken by id.)
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let changed = h
         .mutate(&json!({"account": "acct-0", "new_threads": 1, "delete_ids": [p1[0].clone()]}))
         .unwrap();

@@ -68,7 +68,7 @@ impl Worker {
         Worker {
             shared: Arc::new(Shared {
                 control: PgPoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(3)
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_lazy_with((*pool.connect_options()).clone()),
                 pool,

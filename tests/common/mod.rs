@@ -49,7 +49,7 @@ impl TestDb {
         let scratch = Scratch::create_on(admin_url, "ts_test")
             .await
             .expect("scratch database");
-        let pool = db::connect(&scratch.url, 20).await.expect("connect");
+        let pool = db::connect(&scratch.url, 8).await.expect("connect");
         db::migrate(&pool).await.expect("migrate");
         TestDb {
             url: scratch.url.clone(),
