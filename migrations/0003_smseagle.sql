@@ -10,8 +10,10 @@ CREATE TABLE threadsync.sms_folder_cursors (
     PRIMARY KEY (account_id, folder)
 );
 
--- One row per sent message whose delivery we follow (validity other than "max", status
--- not final when first seen). `outcome` says why following stopped.
+-- One row per sent message whose status we follow: validity other than "max" and status
+-- not final when first seen (followed until final or expired), or validity "max" still in
+-- the outbox (followed until it leaves it: outcome 'sent'). `outcome` says why following
+-- stopped.
 CREATE TABLE threadsync.sms_deliveries (
     account_id   text        NOT NULL,
     message_id   text        NOT NULL,
@@ -19,10 +21,12 @@ CREATE TABLE threadsync.sms_deliveries (
     -- On the gateway's clock: the message's date plus its validity.
     expires_at   timestamptz NOT NULL,
     outcome      text        NOT NULL DEFAULT 'pending'
-                 CHECK (outcome IN ('pending', 'final', 'expired')),
+                 CHECK (outcome IN ('pending', 'final', 'expired', 'sent')),
     checks       integer     NOT NULL DEFAULT 0,
     last_checked_at timestamptz,
     settled_at   timestamptz,
+    -- The last gateway failure while checking (cleared by the next answer).
+    last_error   text,
     PRIMARY KEY (account_id, message_id)
 );
 CREATE INDEX sms_deliveries_pending ON threadsync.sms_deliveries (account_id)

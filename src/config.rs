@@ -219,11 +219,10 @@ impl RawAccount {
 
     /// SMSEagle settings with their defaults, or what is wrong with them.
     fn sms_settings(&self) -> Result<SmsSettings, String> {
-        let folders = self.folders.clone().unwrap_or_else(|| {
-            ["inbox", "outbox", "sentitems"]
-                .map(String::from)
-                .to_vec()
-        });
+        let folders = self
+            .folders
+            .clone()
+            .unwrap_or_else(|| ["inbox", "outbox", "sentitems"].map(String::from).to_vec());
         if folders.is_empty() {
             return Err("folders must list at least one folder".into());
         }
@@ -243,11 +242,25 @@ impl RawAccount {
             x if x.is_finite() && x > 0.0 => Ok(Duration::from_secs_f64(x)),
             _ => Err(format!("{key} must be > 0")),
         };
-        let cold = secs(self.cold_start_days.map(|d| d * 86_400.0), 7.0 * 86_400.0, "cold_start_days")?;
-        let check_interval = secs(self.status_check_interval_secs, 300.0, "status_check_interval_secs")?;
-        let check_first = secs(self.status_check_first_secs, 30.0, "status_check_first_secs")?;
+        let cold = secs(
+            self.cold_start_days.map(|d| d * 86_400.0),
+            7.0 * 86_400.0,
+            "cold_start_days",
+        )?;
+        let check_interval = secs(
+            self.status_check_interval_secs,
+            300.0,
+            "status_check_interval_secs",
+        )?;
+        let check_first = secs(
+            self.status_check_first_secs,
+            30.0,
+            "status_check_first_secs",
+        )?;
         if check_first > check_interval {
-            return Err("status_check_first_secs must not exceed status_check_interval_secs".into());
+            return Err(
+                "status_check_first_secs must not exceed status_check_interval_secs".into(),
+            );
         }
         let api = self.api.clone().unwrap_or_default();
         if !api.folder_path.starts_with('/') || !api.folder_path.contains("{folder}") {
@@ -541,8 +554,15 @@ mod tests {
         let ebay = "[[accounts]]\nid = \"e\"\nprovider = \"ebay\"\nbase_url = \"http://e\"\ntoken_env = \"T\"\nfolders = [\"inbox\"]\n";
         let e = Config::parse(ebay, "f").unwrap_err();
         assert!(e.problem.contains("smseagle\" only"), "{e}");
-        let c = Config::parse(&format!("{SMS}[accounts.api]\nid_from_param = \"idfrom\"\n"), "f").unwrap();
-        assert_eq!(c.accounts[0].sms.as_ref().unwrap().api.id_from_param, "idfrom");
+        let c = Config::parse(
+            &format!("{SMS}[accounts.api]\nid_from_param = \"idfrom\"\n"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(
+            c.accounts[0].sms.as_ref().unwrap().api.id_from_param,
+            "idfrom"
+        );
     }
 
     #[test]

@@ -67,7 +67,11 @@ pub struct Sms {
     pub text: Option<String>,
     #[serde(default, alias = "Status")]
     pub status: Option<String>,
-    #[serde(alias = "ReceivingDateTime", alias = "SendingDateTime", alias = "InsertIntoDB")]
+    #[serde(
+        alias = "ReceivingDateTime",
+        alias = "SendingDateTime",
+        alias = "InsertIntoDB"
+    )]
     pub date: String,
     #[serde(default, alias = "RelativeValidity")]
     pub validity: Option<String>,
@@ -276,7 +280,10 @@ mod tests {
 
     #[test]
     fn statuses_normalize() {
-        assert_eq!(normalize_status("SendingOKNoReport"), "sending_ok_no_report");
+        assert_eq!(
+            normalize_status("SendingOKNoReport"),
+            "sending_ok_no_report"
+        );
         assert_eq!(normalize_status("DeliveryOK"), "delivery_ok");
         assert_eq!(normalize_status("delivery_failed"), "delivery_failed");
         assert_eq!(normalize_status("Error"), "error");

@@ -354,7 +354,12 @@ impl SmsEagleSim {
 /// The device's web server stamps `Date` from its own clock: the simulated one, so a
 /// client can judge validity expiry on the gateway's time.
 async fn stamp_device_date(State(sim): State<Arc<SmsEagleSim>>, mut r: Response) -> Response {
-    let now = sim.h.clock.now().format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+    let now = sim
+        .h
+        .clock
+        .now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
     if let Ok(v) = axum::http::HeaderValue::from_str(&now) {
         r.headers_mut().insert(axum::http::header::DATE, v);
     }
