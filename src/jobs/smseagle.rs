@@ -338,13 +338,6 @@ impl Handler for FolderSync {
         let (threads, follow) = rows_of(&batch, &p.folder, answer.gateway_now);
 
         let mut jobs = Vec::new();
-        let first_check =
-            Utc::now() + chrono::Duration::from_std(a.sms.check_first).unwrap_or_default();
-        jobs.extend(
-            follow
-                .iter()
-                .map(|f| check_job(a, f.id, job.run_id, first_check)),
-        );
         if let (true, Some(run_id)) = (more, job.run_id) {
             jobs.push(folder_job(a, run_id, &p.folder, highest, p.full));
         }
@@ -369,11 +362,20 @@ impl Handler for FolderSync {
             .execute(&mut *tx)
             .await?;
         }
-        track(&mut tx, &a.cfg.id, &follow).await?;
         if !more && a.sms.folders.last() == Some(&p.folder) {
             // Safety net: a check that failed for good (say, a rejected token) comes back.
             jobs.extend(orphaned_checks(&mut tx, a, job.run_id).await?);
         }
+        // Only messages followed from now on get a check; the others have theirs already.
+        let first_check =
+            Utc::now() + chrono::Duration::from_std(a.sms.check_first).unwrap_or_default();
+        let tracked = track(&mut tx, &a.cfg.id, &follow).await?;
+        jobs.extend(
+            follow
+                .iter()
+                .filter(|f| tracked.contains(&f.message_id))
+                .map(|f| check_job(a, f.id, job.run_id, first_check)),
+        );
         crate::queue::enqueue_batch(&mut *tx, &jobs).await?;
         let progress = SmsProgress {
             sms_new: i32::try_from(written).unwrap_or(i32::MAX),
@@ -390,18 +392,20 @@ impl Handler for FolderSync {
 }
 
 /// Starts following sends first seen now (one row per message, kept when seen again).
+/// Returns the message ids that were not followed before.
 async fn track(
     conn: &mut sqlx::PgConnection,
     account: &str,
     follow: &[Follow],
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Vec<String>> {
     if follow.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    sqlx::query(
+    sqlx::query_scalar(
         "INSERT INTO threadsync.sms_deliveries (account_id, message_id, validity, expires_at)
          SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[])
-         ON CONFLICT (account_id, message_id) DO NOTHING",
+         ON CONFLICT (account_id, message_id) DO NOTHING
+         RETURNING message_id",
     )
     .bind(account)
     .bind(
@@ -417,9 +421,8 @@ async fn track(
             .collect::<Vec<_>>(),
     )
     .bind(follow.iter().map(|f| f.expires_at).collect::<Vec<_>>())
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_all(conn)
+    .await
 }
 
 /// Checks for every message still followed; the dedupe key skips those already queued.
