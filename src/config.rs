@@ -566,6 +566,13 @@ mod tests {
     }
 
     #[test]
+    fn shipped_jobs_toml_is_valid() {
+        let c = Config::parse(include_str!("../jobs.toml"), "jobs.toml").unwrap();
+        let sms = c.account("sms-office").unwrap().sms.clone().unwrap();
+        assert_eq!(sms.check_interval, Duration::from_secs(300));
+    }
+
+    #[test]
     fn kind_policy_inherits_defaults() {
         let c = Config::parse(
             "[retry]\nmax_attempts = 7\n[kinds.k]\nbackoff_base_ms = 50\n",
