@@ -127,6 +127,24 @@ pub struct Account {
     pub requests_per_second: f64,
     pub max_in_flight: i32,
     pub request_timeout: Duration,
+    /// SMSEagle settings (None for other providers).
+    pub sms: Option<SmsSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmsSettings {
+    /// Folders synced by message id, in this order (outbox before sentitems, so a
+    /// message picked up between two reads is seen in one of them).
+    pub folders: Vec<String>,
+    /// Messages per folder request.
+    pub batch_size: u32,
+    /// A folder with no cursor yet starts this far back, not at the whole history.
+    pub cold_start: chrono::Duration,
+    /// Pending-status checks: the first comes after `check_first`, each next one twice
+    /// as late, up to `check_interval`.
+    pub check_first: Duration,
+    pub check_interval: Duration,
+    pub api: crate::providers::smseagle::ReadApi,
 }
 
 // ---- raw file shape -------------------------------------------------------------------
@@ -180,6 +198,84 @@ struct RawAccount {
     max_in_flight: i32,
     #[serde(default = "default_timeout")]
     request_timeout_secs: f64,
+    // SMSEagle only.
+    folders: Option<Vec<String>>,
+    batch_size: Option<u32>,
+    cold_start_days: Option<f64>,
+    status_check_interval_secs: Option<f64>,
+    status_check_first_secs: Option<f64>,
+    api: Option<crate::providers::smseagle::ReadApi>,
+}
+
+impl RawAccount {
+    fn has_sms_keys(&self) -> bool {
+        self.folders.is_some()
+            || self.batch_size.is_some()
+            || self.cold_start_days.is_some()
+            || self.status_check_interval_secs.is_some()
+            || self.status_check_first_secs.is_some()
+            || self.api.is_some()
+    }
+
+    /// SMSEagle settings with their defaults, or what is wrong with them.
+    fn sms_settings(&self) -> Result<SmsSettings, String> {
+        let folders = self
+            .folders
+            .clone()
+            .unwrap_or_else(|| ["inbox", "outbox", "sentitems"].map(String::from).to_vec());
+        if folders.is_empty() {
+            return Err("folders must list at least one folder".into());
+        }
+        for (i, f) in folders.iter().enumerate() {
+            if f.is_empty() || !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("folder {f:?} must be letters, digits or _"));
+            }
+            if folders[..i].contains(f) {
+                return Err(format!("folder {f:?} is listed twice"));
+            }
+        }
+        let batch_size = self.batch_size.unwrap_or(500);
+        if !(1..=10_000).contains(&batch_size) {
+            return Err("batch_size must be 1..=10000".into());
+        }
+        let secs = |v: Option<f64>, default: f64, key: &str| match v.unwrap_or(default) {
+            x if x.is_finite() && x > 0.0 => Ok(Duration::from_secs_f64(x)),
+            _ => Err(format!("{key} must be > 0")),
+        };
+        let cold = secs(
+            self.cold_start_days.map(|d| d * 86_400.0),
+            7.0 * 86_400.0,
+            "cold_start_days",
+        )?;
+        let check_interval = secs(
+            self.status_check_interval_secs,
+            300.0,
+            "status_check_interval_secs",
+        )?;
+        let check_first = secs(
+            self.status_check_first_secs,
+            30.0,
+            "status_check_first_secs",
+        )?;
+        if check_first > check_interval {
+            return Err(
+                "status_check_first_secs must not exceed status_check_interval_secs".into(),
+            );
+        }
+        let api = self.api.clone().unwrap_or_default();
+        if !api.folder_path.starts_with('/') || !api.folder_path.contains("{folder}") {
+            return Err("api.folder_path must start with / and contain {folder}".into());
+        }
+        Ok(SmsSettings {
+            folders,
+            batch_size,
+            cold_start: chrono::Duration::from_std(cold)
+                .map_err(|_| "cold_start_days is too large".to_string())?,
+            check_first,
+            check_interval,
+            api,
+        })
+    }
 }
 
 fn default_timeout() -> f64 {
@@ -346,6 +442,22 @@ impl Config {
                     ),
                 ));
             }
+            let sms = match a.provider {
+                Provider::Smseagle => Some(
+                    a.sms_settings()
+                        .map_err(|p| err(Some(span.clone()), format!("account {:?}: {p}", a.id)))?,
+                ),
+                Provider::Ebay if a.has_sms_keys() => {
+                    return Err(err(
+                        Some(span),
+                        format!(
+                            "account {:?}: folders, batch_size, cold_start_days, status_check_* and api apply to provider = \"smseagle\" only",
+                            a.id
+                        ),
+                    ))
+                }
+                Provider::Ebay => None,
+            };
             accounts.push(Account {
                 id: a.id,
                 provider: a.provider,
@@ -354,6 +466,7 @@ impl Config {
                 requests_per_second: a.requests_per_second,
                 max_in_flight: a.max_in_flight,
                 request_timeout: Duration::from_secs_f64(a.request_timeout_secs),
+                sms,
             });
         }
 
@@ -410,6 +523,53 @@ mod tests {
 
         let e = Config::parse("[kinds.\"a\"]\nmax_attempts = 0\n", "x.toml").unwrap_err();
         assert!(e.problem.contains("max_attempts"), "{e}");
+    }
+
+    const SMS: &str = "[[accounts]]\nid = \"gw\"\nprovider = \"smseagle\"\nbase_url = \"http://gw\"\ntoken_env = \"T\"\n";
+
+    #[test]
+    fn smseagle_defaults() {
+        let c = Config::parse(SMS, "f").unwrap();
+        let s = c.accounts[0].sms.clone().unwrap();
+        assert_eq!(s.folders, ["inbox", "outbox", "sentitems"]);
+        assert_eq!(s.batch_size, 500);
+        assert_eq!(s.cold_start, chrono::Duration::days(7));
+        assert_eq!(s.check_interval, Duration::from_secs(300));
+        assert_eq!(s.check_first, Duration::from_secs(30));
+        assert_eq!(s.api.folder_path, "/api/v2/messages/{folder}");
+    }
+
+    #[test]
+    fn smseagle_keys_are_validated_with_lines() {
+        let text = format!("{SMS}folders = [\"inbox\", \"inbox\"]\n");
+        let e = Config::parse(&text, "jobs.toml").unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+        assert!(e.problem.contains("listed twice"), "{e}");
+        let e = Config::parse(&format!("{SMS}batch_size = 0\n"), "f").unwrap_err();
+        assert!(e.problem.contains("batch_size"), "{e}");
+        let e = Config::parse(&format!("{SMS}status_check_first_secs = 900\n"), "f").unwrap_err();
+        assert!(e.problem.contains("status_check_first_secs"), "{e}");
+        let e = Config::parse(&format!("{SMS}[accounts.api]\nid_form = \"x\"\n"), "f").unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        let ebay = "[[accounts]]\nid = \"e\"\nprovider = \"ebay\"\nbase_url = \"http://e\"\ntoken_env = \"T\"\nfolders = [\"inbox\"]\n";
+        let e = Config::parse(ebay, "f").unwrap_err();
+        assert!(e.problem.contains("smseagle\" only"), "{e}");
+        let c = Config::parse(
+            &format!("{SMS}[accounts.api]\nid_from_param = \"idfrom\"\n"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(
+            c.accounts[0].sms.as_ref().unwrap().api.id_from_param,
+            "idfrom"
+        );
+    }
+
+    #[test]
+    fn shipped_jobs_toml_is_valid() {
+        let c = Config::parse(include_str!("../jobs.toml"), "jobs.toml").unwrap();
+        let sms = c.account("sms-office").unwrap().sms.clone().unwrap();
+        assert_eq!(sms.check_interval, Duration::from_secs(300));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `threadsync demo`: a private PostgreSQL (unless DATABASE_URL is set), the eBay simulator
 //! with 5,000 threads of about 20 messages, workers in this process; a full resync with the
 //! live progress bar, new messages, an incremental sync, and a comparison with the truth.
+//! `--provider smseagle` shows an SMS gateway instead (see demo_sms.rs).
 
 use serde_json::json;
 
@@ -9,18 +10,34 @@ use crate::pg::Durability;
 use crate::sim::SimConfig;
 use crate::sync::{Mode, RunStatus};
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoProvider {
+    Ebay,
+    Smseagle,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    #[arg(long, default_value_t = 5000)]
-    pub threads: usize,
-    #[arg(long, default_value_t = 20)]
-    pub messages: usize,
+    /// Which provider's simulator to sync from.
+    #[arg(long, value_enum, default_value_t = DemoProvider::Ebay)]
+    pub provider: DemoProvider,
+    /// Threads (eBay, default 5000) or phone numbers (SMSEagle, default 200).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Messages per thread (eBay) or per number (SMSEagle); default 20.
+    #[arg(long)]
+    pub messages: Option<usize>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if args.provider == DemoProvider::Smseagle {
+        return crate::demo_sms::run(args.threads.unwrap_or(200), args.messages.unwrap_or(20))
+            .await;
+    }
+    let (threads, messages) = (args.threads.unwrap_or(5000), args.messages.unwrap_or(20));
     println!(
         "threadsync demo: {} eBay threads of about {} messages, served by the simulator",
-        args.threads, args.messages
+        threads, messages
     );
     if std::env::var("DATABASE_URL").is_err() {
         println!("starting a private PostgreSQL (DATABASE_URL is unset)...");
@@ -28,8 +45,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let lab = Lab::start(LabOptions {
         account: "ebay-demo".into(),
         sim: SimConfig {
-            threads: args.threads,
-            messages: args.messages,
+            threads,
+            messages,
             seed: 2026,
             ..SimConfig::default()
         },
@@ -37,6 +54,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         in_flight: 32,
         processes: 0,
         durability: Durability::Throwaway,
+        account_keys: String::new(),
     })
     .await?;
     let result = demo(&lab).await;

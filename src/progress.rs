@@ -63,6 +63,18 @@ pub fn print_status(s: &RunStatus) {
         "  messages written {}  HTTP calls {}",
         s.messages_written, s.http_calls
     );
+    if !s.sms_new_by_folder.is_empty() || s.checks_made > 0 {
+        let folders: Vec<String> = s
+            .sms_new_by_folder
+            .iter()
+            .map(|(f, n)| format!("{f} {n}"))
+            .collect();
+        println!("  SMS new by folder: {}", folders.join(", "));
+        println!(
+            "  SMS status checks {}  statuses changed {}  settled {}  expired {}",
+            s.checks_made, s.statuses_changed, s.settled, s.expired
+        );
+    }
     println!("  jobs active {}  failed {}", s.jobs_active, s.jobs_failed);
     if let Some(e) = &s.last_error {
         println!("  error: {e}");

@@ -229,3 +229,73 @@ pub async fn add_progress(
     .await?;
     Ok(())
 }
+
+/// SMS counters one job contributes to its run (`folder` for folder syncs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmsProgress {
+    pub sms_new: i32,
+    pub checks_made: i32,
+    pub statuses_changed: i32,
+    pub settled: i32,
+    pub expired: i32,
+    pub http_calls: i32,
+}
+
+pub async fn add_sms_progress(
+    conn: &mut PgConnection,
+    run_id: Option<i64>,
+    folder: Option<&str>,
+    p: SmsProgress,
+) -> sqlx::Result<()> {
+    let Some(run_id) = run_id else { return Ok(()) };
+    sqlx::query(
+        "INSERT INTO threadsync.sync_run_progress (run_id, folder, sms_new, checks_made, statuses_changed,
+                settled, expired, messages_written, http_calls)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $3, $8)",
+    )
+    .bind(run_id)
+    .bind(folder)
+    .bind(p.sms_new)
+    .bind(p.checks_made)
+    .bind(p.statuses_changed)
+    .bind(p.settled)
+    .bind(p.expired)
+    .bind(p.http_calls)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Creates or moves forward the threads of messages just written (threads whose
+/// messages arrive without a thread list, like SMS conversations keyed by number), in
+/// thread id order so concurrent writers lock rows in the same order.
+pub async fn upsert_threads_from_messages(
+    conn: &mut PgConnection,
+    account: &str,
+    provider: &str,
+    thread_ids: &[String],
+) -> sqlx::Result<()> {
+    if thread_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id,
+                latest_message_at, created_at)
+         SELECT * FROM (
+             SELECT DISTINCT ON (thread_id) account_id, $2, thread_id, message_id, sent_at, sent_at
+               FROM threadsync.messages WHERE account_id = $1 AND thread_id = ANY($3)
+              ORDER BY thread_id, sent_at DESC, message_id DESC) newest
+         ON CONFLICT (account_id, thread_id) DO UPDATE SET
+                latest_message_id = excluded.latest_message_id,
+                latest_message_at = excluded.latest_message_at,
+                created_at = least(t.created_at, excluded.created_at),
+                deleted_at = NULL, synced_at = now()
+          WHERE t.latest_message_id IS DISTINCT FROM excluded.latest_message_id OR t.deleted_at IS NOT NULL",
+    )
+    .bind(account)
+    .bind(provider)
+    .bind(thread_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

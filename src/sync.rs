@@ -195,6 +195,15 @@ pub struct RunStatus {
     pub threads_deleted: i64,
     pub messages_written: i64,
     pub http_calls: i64,
+    /// SMS: new or changed messages written by folder syncs, per folder and in total.
+    pub sms_new: i64,
+    pub sms_new_by_folder: sqlx::types::Json<std::collections::BTreeMap<String, i64>>,
+    /// SMS pending-status checks made for messages this run found, statuses they saw
+    /// change, and messages whose following ended with a final status or expired.
+    pub checks_made: i64,
+    pub statuses_changed: i64,
+    pub settled: i64,
+    pub expired: i64,
     /// Jobs of the run still pending or running.
     #[sqlx(default)]
     pub jobs_active: i64,

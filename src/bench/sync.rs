@@ -24,7 +24,7 @@ use crate::worker::Worker;
 
 /// The simulator account the lab syncs.
 const SIM_ACCOUNT: &str = "acct-0";
-const TOKEN_ENV: &str = "THREADSYNC_LAB_EBAY_TOKEN";
+const TOKEN_ENV: &str = "THREADSYNC_LAB_TOKEN";
 
 #[derive(Debug, clap::Args)]
 pub struct SyncBenchArgs {
@@ -71,6 +71,8 @@ pub struct LabOptions {
     pub in_flight: i32,
     pub processes: usize,
     pub durability: Durability,
+    /// Provider-specific account keys appended to the lab's jobs.toml account.
+    pub account_keys: String,
 }
 
 /// A scratch database, a simulator and workers, wired together.
@@ -100,17 +102,23 @@ impl Lab {
         db::migrate(&pool).await?;
         let sim = sim::start(o.sim.clone())
             .await
-            .context("starting the eBay simulator")?;
+            .context("starting the simulator")?;
+        let provider = match o.sim.provider {
+            sim::Provider::Smseagle => "smseagle",
+            _ => "ebay",
+        };
         let text = format!(
             "[queue]\nlease_secs = 15\n\
              [kinds.\"ebay.list_page\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
              [kinds.\"ebay.conversation\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
-             [[accounts]]\nid = \"{}\"\nprovider = \"ebay\"\nbase_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
-             requests_per_second = {}\nmax_in_flight = {}\nrequest_timeout_secs = 10\n",
+             [kinds.\"smseagle.folder\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
+             [[accounts]]\nid = \"{}\"\nprovider = \"{provider}\"\nbase_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
+             requests_per_second = {}\nmax_in_flight = {}\nrequest_timeout_secs = 10\n{}",
             o.account,
             sim.base_url(),
             o.requests_per_second,
-            o.in_flight
+            o.in_flight,
+            o.account_keys
         );
         let cfg = Arc::new(Config::parse(&text, "lab jobs.toml")?);
         sync::register_accounts(&pool, &cfg).await?;
@@ -270,6 +278,7 @@ pub async fn run(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
         in_flight: args.in_flight,
         processes: args.processes,
         durability: Durability::Durable,
+        account_keys: String::new(),
     })
     .await?;
     let result = async {

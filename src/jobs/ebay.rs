@@ -11,7 +11,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::config::{Account, Config, Provider};
-use crate::flow::{Flow, FlowError};
+use crate::flow::Flow;
 use crate::providers::ebay::{self, EbayClient, EbayError, FROM_EBAY, FROM_MEMBERS, PAGE_LIMIT};
 use crate::queue::{Finish, NewJob};
 use crate::store::{self, MessageRow, Progress, ThreadRow};
@@ -67,15 +67,6 @@ struct ConversationPayload {
     conversation_type: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartPayload {
-    account: String,
-    mode: Mode,
-    #[serde(default)]
-    run_id: Option<i64>,
-}
-
 /// The configured eBay accounts with their clients (built once per worker).
 pub struct Accounts {
     map: HashMap<String, AccountCtx>,
@@ -111,6 +102,10 @@ impl Accounts {
         }
     }
 
+    pub(super) fn has(&self, id: &str) -> bool {
+        self.map.contains_key(id)
+    }
+
     fn get(&self, id: &str) -> Result<(&Account, &EbayClient), JobError> {
         let a = self
             .map
@@ -124,15 +119,8 @@ impl Accounts {
     }
 }
 
-pub fn register(r: &mut Registry, cfg: &Config, tokens: &Tokens) {
-    let accounts = Arc::new(Accounts::from_config(cfg, tokens));
+pub fn register(r: &mut Registry, accounts: Arc<Accounts>) {
     r.register(
-        sync::START_KIND,
-        Start {
-            accounts: accounts.clone(),
-        },
-    )
-    .register(
         LIST_KIND,
         ListPage {
             accounts: accounts.clone(),
@@ -201,7 +189,7 @@ fn catch_up_jobs(account: &Account, run_id: i64, started_at: DateTime<Utc>) -> V
 }
 
 /// After any job of a run ends (done or failed for good), the last one moves the run on.
-async fn advance_run(accounts: &Accounts, job: &JobCtx) {
+pub(super) async fn advance_run(accounts: &Accounts, job: &JobCtx) {
     let Some(run_id) = job.run_id else { return };
     let Some(account) = job.payload["account"]
         .as_str()
@@ -216,21 +204,6 @@ async fn advance_run(accounts: &Accounts, job: &JobCtx) {
     .await
     {
         tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or status check will");
-    }
-}
-
-/// Waits for the account's next request slot; a paused account parks the job.
-async fn pace(flow: &Flow, pool: &PgPool, account: &Account) -> JobResult {
-    match flow
-        .acquire(pool, &account.id, account.requests_per_second)
-        .await
-    {
-        Ok(()) => Ok(()),
-        Err(FlowError::Paused { until, reason }) => Err(JobError::RetryAfter {
-            at: until + Duration::milliseconds(rand::random::<u16>() as i64 % 2000),
-            reason: format!("account {} paused: {reason}", account.id),
-        }),
-        Err(FlowError::Db(e)) => Err(e.into()),
     }
 }
 
@@ -285,57 +258,43 @@ async fn classify(
     }
 }
 
-struct Start {
-    accounts: Arc<Accounts>,
-}
-
-#[async_trait::async_trait]
-impl Handler for Start {
-    async fn run(&self, job: &JobCtx) -> JobResult {
-        let p: StartPayload = job.payload()?;
-        let (account, _) = self.accounts.get(&p.account)?;
-        let Some(run_id) = p.run_id else {
-            // A schedule asked: open a run (or find the active one) and let its own start job plan it.
-            let mut tx = job.begin(Finish::Done).await?;
-            sync::start_run(&mut tx, &account.id, p.mode).await?;
-            return job.commit(tx).await;
-        };
-        let watermark: Option<DateTime<Utc>> =
-            sqlx::query_scalar("SELECT members_synced_from FROM threadsync.accounts WHERE id = $1")
-                .bind(&account.id)
-                .fetch_optional(&job.pool)
-                .await?
-                .flatten();
-        let jobs = match (p.mode, watermark) {
-            (Mode::Incremental, Some(w)) => {
-                let since = w - Duration::minutes(LOOKBACK_MINUTES);
-                vec![
-                    // start_time works only for FROM_MEMBERS; eBay's own messages come newest first.
-                    list_job(account, run_id, FROM_MEMBERS, 0, Some(since), Walk::Fanout),
-                    list_job(
-                        account,
-                        run_id,
-                        FROM_EBAY,
-                        0,
-                        None,
-                        Walk::EarlyStop { cutoff: since },
-                    ),
-                ]
-            }
-            // Full, or incremental with no completed run yet: walk both lists.
-            _ => vec![
-                list_job(account, run_id, FROM_MEMBERS, 0, None, Walk::Fanout),
-                list_job(account, run_id, FROM_EBAY, 0, None, Walk::Fanout),
-            ],
-        };
-        let mut tx = job.begin(Finish::Done).await?;
-        crate::queue::enqueue_batch(&mut *tx, &jobs).await?;
-        job.commit(tx).await
-    }
-
-    async fn after(&self, job: &JobCtx) {
-        advance_run(&self.accounts, job).await
-    }
+/// The first jobs of a run: both lists, from the watermark when incremental.
+pub(super) async fn plan(
+    accounts: &Accounts,
+    pool: &PgPool,
+    account_id: &str,
+    run_id: i64,
+    mode: Mode,
+) -> Result<Vec<NewJob>, JobError> {
+    let (account, _) = accounts.get(account_id)?;
+    let watermark: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT members_synced_from FROM threadsync.accounts WHERE id = $1")
+            .bind(&account.id)
+            .fetch_optional(pool)
+            .await?
+            .flatten();
+    Ok(match (mode, watermark) {
+        (Mode::Incremental, Some(w)) => {
+            let since = w - Duration::minutes(LOOKBACK_MINUTES);
+            vec![
+                // start_time works only for FROM_MEMBERS; eBay's own messages come newest first.
+                list_job(account, run_id, FROM_MEMBERS, 0, Some(since), Walk::Fanout),
+                list_job(
+                    account,
+                    run_id,
+                    FROM_EBAY,
+                    0,
+                    None,
+                    Walk::EarlyStop { cutoff: since },
+                ),
+            ]
+        }
+        // Full, or incremental with no completed run yet: walk both lists.
+        _ => vec![
+            list_job(account, run_id, FROM_MEMBERS, 0, None, Walk::Fanout),
+            list_job(account, run_id, FROM_EBAY, 0, None, Walk::Fanout),
+        ],
+    })
 }
 
 struct ListPage {
@@ -348,7 +307,7 @@ impl Handler for ListPage {
         let p: ListPayload = job.payload()?;
         let (account, client) = self.accounts.get(&p.account)?;
         let run_id = job.run_id;
-        pace(&self.accounts.flow, &job.pool, account).await?;
+        super::pace(&self.accounts.flow, &job.pool, account).await?;
         let page = match client
             .conversations(&p.conversation_type, p.offset, p.start_time)
             .await
@@ -564,7 +523,7 @@ impl Handler for FetchConversation {
             .unwrap_or_default()
             .offset;
         loop {
-            pace(&self.accounts.flow, &job.pool, account).await?;
+            super::pace(&self.accounts.flow, &job.pool, account).await?;
             let page = match client.messages(&p.thread_id, &ctype, offset).await {
                 Ok(page) => page,
                 Err(EbayError::NotFound) => {

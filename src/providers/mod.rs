@@ -2,3 +2,4 @@
 //! the queue; jobs/ decides what an error means for a job.
 
 pub mod ebay;
+pub mod smseagle;

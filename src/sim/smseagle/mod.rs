@@ -351,6 +351,21 @@ impl SmsEagleSim {
     }
 }
 
+/// The device's web server stamps `Date` from its own clock: the simulated one, so a
+/// client can judge validity expiry on the gateway's time.
+async fn stamp_device_date(State(sim): State<Arc<SmsEagleSim>>, mut r: Response) -> Response {
+    let now = sim
+        .h
+        .clock
+        .now()
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&now) {
+        r.headers_mut().insert(axum::http::header::DATE, v);
+    }
+    r
+}
+
 /// SMSEagle/Gammu database style: `YYYY-MM-DD HH:MM:SS` UTC.
 fn fmt_date(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
@@ -523,6 +538,10 @@ impl SimProvider for SmsEagleSim {
             .route("/http_api/get_outbox_length", get(v1::outbox_length))
             .route("/http_api/get_queue_length", get(v1::outbox_length))
             .route("/http_api/get_sentitems_length", get(v1::sentitems_length))
+            .layer(axum::middleware::map_response_with_state(
+                self.clone(),
+                stamp_device_date,
+            ))
             .with_state(self)
     }
 }

@@ -1,0 +1,502 @@
+//! SMSEagle sync against the simulator over loopback HTTP and real PostgreSQL: folder
+//! cursors, id gaps, pending-status checks over simulated time, a gateway outage, and a
+//! SIGKILLed worker process.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{TestDb, WorkerProc};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use threadsync::config::Config;
+use threadsync::jobs::Tokens;
+use threadsync::providers::smseagle::{is_final, normalize_status};
+use threadsync::sim::{self, Faults, Provider, SimConfig, SimHandle};
+use threadsync::sync::{self, Mode, RunStatus};
+use threadsync::worker::Worker;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN_ENV: &str = "SMSEAGLE_TOKEN_ACCT0";
+
+fn sim_cfg(threads: usize, messages: usize) -> SimConfig {
+    SimConfig {
+        provider: Provider::Smseagle,
+        threads,
+        messages,
+        seed: 7,
+        id_gap_rate: 0.0,
+        ..SimConfig::default()
+    }
+}
+
+/// jobs.toml for SMSEagle account `acct-0`; the seeded history is months old, so the
+/// cold-start window reaches back far enough to include it.
+fn sms_config(base_url: &str, extra_account_keys: &str) -> String {
+    format!(
+        "[queue]\nlease_secs = 2\npoll_ms = 50\n\
+         [kinds.\"smseagle.folder\"]\nmax_attempts = 20\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n\
+         [kinds.\"smseagle.status_check\"]\nbackoff_base_ms = 100\nbackoff_cap_ms = 1000\n\
+         [[accounts]]\nid = \"acct-0\"\nprovider = \"smseagle\"\nbase_url = \"{base_url}\"\n\
+         token_env = \"{TOKEN_ENV}\"\nrequests_per_second = 0\nrequest_timeout_secs = 1\n\
+         cold_start_days = 36500\n{extra_account_keys}"
+    )
+}
+
+struct Rig {
+    db: TestDb,
+    sim: SimHandle,
+    stop: CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Rig {
+    async fn new(sim_cfg: SimConfig, extra: &str) -> Rig {
+        let db = TestDb::new().await;
+        let sim = sim::start(sim_cfg).await.expect("simulator");
+        let cfg = Arc::new(
+            Config::parse(&sms_config(&sim.base_url(), extra), "test.toml").expect("config"),
+        );
+        sync::register_accounts(&db.pool, &cfg).await.unwrap();
+        let tokens = Tokens::Given(HashMap::from([("acct-0".to_string(), sim.token("acct-0"))]));
+        let stop = CancellationToken::new();
+        let registry = threadsync::jobs::registry(&cfg, &tokens);
+        let workers = vec![tokio::spawn(
+            Worker::new(db.pool.clone(), cfg.clone(), registry, "w0", 16).run(stop.clone()),
+        )];
+        Rig {
+            db,
+            sim,
+            stop,
+            workers,
+        }
+    }
+
+    async fn run(&self, mode: Mode) -> RunStatus {
+        let mut tx = self.db.pool.begin().await.unwrap();
+        let (id, created) = sync::start_run(&mut tx, "acct-0", mode).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(created);
+        wait_run(&self.db, id, Duration::from_secs(30)).await
+    }
+
+    async fn close(self) {
+        self.stop.cancel();
+        for w in self.workers {
+            w.await.unwrap().unwrap();
+        }
+        self.sim.shutdown().await;
+        self.db.close().await;
+    }
+}
+
+async fn wait_run(db: &TestDb, id: i64, limit: Duration) -> RunStatus {
+    let t = Instant::now();
+    loop {
+        let s = sync::run_status(&db.pool, id).await.unwrap().unwrap();
+        if s.state == "done" || s.state == "failed" {
+            assert_eq!(s.state, "done", "{s:?}");
+            return s;
+        }
+        assert!(t.elapsed() < limit, "run {id} did not finish: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn truth_messages(sim: &SimHandle) -> Vec<Value> {
+    sim.truth(Some("acct-0"))["accounts"][0]["messages"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Our message id for a truth row.
+fn our_id(m: &Value) -> String {
+    let dir = if m["folder"] == "inbox" { "in" } else { "out" };
+    format!("{dir}:{}", m["id"].as_u64().unwrap())
+}
+
+async fn db_ids(db: &TestDb) -> BTreeSet<String> {
+    sqlx::query_scalar("SELECT message_id FROM threadsync.messages WHERE account_id = 'acct-0'")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+async fn cursors(db: &TestDb) -> BTreeMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>(
+        "SELECT folder, last_id FROM threadsync.sms_folder_cursors WHERE account_id = 'acct-0'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+fn max_id(truth: &[Value], folder: &str) -> Option<i64> {
+    truth
+        .iter()
+        .filter(|m| m["folder"] == folder)
+        .map(|m| m["id"].as_i64().unwrap())
+        .max()
+}
+
+fn folder_requests(sim: &SimHandle) -> u64 {
+    sim.stats().accounts.get("acct-0").map_or(0, |a| {
+        a.by_route
+            .iter()
+            .filter(|(r, _)| r.contains("/api/v2/messages/{folder}"))
+            .flat_map(|(_, by)| by.values())
+            .sum()
+    })
+}
+
+#[tokio::test]
+async fn incremental_reads_only_new_ids_per_folder() {
+    let rig = Rig::new(sim_cfg(10, 20), "").await;
+    let first = rig.run(Mode::Incremental).await;
+    let truth = truth_messages(&rig.sim);
+    let want: BTreeSet<String> = truth.iter().map(our_id).collect();
+    assert_eq!(db_ids(&rig.db).await, want);
+    assert_eq!(first.sms_new as usize, want.len());
+    let c = cursors(&rig.db).await;
+    assert_eq!(c.get("inbox").copied(), max_id(&truth, "inbox"));
+    assert_eq!(c.get("sentitems").copied(), max_id(&truth, "sentitems"));
+    // Threads are the remote numbers, as for any provider.
+    let numbers: BTreeSet<String> = truth
+        .iter()
+        .map(|m| m["number"].as_str().unwrap().to_string())
+        .collect();
+    let threads: Vec<String> = sqlx::query_scalar(
+        "SELECT thread_id FROM threadsync.threads WHERE account_id = 'acct-0' AND provider = 'smseagle' ORDER BY 1",
+    )
+    .fetch_all(&rig.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(threads, numbers.into_iter().collect::<Vec<_>>());
+
+    // Nothing new: one request per folder, nothing written.
+    let snapshot = "SELECT (SELECT count(*) FROM threadsync.messages WHERE synced_at > r.started_at)
+                         + (SELECT count(*) FROM threadsync.threads WHERE synced_at > r.started_at)
+                         + (SELECT count(*) FROM threadsync.sms_folder_cursors WHERE updated_at > r.started_at)
+                      FROM threadsync.sync_runs r WHERE r.id = (SELECT max(id) FROM threadsync.sync_runs)";
+    rig.sim.reset_stats();
+    let idle = rig.run(Mode::Incremental).await;
+    assert_eq!(folder_requests(&rig.sim), 3, "inbox, outbox, sentitems");
+    assert_eq!(
+        rig.db.count(snapshot).await,
+        0,
+        "an idle sync writes nothing"
+    );
+    assert_eq!(idle.sms_new, 0);
+
+    // n new messages: exactly those are inserted; each cursor is the highest id seen.
+    let added = rig
+        .sim
+        .mutate(&json!({"account": "acct-0", "inbox": 7, "send": 3}))
+        .unwrap();
+    let before = db_ids(&rig.db).await;
+    let third = rig.run(Mode::Incremental).await;
+    let after = db_ids(&rig.db).await;
+    let new: BTreeSet<String> = after.difference(&before).cloned().collect();
+    let mut expected = BTreeSet::new();
+    for id in added["inbox_ids"].as_array().unwrap() {
+        expected.insert(format!("in:{id}"));
+    }
+    for id in added["sent_ids"].as_array().unwrap() {
+        expected.insert(format!("out:{id}"));
+    }
+    assert_eq!(new, expected);
+    assert_eq!(third.sms_new, 10);
+    let inbox_new = third.sms_new_by_folder.get("inbox").copied();
+    assert_eq!(inbox_new, Some(7), "{:?}", third.sms_new_by_folder);
+    let c = cursors(&rig.db).await;
+    let top_inbox = added["inbox_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_i64)
+        .max();
+    assert_eq!(c.get("inbox").copied(), top_inbox);
+    // Just sent: still in the outbox (the simulated modem picks up after 2-6 s).
+    let top_sent = added["sent_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_i64)
+        .max();
+    assert_eq!(c.get("outbox").copied(), top_sent);
+    rig.close().await;
+}
+
+#[tokio::test]
+async fn id_gaps_lose_nothing() {
+    let cfg = SimConfig {
+        id_gap_rate: 0.3,
+        ..sim_cfg(10, 20)
+    };
+    let rig = Rig::new(cfg, "batch_size = 7\n").await;
+    rig.run(Mode::Incremental).await;
+    let truth = rig.sim.truth(Some("acct-0"));
+    let skipped = truth["accounts"][0]["skipped_ids"].as_array().unwrap();
+    assert!(skipped.len() > 10, "the gateway must skip ids");
+    let msgs = truth_messages(&rig.sim);
+    let want: BTreeSet<String> = msgs.iter().map(our_id).collect();
+    assert_eq!(db_ids(&rig.db).await, want);
+    assert!(
+        folder_requests(&rig.sim) as usize > want.len() / 7,
+        "read in batches of 7"
+    );
+    assert_eq!(
+        cursors(&rig.db).await.get("sentitems").copied(),
+        max_id(&msgs, "sentitems")
+    );
+    rig.close().await;
+}
+
+/// Sends `per_validity` messages with each validity, lets the modem pick them up, and
+/// syncs so their checks start. Returns the followed gateway ids.
+async fn send_and_follow(rig: &Rig, per_validity: usize) -> Vec<u64> {
+    for v in ["5m", "10m", "30m", "1h"] {
+        rig.sim
+            .mutate(&json!({"account": "acct-0", "send": per_validity, "validity": v}))
+            .unwrap();
+    }
+    rig.sim.advance_clock(10.0);
+    rig.run(Mode::Incremental).await;
+    let followed: Vec<String> = sqlx::query_scalar(
+        "SELECT message_id FROM threadsync.sms_deliveries WHERE account_id = 'acct-0' ORDER BY 1",
+    )
+    .fetch_all(&rig.db.pool)
+    .await
+    .unwrap();
+    followed
+        .iter()
+        .map(|m| m.trim_start_matches("out:").parse().unwrap())
+        .collect()
+}
+
+async fn wait_settled(db: &TestDb, limit: Duration) {
+    db.wait_count(
+        "SELECT count(*) FROM threadsync.sms_deliveries WHERE outcome = 'pending'",
+        0,
+        limit,
+    )
+    .await;
+}
+
+/// Every followed message ended as the simulator says: its final status, or expired
+/// with the last status the gateway showed. Returns (final, expired).
+async fn assert_matches_truth(rig: &Rig, followed: &[u64]) -> (usize, usize) {
+    let truth: HashMap<u64, String> = truth_messages(&rig.sim)
+        .iter()
+        .filter(|m| m["folder"] != "inbox")
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                normalize_status(m["status"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    let (mut finals, mut expired) = (0, 0);
+    for id in followed {
+        let (status, outcome): (Option<String>, String) = sqlx::query_as(
+            "SELECT m.status, d.outcome FROM threadsync.sms_deliveries d
+               JOIN threadsync.messages m USING (account_id, message_id)
+              WHERE d.account_id = 'acct-0' AND d.message_id = $1",
+        )
+        .bind(format!("out:{id}"))
+        .fetch_one(&rig.db.pool)
+        .await
+        .unwrap();
+        let want = &truth[id];
+        assert_eq!(status.as_deref(), Some(want.as_str()), "message {id}");
+        if is_final(want) {
+            assert_eq!(outcome, "final", "message {id}");
+            finals += 1;
+        } else {
+            assert_eq!(outcome, "expired", "message {id} ({want})");
+            expired += 1;
+        }
+    }
+    (finals, expired)
+}
+
+fn lookups(sim: &SimHandle) -> BTreeMap<String, u64> {
+    sim.stats()
+        .accounts
+        .get("acct-0")
+        .map(|a| a.lookups_by_id.clone())
+        .unwrap_or_default()
+}
+
+const FAST_CHECKS: &str = "status_check_first_secs = 0.1\nstatus_check_interval_secs = 0.3\n";
+
+#[tokio::test]
+async fn pending_statuses_settle_or_expire_and_checks_stop() {
+    let cfg = SimConfig {
+        no_report_rate: 0.35,
+        ..sim_cfg(5, 2)
+    };
+    let rig = Rig::new(cfg, FAST_CHECKS).await;
+    rig.run(Mode::Incremental).await;
+    let followed = send_and_follow(&rig, 6).await;
+    assert!(followed.len() >= 20, "{followed:?}");
+    // A while of checks on the gateway's present: reports due later have not come yet.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let pending = rig
+        .db
+        .count("SELECT count(*) FROM threadsync.sms_deliveries WHERE outcome = 'pending'")
+        .await;
+    assert!(
+        pending > 0,
+        "1h validities cannot all be final within seconds"
+    );
+    // Two simulated hours later every report that will ever come has come.
+    rig.sim.advance_clock(7200.0);
+    wait_settled(&rig.db, Duration::from_secs(15)).await;
+    let (finals, expired) = assert_matches_truth(&rig, &followed).await;
+    assert!(
+        finals > 0 && expired > 0,
+        "final {finals}, expired {expired}"
+    );
+
+    // The run that found them counts their checks, though it finished long ago.
+    let run_id = sync::latest_run(&rig.db.pool, "acct-0")
+        .await
+        .unwrap()
+        .unwrap();
+    let s = sync::run_status(&rig.db.pool, run_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((s.settled + s.expired) as usize, followed.len(), "{s:?}");
+    assert!(
+        s.checks_made as usize >= followed.len() && s.statuses_changed > 0,
+        "{s:?}"
+    );
+
+    // No check runs for a message after it settled.
+    let seen = lookups(&rig.sim);
+    for id in &followed {
+        assert!(
+            seen.get(&id.to_string()).copied().unwrap_or(0) >= 1,
+            "message {id} never checked"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(lookups(&rig.sim), seen, "lookups after settling");
+    let active = rig
+        .db
+        .count("SELECT count(*) FROM threadsync.jobs WHERE kind = 'smseagle.status_check' AND status IN ('pending', 'running')")
+        .await;
+    assert_eq!(active, 0);
+    rig.close().await;
+}
+
+#[tokio::test]
+async fn gateway_outage_delays_checks_without_dropping_them() {
+    let cfg = SimConfig {
+        no_report_rate: 0.3,
+        ..sim_cfg(5, 2)
+    };
+    let rig = Rig::new(cfg, FAST_CHECKS).await;
+    rig.run(Mode::Incremental).await;
+    let followed = send_and_follow(&rig, 4).await;
+    assert!(!followed.is_empty());
+    let route_total = |sim: &SimHandle| sim.stats().accounts.get("acct-0").map_or(0, |a| a.total);
+
+    // The gateway fails every request: half 5xx, half dropped connections.
+    rig.sim.set_faults(Faults {
+        error_5xx: 0.5,
+        timeout: 0.5,
+        timeout_ms: 200,
+        ..Faults::default()
+    });
+    rig.sim.advance_clock(7200.0);
+    let t0 = route_total(&rig.sim);
+    let outage = Duration::from_secs(3);
+    tokio::time::sleep(outage).await;
+    let during = route_total(&rig.sim) - t0;
+    // Backoff (100 ms doubling, capped at the 0.3 s interval) allows about ten tries per
+    // check in 3 s; a hot loop would make hundreds.
+    assert!(during > 0, "checks kept trying");
+    assert!(
+        during <= followed.len() as u64 * 14,
+        "{during} requests for {} checks in {outage:?}",
+        followed.len()
+    );
+    let failed = rig
+        .db
+        .count("SELECT count(*) FROM threadsync.jobs WHERE status = 'failed'")
+        .await;
+    assert_eq!(failed, 0, "an outage never drops a check");
+    let noted = rig
+        .db
+        .count("SELECT count(*) FROM threadsync.sms_deliveries WHERE last_error IS NOT NULL")
+        .await;
+    assert!(noted > 0, "the gateway failure is recorded");
+
+    rig.sim.set_faults(Faults::default());
+    wait_settled(&rig.db, Duration::from_secs(15)).await;
+    assert_matches_truth(&rig, &followed).await;
+    rig.close().await;
+}
+
+#[tokio::test]
+async fn sigkill_during_a_folder_batch_keeps_cursor_and_rows_consistent() {
+    let db = TestDb::new().await;
+    let sim = sim::start(SimConfig {
+        latency_ms: 15,
+        id_gap_rate: 0.1,
+        ..sim_cfg(40, 50)
+    })
+    .await
+    .unwrap();
+    let text = sms_config(&sim.base_url(), "batch_size = 25\n");
+    let cfg = Config::parse(&text, "test.toml").unwrap();
+    sync::register_accounts(&db.pool, &cfg).await.unwrap();
+    let path = common::write_config(&text);
+    let token = sim.token("acct-0");
+    let env = [(TOKEN_ENV, token.as_str())];
+    let mut w1 = WorkerProc::start_with_env(&db.url, &path, "sms-kill-1", 8, &env);
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let (run_id, _) = sync::start_run(&mut tx, "acct-0", Mode::Incremental)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Kill once some batches committed, in the middle of the next one.
+    let t = Instant::now();
+    while db.count("SELECT count(*) FROM threadsync.messages").await < 300 {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no progress: {}",
+            w1.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w1.signal(Signal::SIGKILL);
+    assert!(w1.wait_exit(Duration::from_secs(5)));
+    let at_kill = db.count("SELECT count(*) FROM threadsync.messages").await;
+    let _w2 = WorkerProc::start_with_env(&db.url, &path, "sms-kill-2", 8, &env);
+    wait_run(&db, run_id, Duration::from_secs(40)).await;
+
+    let truth = truth_messages(&sim);
+    let want: BTreeSet<String> = truth.iter().map(our_id).collect();
+    assert!((at_kill as usize) < want.len(), "killed before the end");
+    assert_eq!(db_ids(&db).await, want, "no gap, no extra row");
+    let c = cursors(&db).await;
+    assert_eq!(c.get("inbox").copied(), max_id(&truth, "inbox"));
+    assert_eq!(c.get("sentitems").copied(), max_id(&truth, "sentitems"));
+    let status = sync::run_status(&db.pool, run_id).await.unwrap().unwrap();
+    // Each message counted once as new, whatever the kill interrupted.
+    assert_eq!(status.sms_new as usize, want.len(), "{status:?}");
+    sim.shutdown().await;
+    db.close().await;
+}
