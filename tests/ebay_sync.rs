@@ -468,3 +468,42 @@ async fn new_messages_during_a_full_resync_are_not_missed() {
     assert_eq!(rig.compare().await.duplicated, 0);
     rig.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_start_closes_a_run_left_open() {
+    let rig = Rig::new(
+        SimConfig {
+            threads: 50,
+            messages: 3,
+            seed: 31,
+            ..SimConfig::default()
+        },
+        0.0,
+        10,
+        1,
+    )
+    .await;
+    rig.run(Mode::Full).await;
+    // A run whose last job's worker died between its commit and its end hook: still open,
+    // with no jobs left to close it.
+    let stuck: i64 = sqlx::query_scalar(
+        "INSERT INTO threadsync.sync_runs (account_id, mode) VALUES ('acct-0', 'incremental') RETURNING id",
+    )
+    .fetch_one(&rig.db.pool)
+    .await
+    .unwrap();
+    // The next scheduled tick finds it and moves it on.
+    threadsync::queue::enqueue(
+        &rig.db.pool,
+        &threadsync::queue::NewJob::new(
+            "sync.start",
+            json!({"account": "acct-0", "mode": "incremental"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let s = rig.wait_run(stuck, Duration::from_secs(30)).await;
+    assert_eq!(s.state, "done", "{s:?}");
+    assert!(rig.compare().await.is_exact());
+    rig.close().await;
+}

@@ -189,21 +189,23 @@ fn catch_up_jobs(account: &Account, run_id: i64, started_at: DateTime<Utc>) -> V
 }
 
 /// After any job of a run ends (done or failed for good), the last one moves the run on.
-pub(super) async fn advance_run(accounts: &Accounts, job: &JobCtx) {
-    let Some(run_id) = job.run_id else { return };
-    let Some(account) = job.payload["account"]
-        .as_str()
-        .and_then(|a| accounts.map.get(a))
-    else {
+pub(super) async fn advance_run(
+    accounts: &Accounts,
+    pool: &PgPool,
+    account: &str,
+    run_id: Option<i64>,
+) {
+    let Some(run_id) = run_id else { return };
+    let Some(account) = accounts.map.get(account) else {
         return;
     };
     let account = &account.cfg;
-    if let Err(e) = sync::advance_if_idle(&job.pool, run_id, |started| {
+    if let Err(e) = sync::advance_if_idle(pool, run_id, |started| {
         catch_up_jobs(account, run_id, started)
     })
     .await
     {
-        tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or status check will");
+        tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or scheduled start will");
     }
 }
 
@@ -379,7 +381,8 @@ impl Handler for ListPage {
     }
 
     async fn after(&self, job: &JobCtx) {
-        advance_run(&self.accounts, job).await
+        let account = job.payload["account"].as_str().unwrap_or_default();
+        advance_run(&self.accounts, &job.pool, account, job.run_id).await
     }
 }
 
@@ -570,6 +573,7 @@ impl Handler for FetchConversation {
     }
 
     async fn after(&self, job: &JobCtx) {
-        advance_run(&self.accounts, job).await
+        let account = job.payload["account"].as_str().unwrap_or_default();
+        advance_run(&self.accounts, &job.pool, account, job.run_id).await
     }
 }

@@ -189,14 +189,14 @@ fn check_job(a: &AccountCtx, id: u64, origin_run: Option<i64>, at: DateTime<Utc>
 }
 
 /// A run has no catch-up pass for SMS: when its last folder batch ends, it is done.
-pub(super) async fn advance_run(job: &JobCtx) {
-    let Some(run_id) = job.run_id else { return };
+pub(super) async fn advance_run(pool: &sqlx::PgPool, run_id: Option<i64>) {
+    let Some(run_id) = run_id else { return };
     for _ in 0..2 {
-        match sync::advance_if_idle(&job.pool, run_id, |_| Vec::new()).await {
+        match sync::advance_if_idle(pool, run_id, |_| Vec::new()).await {
             Ok(Phase::CatchUp) => continue,
             Ok(_) => return,
             Err(e) => {
-                tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end will");
+                tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or scheduled start will");
                 return;
             }
         }
@@ -387,7 +387,7 @@ impl Handler for FolderSync {
     }
 
     async fn after(&self, job: &JobCtx) {
-        advance_run(job).await
+        advance_run(&job.pool, job.run_id).await
     }
 }
 

@@ -29,6 +29,16 @@ struct Start {
     sms: Arc<smseagle::Accounts>,
 }
 
+impl Start {
+    async fn advance(&self, pool: &sqlx::PgPool, account: &str, run_id: Option<i64>) {
+        if self.sms.has(account) {
+            smseagle::advance_run(pool, run_id).await
+        } else {
+            ebay::advance_run(&self.ebay, pool, account, run_id).await
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Handler for Start {
     async fn run(&self, job: &JobCtx) -> JobResult {
@@ -42,8 +52,14 @@ impl Handler for Start {
         let Some(run_id) = p.run_id else {
             // A schedule asked: open a run (or find the active one) and let its own start job plan it.
             let mut tx = job.begin(Finish::Done).await?;
-            sync::start_run(&mut tx, &p.account, p.mode).await?;
-            return job.commit(tx).await;
+            let (active, created) = sync::start_run(&mut tx, &p.account, p.mode).await?;
+            job.commit(tx).await?;
+            if !created {
+                // A run still open at the next tick may only be waiting for the job end that
+                // would close it (its worker died between commit and hook): move it on.
+                self.advance(&job.pool, &p.account, Some(active)).await;
+            }
+            return Ok(());
         };
         let jobs = if self.ebay.has(&p.account) {
             ebay::plan(&self.ebay, &job.pool, &p.account, run_id, p.mode).await?
@@ -56,13 +72,7 @@ impl Handler for Start {
     }
 
     async fn after(&self, job: &JobCtx) {
-        if self
-            .sms
-            .has(job.payload["account"].as_str().unwrap_or_default())
-        {
-            smseagle::advance_run(job).await
-        } else {
-            ebay::advance_run(&self.ebay, job).await
-        }
+        let account = job.payload["account"].as_str().unwrap_or_default();
+        self.advance(&job.pool, account, job.run_id).await
     }
 }
