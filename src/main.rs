@@ -260,7 +260,7 @@ async fn run_worker(
         "--concurrency and --runtimes must be at least 1"
     );
     // Handlers hold a connection only while they read or commit, not during HTTP calls.
-    let pool = db::connect(&url, (runtimes * concurrency.min(16) + 2) as u32).await?;
+    let pool = db::connect(&url, (runtimes * concurrency.min(8) + 1) as u32).await?;
     db::migrate(&pool).await?;
     threadsync::sync::register_accounts(&pool, &cfg).await?;
     let name = name.unwrap_or_else(threadsync::default_worker_name);

@@ -21,7 +21,7 @@ async fn eight_workers_execute_twenty_thousand_jobs_exactly_once() {
     }
     let cfg = write_config("[queue]\npoll_ms = 200\n");
     let workers: Vec<WorkerProc> = (0..8)
-        .map(|i| WorkerProc::start(&db.url, &cfg, &format!("x{i}"), 8))
+        .map(|i| WorkerProc::start(&db.url, &cfg, &format!("x{i}"), 4))
         .collect();
     db.wait_count(
         "SELECT count(*) FROM threadsync.jobs WHERE status = 'done'",
