@@ -41,6 +41,10 @@ pub struct QueueConfig {
     pub retention_hours: u64,
     /// Rows deleted per prune statement.
     pub prune_batch: i64,
+    /// false: handlers' transactions commit without waiting for the WAL flush. A database
+    /// crash can then lose the last moments of finished jobs, each with everything it
+    /// wrote (they commit together), so those jobs simply run again.
+    pub synchronous_commit: bool,
 }
 
 impl Default for QueueConfig {
@@ -52,6 +56,7 @@ impl Default for QueueConfig {
             shutdown_grace_secs: 20,
             retention_hours: 24 * 7,
             prune_batch: 1000,
+            synchronous_commit: true,
         }
     }
 }

@@ -38,6 +38,7 @@ pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<PgPool> 
         .log_slow_statements(tracing::log::LevelFilter::Debug, Duration::from_secs(5));
     PgPoolOptions::new()
         .max_connections(max_connections)
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await

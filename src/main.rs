@@ -259,8 +259,9 @@ async fn run_worker(
         concurrency >= 1 && runtimes >= 1,
         "--concurrency and --runtimes must be at least 1"
     );
-    // Handlers hold a connection only while they read or commit, not during HTTP calls.
-    let pool = db::connect(&url, (runtimes * concurrency.min(8) + 1) as u32).await?;
+    // Handlers hold a connection only while they read (this pool) or commit (each runtime's
+    // own transaction pool), never during HTTP calls.
+    let pool = db::connect(&url, (runtimes * concurrency.min(8) / 2 + 2) as u32).await?;
     db::migrate(&pool).await?;
     threadsync::sync::register_accounts(&pool, &cfg).await?;
     let name = name.unwrap_or_else(threadsync::default_worker_name);

@@ -18,7 +18,8 @@ async fn workers_survive_a_database_restart() {
     };
     let db = TestDb::on(&pg.admin_url()).await;
     let jobs: Vec<NewJob> = (0..3000)
-        .map(|_| NewJob::new("diag.sleep", json!({"ms": 5})))
+        // 3,000 × 30 ms over 16 slots: about 6 s of work, so the restart lands mid-queue.
+        .map(|_| NewJob::new("diag.sleep", json!({"ms": 30})))
         .collect();
     enqueue_batch(&db.pool, &jobs).await.unwrap();
     let cfg = write_config("[queue]\nlease_secs = 5\npoll_ms = 200\n");
@@ -31,6 +32,17 @@ async fn workers_survive_a_database_restart() {
         Duration::from_secs(60),
     )
     .await;
+
+    let left = count(
+        &db.pool,
+        "SELECT count(*) FROM threadsync.jobs WHERE status <> 'done'",
+    )
+    .await
+    .unwrap_or(0);
+    assert!(
+        left > 1000,
+        "the restart must land mid-queue ({left} jobs left)"
+    );
 
     let pg = tokio::task::spawn_blocking(move || {
         pg.restart().expect("restart PostgreSQL");

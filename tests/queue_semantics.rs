@@ -330,23 +330,15 @@ async fn a_handler_whose_lease_was_lost_commits_nothing() {
         id,
         token: job.lease_token,
     };
-    let mut tx = db.pool.begin().await.unwrap();
     assert!(
-        !fence::apply(&mut tx, old, &threadsync::queue::Finish::Done)
-            .await
-            .unwrap(),
+        !fenced(&db, old, &threadsync::queue::Finish::Done).await,
         "stale token is rejected"
     );
-    drop(tx);
     let new = threadsync::queue::Fence {
         id,
         token: newer.lease_token,
     };
-    let mut tx = db.pool.begin().await.unwrap();
-    assert!(fence::apply(&mut tx, new, &threadsync::queue::Finish::Done)
-        .await
-        .unwrap());
-    tx.commit().await.unwrap();
+    assert!(fenced(&db, new, &threadsync::queue::Finish::Done).await);
     assert_eq!(db.status_of(id).await, "done");
     db.close().await;
 }
@@ -500,13 +492,17 @@ async fn checkpoints_persist_and_reschedule_resets_attempts() {
         id,
         token: job.lease_token,
     };
-    let mut tx = db.pool.begin().await.unwrap();
-    assert!(
-        fence::apply(&mut tx, f, &Finish::Checkpoint(json!({"offset": 50})))
+    // The checkpoint travels as a dollar-quoted literal: quotes and the quoting tag itself
+    // must come back unchanged.
+    let tricky = json!({"offset": 50, "note": "it's $j0$ \\ done"});
+    assert!(fenced(&db, f, &Finish::Checkpoint(tricky.clone())).await);
+    let stored: serde_json::Value =
+        sqlx::query_scalar("SELECT checkpoint FROM threadsync.jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
             .await
-            .unwrap()
-    );
-    tx.commit().await.unwrap();
+            .unwrap();
+    assert_eq!(stored, tricky);
     assert_eq!(
         db.status_of(id).await,
         "running",
@@ -514,18 +510,17 @@ async fn checkpoints_persist_and_reschedule_resets_attempts() {
     );
 
     let at = Utc::now() + chrono::Duration::seconds(300);
-    let mut tx = db.pool.begin().await.unwrap();
-    assert!(fence::apply(
-        &mut tx,
-        f,
-        &Finish::Reschedule {
-            at,
-            checkpoint: None
-        }
-    )
-    .await
-    .unwrap());
-    tx.commit().await.unwrap();
+    assert!(
+        fenced(
+            &db,
+            f,
+            &Finish::Reschedule {
+                at,
+                checkpoint: None
+            }
+        )
+        .await
+    );
     let (status, attempts, cp, due): (String, i32, serde_json::Value, f64) = sqlx::query_as(
         "SELECT status, attempts, checkpoint, extract(epoch FROM run_at - now())::float8 FROM threadsync.jobs WHERE id = $1",
     )
@@ -534,11 +529,28 @@ async fn checkpoints_persist_and_reschedule_resets_attempts() {
     .await
     .unwrap();
     assert_eq!((status.as_str(), attempts), ("pending", 0));
-    assert_eq!(
-        cp,
-        json!({"offset": 50}),
-        "the checkpoint survives the reschedule"
-    );
+    assert_eq!(cp, tricky, "the checkpoint survives the reschedule");
     assert!((290.0..=301.0).contains(&due), "{due}");
     db.close().await;
+}
+
+/// Opens a fenced transaction the way a worker does and commits it when the fence held
+/// (rolls back when not). Returns whether it held.
+async fn fenced(
+    db: &TestDb,
+    f: threadsync::queue::Fence,
+    finish: &threadsync::queue::Finish,
+) -> bool {
+    let mut conn = db.pool.acquire().await.unwrap();
+    let held = sqlx::raw_sql(sqlx::AssertSqlSafe(fence::begin_sql(f, finish)))
+        .execute(&mut *conn)
+        .await
+        .unwrap()
+        .rows_affected()
+        == 1;
+    sqlx::raw_sql(if held { "COMMIT" } else { "ROLLBACK" })
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    held
 }

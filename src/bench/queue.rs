@@ -2,6 +2,7 @@
 //! worker runtimes (in this process or in P worker processes), then measure pickup latency
 //! of single jobs on the idle queue.
 
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,10 @@ pub struct QueueBenchArgs {
     pub concurrency: usize,
     #[arg(long, value_enum, default_value_t = Mode::Noop)]
     pub mode: Mode,
+    /// Job transactions commit with `synchronous_commit = off` (jobs.toml
+    /// `queue.synchronous_commit = false`).
+    #[arg(long)]
+    pub async_commit: bool,
     /// Single jobs enqueued one by one on the idle queue to measure pickup latency.
     #[arg(long, default_value_t = 200)]
     pub latency_samples: usize,
@@ -56,6 +61,7 @@ pub struct QueueBenchReport {
     pub jobs: usize,
     pub workers: usize,
     pub processes: usize,
+    pub synchronous_commit: bool,
     pub enqueued_per_s: f64,
     pub processed_per_s: f64,
     pub pickup_p50_ms: f64,
@@ -121,6 +127,7 @@ async fn run_on(url: &str, args: &QueueBenchArgs) -> anyhow::Result<QueueBenchRe
         jobs: args.jobs,
         workers: args.workers,
         processes: args.processes,
+        synchronous_commit: !args.async_commit,
         enqueued_per_s,
         processed_per_s,
         pickup_p50_ms: p50,
@@ -193,14 +200,19 @@ enum Workers {
         stop: CancellationToken,
         tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     },
-    Processes(Vec<Child>),
+    Processes {
+        children: Vec<Child>,
+        _config: tempfile::TempPath,
+    },
 }
 
 impl Workers {
     async fn start(url: &str, args: &QueueBenchArgs) -> anyhow::Result<Workers> {
         if args.processes == 0 {
             let pool = db::connect(url, (args.workers * 16).min(96) as u32).await?;
-            let cfg = Arc::new(Config::default());
+            let mut cfg = Config::default();
+            cfg.queue.synchronous_commit = !args.async_commit;
+            let cfg = Arc::new(cfg);
             let stop = CancellationToken::new();
             let tasks = (0..args.workers)
                 .map(|i| {
@@ -217,11 +229,21 @@ impl Workers {
             return Ok(Workers::InProcess { stop, tasks });
         }
         let exe = std::env::current_exe().context("locating the threadsync binary")?;
+        // An explicit file, so a jobs.toml in the working directory cannot change the run.
+        let mut config = tempfile::NamedTempFile::new().context("writing the workers' config")?;
+        writeln!(
+            config,
+            "[queue]\nsynchronous_commit = {}",
+            !args.async_commit
+        )?;
+        let config = config.into_temp_path();
         let per_process = args.workers.div_ceil(args.processes);
         let mut children = Vec::new();
         for i in 0..args.processes {
             let child = Command::new(&exe)
                 .args(["worker", "--concurrency", &args.concurrency.to_string()])
+                .arg("--config")
+                .arg(&config)
                 .args([
                     "--runtimes",
                     &per_process.to_string(),
@@ -235,7 +257,10 @@ impl Workers {
                 .context("starting a worker process")?;
             children.push(child);
         }
-        Ok(Workers::Processes(children))
+        Ok(Workers::Processes {
+            children,
+            _config: config,
+        })
     }
 
     async fn stop(self) {
@@ -246,7 +271,7 @@ impl Workers {
                     let _ = t.await;
                 }
             }
-            Workers::Processes(children) => {
+            Workers::Processes { children, .. } => {
                 for mut c in children {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(c.id() as i32),
@@ -264,7 +289,15 @@ pub fn print(r: &QueueBenchReport, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(r)?);
         return Ok(());
     }
-    println!("mode:            {:?}", r.mode);
+    println!(
+        "mode:            {:?}{}",
+        r.mode,
+        if r.synchronous_commit {
+            ""
+        } else {
+            " (synchronous_commit = off)"
+        }
+    );
     println!(
         "jobs:            {} ({} workers, {} processes)",
         r.jobs, r.workers, r.processes

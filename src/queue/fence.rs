@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::PgExecutor;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -29,38 +29,39 @@ pub enum Finish {
     },
 }
 
-/// Applies `finish` under the fence as the first statement of the caller's transaction, so
-/// the job row stays locked until the handler's own writes commit with it. Returns false
-/// when the lease is no longer ours.
-pub async fn apply(conn: &mut PgConnection, fence: Fence, finish: &Finish) -> sqlx::Result<bool> {
-    let q = match finish {
-        Finish::Done => sqlx::query(
-            "UPDATE threadsync.jobs SET status = 'done', finished_at = now(), lease_expires_at = NULL
-              WHERE id = $1 AND lease_token = $2 AND status = 'running'",
-        ),
-        Finish::Checkpoint(cp) => sqlx::query(
-            "UPDATE threadsync.jobs SET checkpoint = $1
-              WHERE id = $2 AND lease_token = $3 AND status = 'running'",
-        )
-        .bind(cp),
-        Finish::Reschedule { at, checkpoint } => sqlx::query(
-            "UPDATE threadsync.jobs
-                SET status = 'pending', run_at = $1, checkpoint = coalesce($2, checkpoint),
-                    attempts = 0, last_error = NULL, lease_token = NULL, lease_owner = NULL,
-                    lease_expires_at = NULL
-              WHERE id = $3 AND lease_token = $4 AND status = 'running'",
-        )
-        .bind(at)
-        .bind(checkpoint),
+/// `BEGIN` and `finish` under the fence, as one simple-protocol round trip: the fence is the
+/// first statement of the caller's transaction, so the job row stays locked until the
+/// handler's own writes commit with it. The statement returns one row while the lease is
+/// ours and none once it is lost. Values are inlined as literals (a simple query has no
+/// parameters): integers, a UUID, an RFC 3339 time and dollar-quoted JSON, none of which
+/// can end its literal early.
+pub fn begin_sql(fence: Fence, finish: &Finish) -> String {
+    let (kind, at, checkpoint) = match finish {
+        Finish::Done => ("done", None, None),
+        Finish::Checkpoint(cp) => ("checkpoint", None, Some(cp)),
+        Finish::Reschedule { at, checkpoint } => ("reschedule", Some(at), checkpoint.as_ref()),
     };
-    // The finish's own values bind first; the fence is always the last two parameters.
-    let n = q
-        .bind(fence.id)
-        .bind(fence.token)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    Ok(n == 1)
+    let at = at.map_or("NULL".to_string(), |t| {
+        format!(
+            "'{}'",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )
+    });
+    let checkpoint = checkpoint.map_or("NULL".to_string(), json_literal);
+    format!(
+        "BEGIN; SELECT 1 WHERE threadsync.fence({}, '{}', '{kind}', {at}, {checkpoint})",
+        fence.id, fence.token
+    )
+}
+
+/// A jsonb literal in dollar quotes whose tag does not occur in the text.
+fn json_literal(v: &Value) -> String {
+    let text = v.to_string();
+    let tag = (0..)
+        .map(|n| format!("$j{n}$"))
+        .find(|t| !text.contains(t.as_str()))
+        .unwrap_or_default();
+    format!("{tag}{text}{tag}::jsonb")
 }
 
 /// Completes jobs that wrote nothing, many per statement.

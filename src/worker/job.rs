@@ -7,8 +7,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 
+use super::tx_pool::{self, TxConn, TxPool};
 use crate::queue::{fence, ClaimedJob, Fence, Finish};
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +69,9 @@ pub struct JobCtx {
     pub checkpoint: Option<Value>,
     pub run_id: Option<i64>,
     pub worker: Arc<str>,
+    /// For reads outside the fenced transaction.
     pub pool: PgPool,
+    tx_pool: TxPool,
     pub(crate) fence: Fence,
     /// Set once a Done or Reschedule transaction committed.
     pub(crate) finished: AtomicBool,
@@ -78,7 +81,7 @@ pub struct JobCtx {
 }
 
 impl JobCtx {
-    pub(crate) fn new(job: ClaimedJob, worker: Arc<str>, pool: PgPool) -> Self {
+    pub(crate) fn new(job: ClaimedJob, worker: Arc<str>, pool: PgPool, tx_pool: TxPool) -> Self {
         JobCtx {
             id: job.id,
             kind: job.kind,
@@ -88,6 +91,7 @@ impl JobCtx {
             run_id: job.run_id,
             worker,
             pool,
+            tx_pool,
             fence: Fence {
                 id: job.id,
                 token: job.lease_token,
@@ -107,19 +111,33 @@ impl JobCtx {
     /// and checks the lease), so the handler's writes, follow-up jobs, checkpoint and
     /// completion all commit together through [`JobCtx::commit`], or not at all.
     pub async fn begin(&self, finish: Finish) -> Result<Fenced, JobError> {
-        let mut tx = self.pool.begin().await?;
-        if !fence::apply(&mut tx, self.fence, &finish).await? {
+        let mut conn = tx_pool::get(&self.tx_pool).await?;
+        let sql = fence::begin_sql(self.fence, &finish);
+        let ours = match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(r) => r.rows_affected() == 1,
+            Err(e) => {
+                drop(TxConn::take(conn));
+                return Err(e.into());
+            }
+        };
+        let fenced = Fenced {
+            conn: Some(conn),
+            finishes: !matches!(finish, Finish::Checkpoint(_)),
+        };
+        if !ours {
+            fenced.end("ROLLBACK").await?;
             return Err(JobError::LeaseLost);
         }
-        Ok(Fenced {
-            tx,
-            finishes: !matches!(finish, Finish::Checkpoint(_)),
-        })
+        Ok(fenced)
     }
 
     pub async fn commit(&self, fenced: Fenced) -> JobResult {
-        fenced.tx.commit().await?;
-        if fenced.finishes {
+        let finishes = fenced.finishes;
+        fenced.end("COMMIT").await?;
+        if finishes {
             self.finished.store(true, Ordering::Release);
         }
         Ok(())
@@ -134,21 +152,51 @@ impl JobCtx {
     }
 }
 
-/// A transaction whose first statement passed the fence.
+/// A transaction whose first statement passed the fence. Its connection returns to the
+/// pool only through a `COMMIT` or `ROLLBACK` that succeeded; dropped any other way (an
+/// error, an aborted handler) it is closed, and the server rolls the transaction back.
+/// Handlers run statements on it; they must not open transactions or savepoints of their own.
 pub struct Fenced {
-    pub tx: Transaction<'static, Postgres>,
+    conn: Option<TxConn>,
     finishes: bool,
+}
+
+impl Fenced {
+    async fn end(mut self, sql: &'static str) -> sqlx::Result<()> {
+        let Some(mut conn) = self.conn.take() else {
+            return Ok(());
+        };
+        match sqlx::raw_sql(sql).execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                drop(TxConn::take(conn));
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Fenced {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            drop(TxConn::take(conn));
+        }
+    }
 }
 
 impl std::ops::Deref for Fenced {
     type Target = sqlx::PgConnection;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        self.conn
+            .as_ref()
+            .expect("a Fenced holds its connection until it ends")
     }
 }
 
 impl std::ops::DerefMut for Fenced {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        self.conn
+            .as_mut()
+            .expect("a Fenced holds its connection until it ends")
     }
 }

@@ -2,6 +2,7 @@
 //! heartbeats, the reaper/cron/prune loop, graceful shutdown and dispatch to handlers.
 
 pub mod job;
+mod tx_pool;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -32,8 +33,10 @@ pub struct Worker {
 }
 
 struct Shared {
-    /// Handlers' connections.
+    /// Handlers' connections for reads.
     pool: PgPool,
+    /// Handlers' connections for fenced transactions.
+    tx_pool: tx_pool::TxPool,
     /// The runtime's own connections (claims, heartbeats, outcomes, reaper), apart from the
     /// handlers' so busy handlers can never starve a heartbeat into a lost lease.
     control: PgPool,
@@ -47,6 +50,7 @@ struct Shared {
     inflight: Mutex<HashMap<i64, InFlight>>,
     running_by_kind: Mutex<HashMap<String, usize>>,
     acks: mpsc::UnboundedSender<Fence>,
+    outage: Outage,
 }
 
 struct InFlight {
@@ -67,6 +71,12 @@ impl Worker {
         let concurrency = concurrency.max(1);
         Worker {
             shared: Arc::new(Shared {
+                // Handlers hold one only to commit, never across HTTP calls.
+                tx_pool: tx_pool::new(
+                    (*pool.connect_options()).clone(),
+                    concurrency.min(8) + 1,
+                    cfg.queue.synchronous_commit,
+                ),
                 control: PgPoolOptions::new()
                     .max_connections(3)
                     .acquire_timeout(Duration::from_secs(10))
@@ -81,6 +91,7 @@ impl Worker {
                 inflight: Mutex::new(HashMap::new()),
                 running_by_kind: Mutex::new(HashMap::new()),
                 acks: tx,
+                outage: Outage::default(),
             }),
             acks: rx,
         }
@@ -120,7 +131,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
     let poll = Duration::from_millis(s.cfg.queue.poll_ms);
-    let mut outage = Outage::default();
+    let mut backoff = Backoff::new();
     let mut last_full = false;
     while !shutdown.is_cancelled() {
         let free = s.slots.available_permits();
@@ -139,7 +150,8 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
         let skip = kinds_at_limit(s);
         match queue::claim(&s.control, &s.name, want, s.cfg.queue.lease(), &skip).await {
             Ok(jobs) => {
-                outage.recovered("claim");
+                s.outage.recovered("claim");
+                backoff.reset();
                 let n = jobs.len();
                 start_jobs(s, jobs).await;
                 last_full = n == want;
@@ -153,7 +165,8 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
                 }
             }
             Err(e) => {
-                let wait = outage.failed("claim", &e);
+                s.outage.failed("claim", &e);
+                let wait = backoff.next();
                 tokio::select! {
                     _ = sleep(wait) => {}
                     _ = shutdown.cancelled() => break,
@@ -237,7 +250,12 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
         id: job.id,
         token: job.lease_token,
     };
-    let ctx = Arc::new(JobCtx::new(job, s.name.clone(), s.pool.clone()));
+    let ctx = Arc::new(JobCtx::new(
+        job,
+        s.name.clone(),
+        s.pool.clone(),
+        s.tx_pool.clone(),
+    ));
     let guard = SlotGuard {
         shared: s.clone(),
         id: ctx.id,
@@ -339,8 +357,12 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
             JobError::LeaseLost => return,
         };
         match res {
-            Ok(()) => return,
+            Ok(()) => {
+                s.outage.recovered("record");
+                return;
+            }
             Err(e) if Instant::now() + wait < deadline => {
+                s.outage.failed("record", &e);
                 debug!(job = ctx.id, error = %e, "recording outcome failed; retrying");
                 sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(2));
@@ -389,7 +411,7 @@ async fn ack(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Fence>, stop: Cance
 }
 
 async fn listen(s: Arc<Shared>, stop: CancellationToken) {
-    let mut outage = Outage::default();
+    let mut backoff = Backoff::new();
     let mut listener: Option<PgListener> = None;
     while !stop.is_cancelled() {
         let l = match listener.as_mut() {
@@ -403,13 +425,15 @@ async fn listen(s: Arc<Shared>, stop: CancellationToken) {
                 .await;
                 match connected {
                     Ok(l) => {
-                        outage.recovered("listen");
+                        s.outage.recovered("listen");
+                        backoff.reset();
                         // Notifications sent while we were away are lost: look now.
                         s.wake.notify_one();
                         listener.insert(l)
                     }
                     Err(e) => {
-                        let wait = outage.failed("listen", &e);
+                        s.outage.failed("listen", &e);
+                        let wait = backoff.next();
                         tokio::select! { _ = sleep(wait) => {}, _ = stop.cancelled() => return }
                         continue;
                     }
@@ -440,7 +464,8 @@ async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
                 let alive: HashSet<i64> = alive.into_iter().collect();
                 let lost: Vec<AbortHandle> = lock(&s.inflight)
                     .values()
-                    .filter(|f| held.contains(&f.fence) && !alive.contains(&f.fence.id) && !f.ctx.has_returned())
+                    // A job that committed its end is not lost: its task just has not returned yet.
+                    .filter(|f| held.contains(&f.fence) && !alive.contains(&f.fence.id) && !f.ctx.is_finished() && !f.ctx.has_returned())
                     .map(|f| {
                         warn!(job = f.fence.id, kind = %f.ctx.kind, "lease lost (reaped or cancelled): stopping the handler");
                         f.abort.clone()
@@ -524,28 +549,42 @@ async fn drain(s: &Arc<Shared>) {
     }
 }
 
-/// Logs a database outage once when it starts and once when it ends, and paces retries
-/// with capped exponential backoff.
+/// Logs a database outage once when it starts and once when it ends, whichever of the
+/// runtime's tasks (claims, the listener, outcome writes) meets it first.
 #[derive(Default)]
 struct Outage {
-    since: Option<Instant>,
-    wait: Duration,
+    since: Mutex<Option<Instant>>,
 }
 
 impl Outage {
-    fn failed(&mut self, what: &str, e: &sqlx::Error) -> Duration {
-        if self.since.is_none() {
+    fn failed(&self, what: &str, e: &sqlx::Error) {
+        let mut since = lock(&self.since);
+        if since.is_none() {
             warn!(task = what, error = %e, "database unavailable; reconnecting with backoff");
-            self.since = Some(Instant::now());
-            self.wait = Duration::from_millis(100);
-        } else {
-            self.wait = (self.wait * 2).min(Duration::from_secs(5));
+            *since = Some(Instant::now());
         }
-        self.wait
     }
-    fn recovered(&mut self, what: &str) {
-        if let Some(t) = self.since.take() {
+    fn recovered(&self, what: &str) {
+        if let Some(t) = lock(&self.since).take() {
             info!(task = what, down_for = ?t.elapsed(), "database reachable again");
         }
+    }
+}
+
+/// Capped exponential backoff for a task retrying the database.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    fn new() -> Self {
+        Backoff(Self::FIRST)
+    }
+    fn next(&mut self) -> Duration {
+        let wait = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        wait
+    }
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
     }
 }
