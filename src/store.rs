@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row};
 
 #[derive(Debug, Clone)]
 pub struct ThreadRow {
@@ -110,19 +110,10 @@ pub async fn fetched_ids(
     Ok(rows.into_iter().collect())
 }
 
-/// Upserts messages by provider id; rows that did not change are not rewritten. Returns how
-/// many rows were inserted or changed.
-pub async fn upsert_messages(
-    conn: &mut PgConnection,
-    account: &str,
-    thread_id: &str,
-    rows: &[MessageRow],
-) -> sqlx::Result<u64> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let col = |f: fn(&MessageRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    let r = sqlx::query(
+/// Upserts messages by provider id; rows that did not change are not rewritten. Parameters:
+/// $1 account, $2 thread, $3..$11 the columns as arrays (see [`bind_messages`]).
+macro_rules! upsert_messages_sql {
+    () => {
         "INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient, subject, body,
                 is_read, sent_at, media, status)
          SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[],
@@ -134,60 +125,114 @@ pub async fn upsert_messages(
           WHERE (m.thread_id, m.sender, m.recipient, m.subject, m.body, m.is_read, m.sent_at, m.media, m.status)
                 IS DISTINCT FROM
                 (excluded.thread_id, excluded.sender, excluded.recipient, excluded.subject, excluded.body,
-                 excluded.is_read, excluded.sent_at, excluded.media, excluded.status)",
-    )
-    .bind(account)
-    .bind(thread_id)
-    .bind(rows.iter().map(|r| r.message_id.clone()).collect::<Vec<_>>())
-    .bind(col(|r| r.sender.clone()))
-    .bind(col(|r| r.recipient.clone()))
-    .bind(col(|r| r.subject.clone()))
-    .bind(col(|r| r.body.clone()))
-    .bind(rows.iter().map(|r| r.is_read).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.media.clone()).collect::<Vec<_>>())
-    .bind(col(|r| r.status.clone()))
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected())
+                 excluded.is_read, excluded.sent_at, excluded.media, excluded.status)"
+    };
 }
 
-/// After a complete fetch: record the newest message we hold, move the thread's latest
-/// message forward if the fetch saw a newer one than the list did (a refresh after a send),
-/// and create the thread if it was never listed. One statement; the thread row is only
-/// written when it changes, so a list page holding it never blocks a fetch.
-pub async fn mark_fetched(
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds $1..$11 of [`upsert_messages_sql`].
+fn bind_messages<'q>(
+    q: PgQuery<'q>,
+    account: &str,
+    thread_id: &str,
+    rows: &[MessageRow],
+) -> PgQuery<'q> {
+    let col = |f: fn(&MessageRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
+    q.bind(account.to_string())
+        .bind(thread_id.to_string())
+        .bind(
+            rows.iter()
+                .map(|r| r.message_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|r| r.sender.clone()))
+        .bind(col(|r| r.recipient.clone()))
+        .bind(col(|r| r.subject.clone()))
+        .bind(col(|r| r.body.clone()))
+        .bind(rows.iter().map(|r| r.is_read).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.media.clone()).collect::<Vec<_>>())
+        .bind(col(|r| r.status.clone()))
+}
+
+/// Upserts messages; returns how many rows were inserted or changed.
+pub async fn upsert_messages(
+    conn: &mut PgConnection,
+    account: &str,
+    thread_id: &str,
+    rows: &[MessageRow],
+) -> sqlx::Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let q = bind_messages(
+        sqlx::query(upsert_messages_sql!()),
+        account,
+        thread_id,
+        rows,
+    );
+    Ok(q.execute(conn).await?.rows_affected())
+}
+
+/// Everything one fetched page of a conversation writes, in one statement (round trips are
+/// what a fetch job costs): its messages, the run's counters (one HTTP call, the rows
+/// written, the thread when `complete`) and, on the last page (`complete`):
+/// - the newest message we now hold, which list pages compare with to skip unchanged threads;
+/// - the thread's latest message moved forward if the fetch saw a newer one than the list
+///   did (a refresh after a send), and the thread created if it was never listed.
+///
+/// The thread row is only written when it changes, so a list page holding it never blocks a
+/// fetch. Every part reads the statement's snapshot, which does not include the messages
+/// being written, so "newest" looks at those in the input too. Returns the rows written.
+pub async fn save_conversation_page(
     conn: &mut PgConnection,
     account: &str,
     provider: &str,
     thread_id: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "WITH newest AS (
-            SELECT message_id, sent_at FROM threadsync.messages WHERE account_id = $1 AND thread_id = $3
+    rows: &[MessageRow],
+    complete: bool,
+    run_id: Option<i64>,
+) -> sqlx::Result<i64> {
+    let sql = concat!(
+        "WITH written AS (",
+        upsert_messages_sql!(),
+        " RETURNING 1),
+         newest AS (
+            SELECT message_id, sent_at FROM (
+                SELECT message_id, sent_at FROM threadsync.messages WHERE account_id = $1 AND thread_id = $2
+                UNION ALL
+                SELECT * FROM unnest($3::text[], $9::timestamptz[])) AS held(message_id, sent_at)
+             WHERE $13
              ORDER BY sent_at DESC, message_id DESC LIMIT 1),
          fetched AS (
             INSERT INTO threadsync.thread_fetches (account_id, thread_id, fetched_message_id)
-            SELECT $1, $3, message_id FROM newest
+            SELECT $1, $2, message_id FROM newest
             ON CONFLICT (account_id, thread_id) DO UPDATE SET fetched_message_id = excluded.fetched_message_id,
                                                               fetched_at = now()),
          moved AS (
             UPDATE threadsync.threads t
                SET latest_message_id = n.message_id, latest_message_at = n.sent_at, deleted_at = NULL, synced_at = now()
               FROM newest n
-             WHERE t.account_id = $1 AND t.thread_id = $3
-               AND (t.latest_message_at IS NULL OR t.latest_message_at < n.sent_at OR t.deleted_at IS NOT NULL))
-         INSERT INTO threadsync.threads (account_id, provider, thread_id, latest_message_id, latest_message_at)
-         SELECT $1, $2, $3, message_id, sent_at FROM newest
-          WHERE NOT EXISTS (SELECT 1 FROM threadsync.threads WHERE account_id = $1 AND thread_id = $3)
-         ON CONFLICT (account_id, thread_id) DO NOTHING",
-    )
-    .bind(account)
-    .bind(provider)
-    .bind(thread_id)
-    .execute(conn)
-    .await?;
-    Ok(())
+             WHERE t.account_id = $1 AND t.thread_id = $2
+               AND (t.latest_message_at IS NULL OR t.latest_message_at < n.sent_at OR t.deleted_at IS NOT NULL)),
+         created AS (
+            INSERT INTO threadsync.threads (account_id, provider, thread_id, latest_message_id, latest_message_at)
+            SELECT $1, $12, $2, message_id, sent_at FROM newest
+             WHERE NOT EXISTS (SELECT 1 FROM threadsync.threads WHERE account_id = $1 AND thread_id = $2)
+            ON CONFLICT (account_id, thread_id) DO NOTHING),
+         progress AS (
+            INSERT INTO threadsync.sync_run_progress (run_id, threads_fetched, messages_written, http_calls)
+            SELECT $14, $13::int, (SELECT count(*) FROM written), 1 WHERE $14 IS NOT NULL)
+         SELECT count(*) FROM written"
+    );
+    bind_messages(sqlx::query(sql), account, thread_id, rows)
+        .bind(provider.to_string())
+        .bind(complete)
+        .bind(run_id)
+        .fetch_one(conn)
+        .await?
+        .try_get(0)
 }
 
 /// The provider no longer has the thread: keep its messages, mark it deleted.

@@ -180,15 +180,23 @@ impl Lab {
         let status = if show {
             crate::progress::follow(&self.pool, id, mode.as_str()).await?
         } else {
+            // Only the state while it runs: the full counters are sums over every job's
+            // progress row, too costly to poll this often under load.
             loop {
-                let s = sync::run_status(&self.pool, id)
-                    .await?
-                    .context("run vanished")?;
-                if s.state == "done" || s.state == "failed" {
-                    break s;
+                let state: Option<String> =
+                    sqlx::query_scalar("SELECT state FROM threadsync.sync_runs WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                match state.as_deref() {
+                    Some("done" | "failed") => break,
+                    Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    None => anyhow::bail!("run {id} vanished"),
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            sync::run_status(&self.pool, id)
+                .await?
+                .context("run vanished")?
         };
         Ok((status, t.elapsed()))
     }

@@ -71,6 +71,7 @@ struct ConversationPayload {
 pub struct Accounts {
     map: HashMap<String, AccountCtx>,
     flow: Flow,
+    run_ends: super::RunEnds,
 }
 
 struct AccountCtx {
@@ -99,6 +100,7 @@ impl Accounts {
         Accounts {
             map,
             flow: Flow::default(),
+            run_ends: super::RunEnds::default(),
         }
     }
 
@@ -200,13 +202,16 @@ pub(super) async fn advance_run(
         return;
     };
     let account = &account.cfg;
-    if let Err(e) = sync::advance_if_idle(pool, run_id, |started| {
-        catch_up_jobs(account, run_id, started)
-    })
-    .await
-    {
-        tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or scheduled start will");
-    }
+    let check = || async {
+        if let Err(e) = sync::advance_if_idle(pool, run_id, |started| {
+            catch_up_jobs(account, run_id, started)
+        })
+        .await
+        {
+            tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or scheduled start will");
+        }
+    };
+    accounts.run_ends.settle(run_id, check).await
 }
 
 /// What an eBay error means for the job (and maybe for the whole account).
@@ -553,17 +558,16 @@ impl Handler for FetchConversation {
                 Finish::Done
             };
             let mut tx = job.begin(finish).await?;
-            let written = store::upsert_messages(&mut tx, &account.id, &p.thread_id, &rows).await?;
-            if !more {
-                store::mark_fetched(&mut tx, &account.id, "ebay", &p.thread_id).await?;
-            }
-            let progress = Progress {
-                messages_written: written as i32,
-                threads_fetched: i32::from(!more),
-                http_calls: 1,
-                ..Progress::default()
-            };
-            store::add_progress(&mut tx, run_id, progress).await?;
+            store::save_conversation_page(
+                &mut tx,
+                &account.id,
+                "ebay",
+                &p.thread_id,
+                &rows,
+                !more,
+                run_id,
+            )
+            .await?;
             job.commit(tx).await?;
             if !more {
                 return Ok(());

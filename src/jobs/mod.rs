@@ -7,7 +7,8 @@ pub mod smseagle;
 pub mod start;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use chrono::Duration;
 use sqlx::PgPool;
@@ -57,5 +58,46 @@ async fn pace(flow: &Flow, pool: &PgPool, account: &Account) -> JobResult {
             reason: format!("account {} paused: {reason}", account.id),
         }),
         Err(FlowError::Db(e)) => Err(e.into()),
+    }
+}
+
+/// Coalesces the "has this run ended?" check that follows every job of a run. At most one
+/// check per run is under way in this worker; a job ending meanwhile asks that one to check
+/// once more, `RECHECK` later. So the last job's end is always followed by a check that
+/// sees it, while a busy run costs a few checks a second instead of one per job.
+#[derive(Default)]
+pub struct RunEnds {
+    /// Runs being checked here, and whether another job ended since the check began.
+    checking: Mutex<HashMap<i64, bool>>,
+}
+
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl RunEnds {
+    pub async fn settle<F, Fut>(&self, run_id: i64, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        {
+            let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(again) = checking.get_mut(&run_id) {
+                *again = true;
+                return;
+            }
+            checking.insert(run_id, false);
+        }
+        loop {
+            check().await;
+            tokio::time::sleep(RECHECK).await;
+            let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+            match checking.get_mut(&run_id) {
+                Some(again) if *again => *again = false,
+                _ => {
+                    checking.remove(&run_id);
+                    return;
+                }
+            }
+        }
     }
 }

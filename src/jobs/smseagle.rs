@@ -68,6 +68,7 @@ pub struct Accounts {
     map: HashMap<String, AccountCtx>,
     flow: Flow,
     check_retry: RetryPolicy,
+    run_ends: super::RunEnds,
 }
 
 struct AccountCtx {
@@ -101,6 +102,7 @@ impl Accounts {
             map,
             flow: Flow::default(),
             check_retry: cfg.policy(CHECK_KIND),
+            run_ends: super::RunEnds::default(),
         }
     }
 
@@ -189,18 +191,21 @@ fn check_job(a: &AccountCtx, id: u64, origin_run: Option<i64>, at: DateTime<Utc>
 }
 
 /// A run has no catch-up pass for SMS: when its last folder batch ends, it is done.
-pub(super) async fn advance_run(pool: &sqlx::PgPool, run_id: Option<i64>) {
+pub(super) async fn advance_run(accounts: &Accounts, pool: &sqlx::PgPool, run_id: Option<i64>) {
     let Some(run_id) = run_id else { return };
-    for _ in 0..2 {
-        match sync::advance_if_idle(pool, run_id, |_| Vec::new()).await {
-            Ok(Phase::CatchUp) => continue,
-            Ok(_) => return,
-            Err(e) => {
-                tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or scheduled start will");
-                return;
+    let check = || async {
+        for _ in 0..2 {
+            match sync::advance_if_idle(pool, run_id, |_| Vec::new()).await {
+                Ok(Phase::CatchUp) => continue,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or scheduled start will");
+                    return;
+                }
             }
         }
-    }
+    };
+    accounts.run_ends.settle(run_id, check).await
 }
 
 fn classify(account: &Account, e: SmsEagleError) -> JobError {
@@ -387,7 +392,7 @@ impl Handler for FolderSync {
     }
 
     async fn after(&self, job: &JobCtx) {
-        advance_run(&job.pool, job.run_id).await
+        advance_run(&self.accounts, &job.pool, job.run_id).await
     }
 }
 

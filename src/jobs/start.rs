@@ -32,7 +32,7 @@ struct Start {
 impl Start {
     async fn advance(&self, pool: &sqlx::PgPool, account: &str, run_id: Option<i64>) {
         if self.sms.has(account) {
-            smseagle::advance_run(pool, run_id).await
+            smseagle::advance_run(&self.sms, pool, run_id).await
         } else {
             ebay::advance_run(&self.ebay, pool, account, run_id).await
         }

@@ -456,24 +456,36 @@ async fn listen(s: Arc<Shared>, stop: CancellationToken) {
 async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
     let lease = s.cfg.queue.lease();
     let every = lease / 3;
+    // A job missing from one heartbeat may just be committing its end; only one still
+    // missing (and still running here) at the next heartbeat has really lost its lease.
+    let mut suspects: HashSet<i64> = HashSet::new();
     loop {
         tokio::select! { _ = sleep(every) => {}, _ = stop.cancelled() => return }
         let held: Vec<Fence> = lock(&s.inflight).values().map(|f| f.fence).collect();
         match maintenance::heartbeat(&s.control, &held, lease).await {
             Ok(alive) => {
                 let alive: HashSet<i64> = alive.into_iter().collect();
-                let lost: Vec<AbortHandle> = lock(&s.inflight)
-                    .values()
-                    // A job that committed its end is not lost: its task just has not returned yet.
-                    .filter(|f| held.contains(&f.fence) && !alive.contains(&f.fence.id) && !f.ctx.is_finished() && !f.ctx.has_returned())
-                    .map(|f| {
+                let mut missing = HashSet::new();
+                let mut lost = Vec::new();
+                for f in lock(&s.inflight).values() {
+                    if !held.contains(&f.fence)
+                        || alive.contains(&f.fence.id)
+                        || f.ctx.is_finished()
+                        || f.ctx.has_returned()
+                    {
+                        continue;
+                    }
+                    if suspects.contains(&f.fence.id) {
                         warn!(job = f.fence.id, kind = %f.ctx.kind, "lease lost (reaped or cancelled): stopping the handler");
-                        f.abort.clone()
-                    })
-                    .collect();
+                        lost.push(f.abort.clone());
+                    } else {
+                        missing.insert(f.fence.id);
+                    }
+                }
                 for a in lost {
                     a.abort();
                 }
+                suspects = missing;
             }
             Err(e) => debug!(error = %e, "heartbeat failed; will retry"),
         }
