@@ -31,3 +31,17 @@ $$;
 -- many concurrent transactions at once turns into a MultiXact: measurable work on every
 -- commit of a busy run. Runs are never deleted, so the key protected nothing in practice.
 ALTER TABLE threadsync.sync_run_progress DROP CONSTRAINT sync_run_progress_run_id_fkey;
+
+-- A job whose writes fit in one statement commits in one round trip, with no BEGIN and no
+-- COMMIT: the statement calls this (in a MATERIALIZED CTE that its result reads), and a lost
+-- lease aborts the whole statement, so nothing it wrote survives.
+CREATE FUNCTION threadsync.fence_or_raise(
+    p_id bigint, p_token uuid, p_finish text, p_at timestamptz, p_checkpoint jsonb
+) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT threadsync.fence(p_id, p_token, p_finish, p_at, p_checkpoint) THEN
+        RAISE EXCEPTION 'threadsync: job % lost its lease', p_id USING ERRCODE = 'TS001';
+    END IF;
+    RETURN true;
+END
+$$;

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
+
+use crate::db::PgQuery;
 
 #[derive(Debug, Clone)]
 pub struct ThreadRow {
@@ -129,8 +131,6 @@ macro_rules! upsert_messages_sql {
     };
 }
 
-type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
 /// Binds $1..$11 of [`upsert_messages_sql`].
 fn bind_messages<'q>(
     q: PgQuery<'q>,
@@ -175,27 +175,28 @@ pub async fn upsert_messages(
     Ok(q.execute(conn).await?.rows_affected())
 }
 
-/// Everything one fetched page of a conversation writes, in one statement (round trips are
-/// what a fetch job costs): its messages, the run's counters (one HTTP call, the rows
-/// written, the thread when `complete`) and, on the last page (`complete`):
+/// Everything one fetched page of a conversation writes, as one statement that is the job's
+/// whole fenced transaction (see `JobCtx::commit_statement`; the fence takes $15..$19): its
+/// messages, the run's counters (one HTTP call, the rows written, the thread when
+/// `complete`) and, on the last page (`complete`):
 /// - the newest message we now hold, which list pages compare with to skip unchanged threads;
 /// - the thread's latest message moved forward if the fetch saw a newer one than the list
 ///   did (a refresh after a send), and the thread created if it was never listed.
 ///
-/// The thread row is only written when it changes, so a list page holding it never blocks a
-/// fetch. Every part reads the statement's snapshot, which does not include the messages
-/// being written, so "newest" looks at those in the input too. Returns the rows written.
-pub async fn save_conversation_page(
-    conn: &mut PgConnection,
+/// The thread row is only written when it changes (found through its key, whatever plan the
+/// statement was prepared with). Every part reads the statement's snapshot, which does not
+/// include the messages being written, so "newest" looks at those in the input too.
+pub fn conversation_page(
     account: &str,
     provider: &str,
     thread_id: &str,
     rows: &[MessageRow],
     complete: bool,
     run_id: Option<i64>,
-) -> sqlx::Result<i64> {
+) -> PgQuery<'static> {
     let sql = concat!(
-        "WITH written AS (",
+        "WITH fence AS MATERIALIZED (SELECT threadsync.fence_or_raise($15, $16, $17, $18, $19)),
+         written AS (",
         upsert_messages_sql!(),
         " RETURNING 1),
          newest AS (
@@ -210,29 +211,24 @@ pub async fn save_conversation_page(
             SELECT $1, $2, message_id FROM newest
             ON CONFLICT (account_id, thread_id) DO UPDATE SET fetched_message_id = excluded.fetched_message_id,
                                                               fetched_at = now()),
-         moved AS (
-            UPDATE threadsync.threads t
-               SET latest_message_id = n.message_id, latest_message_at = n.sent_at, deleted_at = NULL, synced_at = now()
-              FROM newest n
-             WHERE t.account_id = $1 AND t.thread_id = $2
-               AND (t.latest_message_at IS NULL OR t.latest_message_at < n.sent_at OR t.deleted_at IS NOT NULL)),
-         created AS (
-            INSERT INTO threadsync.threads (account_id, provider, thread_id, latest_message_id, latest_message_at)
+         thread AS (
+            INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id, latest_message_at)
             SELECT $1, $12, $2, message_id, sent_at FROM newest
-             WHERE NOT EXISTS (SELECT 1 FROM threadsync.threads WHERE account_id = $1 AND thread_id = $2)
-            ON CONFLICT (account_id, thread_id) DO NOTHING),
+            ON CONFLICT (account_id, thread_id) DO UPDATE
+               SET latest_message_id = excluded.latest_message_id, latest_message_at = excluded.latest_message_at,
+                   deleted_at = NULL, synced_at = now()
+             WHERE t.latest_message_at IS NULL OR t.latest_message_at < excluded.latest_message_at
+                OR t.deleted_at IS NOT NULL),
          progress AS (
             INSERT INTO threadsync.sync_run_progress (run_id, threads_fetched, messages_written, http_calls)
             SELECT $14, $13::int, (SELECT count(*) FROM written), 1 WHERE $14 IS NOT NULL)
-         SELECT count(*) FROM written"
+         -- Reading the fence here is what makes it run.
+         SELECT (SELECT count(*) FROM written) FROM fence"
     );
     bind_messages(sqlx::query(sql), account, thread_id, rows)
         .bind(provider.to_string())
         .bind(complete)
         .bind(run_id)
-        .fetch_one(conn)
-        .await?
-        .try_get(0)
 }
 
 /// The provider no longer has the thread: keep its messages, mark it deleted.

@@ -334,12 +334,30 @@ async fn a_handler_whose_lease_was_lost_commits_nothing() {
         !fenced(&db, old, &threadsync::queue::Finish::Done).await,
         "stale token is rejected"
     );
+    // The one-statement form: the stale statement fails as a whole, its row is not written.
+    let stale = one_statement_write(&db, old).await.unwrap_err();
+    assert!(
+        matches!(&stale, sqlx::Error::Database(e) if e.code().as_deref() == Some(fence::LEASE_LOST)),
+        "{stale}"
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM threadsync.diag_writes")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap(),
+        0,
+        "a stale one-statement write leaves nothing"
+    );
     let new = threadsync::queue::Fence {
         id,
         token: newer.lease_token,
     };
-    assert!(fenced(&db, new, &threadsync::queue::Finish::Done).await);
+    one_statement_write(&db, new).await.unwrap();
     assert_eq!(db.status_of(id).await, "done");
+    assert!(
+        !fenced(&db, new, &threadsync::queue::Finish::Done).await,
+        "a finished job takes no second completion"
+    );
     db.close().await;
 }
 
@@ -553,4 +571,19 @@ async fn fenced(
         .await
         .unwrap();
     held
+}
+
+/// diag.write's statement: one row and the job's completion in one fenced statement.
+async fn one_statement_write(
+    db: &TestDb,
+    f: threadsync::queue::Fence,
+) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
+    let q = sqlx::query(
+        "WITH fence AS MATERIALIZED (SELECT threadsync.fence_or_raise($2, $3, $4, $5, $6))
+         INSERT INTO threadsync.diag_writes (job_id, worker) SELECT $1, 'test' FROM fence",
+    )
+    .bind(f.id);
+    fence::bind(q, f, &threadsync::queue::Finish::Done)
+        .execute(&db.pool)
+        .await
 }

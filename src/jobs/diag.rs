@@ -35,14 +35,15 @@ impl Handler for Write {
     }
 }
 
+/// The row and the job's completion commit together, in one statement.
 async fn write_row(job: &JobCtx) -> JobResult {
-    let mut tx = job.begin(Finish::Done).await?;
-    sqlx::query("INSERT INTO threadsync.diag_writes (job_id, worker) VALUES ($1, $2)")
-        .bind(job.id)
-        .bind(&*job.worker)
-        .execute(&mut *tx)
-        .await?;
-    job.commit(tx).await
+    let q = sqlx::query(
+        "WITH fence AS MATERIALIZED (SELECT threadsync.fence_or_raise($3, $4, $5, $6, $7))
+         INSERT INTO threadsync.diag_writes (job_id, worker) SELECT $1, $2 FROM fence",
+    )
+    .bind(job.id)
+    .bind(job.worker.to_string());
+    job.commit_statement(Finish::Done, q).await
 }
 
 #[derive(Deserialize)]

@@ -557,18 +557,9 @@ impl Handler for FetchConversation {
             } else {
                 Finish::Done
             };
-            let mut tx = job.begin(finish).await?;
-            store::save_conversation_page(
-                &mut tx,
-                &account.id,
-                "ebay",
-                &p.thread_id,
-                &rows,
-                !more,
-                run_id,
-            )
-            .await?;
-            job.commit(tx).await?;
+            let page =
+                store::conversation_page(&account.id, "ebay", &p.thread_id, &rows, !more, run_id);
+            job.commit_statement(finish, page).await?;
             if !more {
                 return Ok(());
             }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgExecutor;
+
+use crate::db::PgQuery;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,6 +54,24 @@ pub fn begin_sql(fence: Fence, finish: &Finish) -> String {
         "BEGIN; SELECT 1 WHERE threadsync.fence({}, '{}', '{kind}', {at}, {checkpoint})",
         fence.id, fence.token
     )
+}
+
+/// SQLSTATE of `threadsync.fence_or_raise` when the lease is lost.
+pub const LEASE_LOST: &str = "TS001";
+
+/// Binds the five parameters of `threadsync.fence_or_raise` (after the statement's own) for
+/// a one-statement fenced transaction.
+pub fn bind<'q>(q: PgQuery<'q>, fence: Fence, finish: &Finish) -> PgQuery<'q> {
+    let (kind, at, checkpoint) = match finish {
+        Finish::Done => ("done", None, None),
+        Finish::Checkpoint(cp) => ("checkpoint", None, Some(cp.clone())),
+        Finish::Reschedule { at, checkpoint } => ("reschedule", Some(*at), checkpoint.clone()),
+    };
+    q.bind(fence.id)
+        .bind(fence.token)
+        .bind(kind)
+        .bind(at)
+        .bind(checkpoint)
 }
 
 /// A jsonb literal in dollar quotes whose tag does not occur in the text.

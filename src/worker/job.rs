@@ -143,6 +143,34 @@ impl JobCtx {
         Ok(())
     }
 
+    /// A fenced transaction that is one statement, committed in one round trip (no BEGIN, no
+    /// COMMIT). `q` ends with `threadsync.fence_or_raise` on its last five parameters, bound
+    /// here, in a MATERIALIZED CTE that its result reads: a lost lease aborts the statement.
+    pub async fn commit_statement(&self, finish: Finish, q: crate::db::PgQuery<'_>) -> JobResult {
+        let mut conn = tx_pool::get(&self.tx_pool).await?;
+        let finishes = !matches!(finish, Finish::Checkpoint(_));
+        match fence::bind(q, self.fence, &finish)
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => {
+                if finishes {
+                    self.finished.store(true, Ordering::Release);
+                }
+                Ok(())
+            }
+            // The statement failed as a whole and the connection is idle again.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(fence::LEASE_LOST) => {
+                Err(JobError::LeaseLost)
+            }
+            Err(e @ sqlx::Error::Database(_)) => Err(e.into()),
+            Err(e) => {
+                drop(TxConn::take(conn));
+                Err(e.into())
+            }
+        }
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         self.finished.load(Ordering::Acquire)
     }

@@ -325,6 +325,12 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
         }
         Err(e) => e,
     };
+    if let JobError::Transient(e) = &err {
+        // A handler is often the first to meet a database outage (its connection died).
+        if let Some(db @ (sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)) = e.downcast_ref() {
+            s.outage.failed("job", db);
+        }
+    }
     let policy = s.cfg.policy(&ctx.kind);
     let deadline = Instant::now() + s.cfg.queue.lease();
     let mut wait = Duration::from_millis(100);
