@@ -32,13 +32,12 @@ pub async fn claim(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let mut tx = pool.begin().await?;
     // Right after a bulk enqueue the planner's row estimate is stale and it picks a bitmap
     // scan plus a sort of the whole backlog (60 ms for 100k jobs instead of 1.5 ms). The
     // claim index already yields rows in claim order, so forbid those plans for this
-    // transaction only.
-    sqlx::raw_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
-        .execute(&mut *tx)
+    // transaction only (in the same round trip as BEGIN).
+    let mut tx = pool
+        .begin_with("BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
         .await?;
     // Keys already at their limit are filtered out up front so a backlog of one busy
     // account never starves the rest of the queue.
