@@ -3,7 +3,7 @@
 //! The demo uses the same lab.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,7 +91,8 @@ enum Workers {
     },
     Processes {
         children: Vec<Child>,
-        config: PathBuf,
+        /// Removed when dropped.
+        _config: tempfile::TempPath,
     },
 }
 
@@ -136,21 +137,16 @@ impl Lab {
                 .collect();
             Workers::InProcess { stop, tasks }
         } else {
-            let dir = std::env::temp_dir().join(format!("threadsync-lab-{}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
-            let config = dir.join("jobs.toml");
-            std::fs::write(&config, &text)?;
+            let mut file = tempfile::NamedTempFile::new().context("writing the workers' config")?;
+            file.write_all(text.as_bytes())?;
+            let config = file.into_temp_path();
             let exe = std::env::current_exe().context("locating the threadsync binary")?;
             let children = (0..o.processes)
                 .map(|i| {
                     Command::new(&exe)
-                        .args([
-                            "--config",
-                            &config.display().to_string(),
-                            "worker",
-                            "--concurrency",
-                            "48",
-                        ])
+                        .arg("--config")
+                        .arg(&config)
+                        .args(["worker", "--concurrency", "48"])
                         .args(["--name", &format!("lab-p{i}")])
                         .env("DATABASE_URL", &scratch.url)
                         .env(TOKEN_ENV, &token)
@@ -160,7 +156,10 @@ impl Lab {
                         .context("starting a worker process")
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            Workers::Processes { children, config }
+            Workers::Processes {
+                children,
+                _config: config,
+            }
         };
         Ok(Lab {
             pool,
@@ -247,7 +246,7 @@ impl Lab {
                     let _ = t.await;
                 }
             }
-            Workers::Processes { children, config } => {
+            Workers::Processes { children, .. } => {
                 for mut c in children {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(c.id() as i32),
@@ -255,7 +254,6 @@ impl Lab {
                     );
                     let _ = tokio::task::spawn_blocking(move || c.wait()).await;
                 }
-                let _ = std::fs::remove_file(config);
             }
         }
         self.pool.close().await;

@@ -80,7 +80,7 @@ impl RunEnds {
         Fut: Future<Output = ()>,
     {
         {
-            let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+            let mut checking = crate::worker::lock(&self.checking);
             if let Some(again) = checking.get_mut(&run_id) {
                 *again = true;
                 return;
@@ -90,7 +90,7 @@ impl RunEnds {
         loop {
             check().await;
             tokio::time::sleep(RECHECK).await;
-            let mut checking = self.checking.lock().unwrap_or_else(|e| e.into_inner());
+            let mut checking = crate::worker::lock(&self.checking);
             match checking.get_mut(&run_id) {
                 Some(again) if *again => *again = false,
                 _ => {

@@ -31,6 +31,22 @@ pub enum Finish {
     },
 }
 
+impl Finish {
+    /// Whether committing it ends the job (a checkpoint keeps it running).
+    pub fn ends_job(&self) -> bool {
+        !matches!(self, Finish::Checkpoint(_))
+    }
+
+    /// The last three arguments of `threadsync.fence` / `fence_or_raise`.
+    fn fence_args(&self) -> (&'static str, Option<DateTime<Utc>>, Option<&Value>) {
+        match self {
+            Finish::Done => ("done", None, None),
+            Finish::Checkpoint(cp) => ("checkpoint", None, Some(cp)),
+            Finish::Reschedule { at, checkpoint } => ("reschedule", Some(*at), checkpoint.as_ref()),
+        }
+    }
+}
+
 /// `BEGIN` and `finish` under the fence, as one simple-protocol round trip: the fence is the
 /// first statement of the caller's transaction, so the job row stays locked until the
 /// handler's own writes commit with it. The statement returns one row while the lease is
@@ -38,11 +54,7 @@ pub enum Finish {
 /// parameters): integers, a UUID, an RFC 3339 time and dollar-quoted JSON, none of which
 /// can end its literal early.
 pub fn begin_sql(fence: Fence, finish: &Finish) -> String {
-    let (kind, at, checkpoint) = match finish {
-        Finish::Done => ("done", None, None),
-        Finish::Checkpoint(cp) => ("checkpoint", None, Some(cp)),
-        Finish::Reschedule { at, checkpoint } => ("reschedule", Some(at), checkpoint.as_ref()),
-    };
+    let (kind, at, checkpoint) = finish.fence_args();
     let at = at.map_or("NULL".to_string(), |t| {
         format!(
             "'{}'",
@@ -62,16 +74,12 @@ pub const LEASE_LOST: &str = "TS001";
 /// Binds the five parameters of `threadsync.fence_or_raise` (after the statement's own) for
 /// a one-statement fenced transaction.
 pub fn bind<'q>(q: PgQuery<'q>, fence: Fence, finish: &Finish) -> PgQuery<'q> {
-    let (kind, at, checkpoint) = match finish {
-        Finish::Done => ("done", None, None),
-        Finish::Checkpoint(cp) => ("checkpoint", None, Some(cp.clone())),
-        Finish::Reschedule { at, checkpoint } => ("reschedule", Some(*at), checkpoint.clone()),
-    };
+    let (kind, at, checkpoint) = finish.fence_args();
     q.bind(fence.id)
         .bind(fence.token)
         .bind(kind)
         .bind(at)
-        .bind(checkpoint)
+        .bind(checkpoint.cloned())
 }
 
 /// A jsonb literal in dollar quotes whose tag does not occur in the text.

@@ -125,7 +125,7 @@ impl JobCtx {
         };
         let fenced = Fenced {
             conn: Some(conn),
-            finishes: !matches!(finish, Finish::Checkpoint(_)),
+            finishes: finish.ends_job(),
         };
         if !ours {
             fenced.end("ROLLBACK").await?;
@@ -148,7 +148,7 @@ impl JobCtx {
     /// here, in a MATERIALIZED CTE that its result reads: a lost lease aborts the statement.
     pub async fn commit_statement(&self, finish: Finish, q: crate::db::PgQuery<'_>) -> JobResult {
         let mut conn = tx_pool::get(&self.tx_pool).await?;
-        let finishes = !matches!(finish, Finish::Checkpoint(_));
+        let finishes = finish.ends_job();
         match fence::bind(q, self.fence, &finish)
             .execute(&mut *conn)
             .await

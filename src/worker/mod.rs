@@ -125,7 +125,7 @@ impl Worker {
 
 /// Locks a std mutex, recovering the data if a panicking thread poisoned it (the maps
 /// stay consistent: every mutation is a single insert or remove).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
