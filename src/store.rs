@@ -8,6 +8,8 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use crate::db::PgQuery;
+use crate::queue::fence;
+use crate::worker::group_commit::{Entry, GroupStatement};
 
 #[derive(Debug, Clone)]
 pub struct ThreadRow {
@@ -112,15 +114,10 @@ pub async fn fetched_ids(
     Ok(rows.into_iter().collect())
 }
 
-/// Upserts messages by provider id; rows that did not change are not rewritten. Parameters:
-/// $1 account, $2 thread, $3..$11 the columns as arrays (see [`bind_messages`]).
-macro_rules! upsert_messages_sql {
+/// How a message upsert treats a message we hold: rows that did not change are not rewritten.
+macro_rules! on_message_conflict {
     () => {
-        "INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient, subject, body,
-                is_read, sent_at, media, status)
-         SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[],
-                                       $9::timestamptz[], $10::jsonb[], $11::text[])
-         ON CONFLICT (account_id, message_id) DO UPDATE SET
+        "ON CONFLICT (account_id, message_id) DO UPDATE SET
                 thread_id = excluded.thread_id, sender = excluded.sender, recipient = excluded.recipient,
                 subject = excluded.subject, body = excluded.body, is_read = excluded.is_read,
                 sent_at = excluded.sent_at, media = excluded.media, status = excluded.status, synced_at = now()
@@ -128,6 +125,20 @@ macro_rules! upsert_messages_sql {
                 IS DISTINCT FROM
                 (excluded.thread_id, excluded.sender, excluded.recipient, excluded.subject, excluded.body,
                  excluded.is_read, excluded.sent_at, excluded.media, excluded.status)"
+    };
+}
+
+/// Upserts messages by provider id. Parameters: $1 account, $2 thread, $3..$11 the columns
+/// as arrays (see [`bind_messages`]).
+macro_rules! upsert_messages_sql {
+    () => {
+        concat!(
+            "INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient, subject, body,
+                    is_read, sent_at, media, status)
+             SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[],
+                                           $9::timestamptz[], $10::jsonb[], $11::text[]) ",
+            on_message_conflict!()
+        )
     };
 }
 
@@ -175,60 +186,122 @@ pub async fn upsert_messages(
     Ok(q.execute(conn).await?.rows_affected())
 }
 
-/// Everything one fetched page of a conversation writes, as one statement that is the job's
-/// whole fenced transaction (see `JobCtx::commit_statement`; the fence takes $15..$19): its
-/// messages, the run's counters (one HTTP call, the rows written, the thread when
-/// `complete`) and, on the last page (`complete`):
+/// One fetched page of a conversation, to be committed with its job (see [`ConversationPages`]).
+pub struct ConversationPage {
+    pub account: String,
+    pub provider: &'static str,
+    pub thread_id: String,
+    pub rows: Vec<MessageRow>,
+    /// The last page: the fetch is complete.
+    pub complete: bool,
+    pub run_id: Option<i64>,
+}
+
+/// Everything fetched conversation pages write, for many jobs in one statement (a group
+/// commit), each page only if its job's fence holds: its messages, the run's counters (one
+/// HTTP call per page, the rows written, the thread when complete) and, for a complete fetch:
 /// - the newest message we now hold, which list pages compare with to skip unchanged threads;
 /// - the thread's latest message moved forward if the fetch saw a newer one than the list
 ///   did (a refresh after a send), and the thread created if it was never listed.
 ///
-/// The thread row is only written when it changes (found through its key, whatever plan the
-/// statement was prepared with). Every part reads the statement's snapshot, which does not
-/// include the messages being written, so "newest" looks at those in the input too.
-pub fn conversation_page(
-    account: &str,
-    provider: &str,
-    thread_id: &str,
-    rows: &[MessageRow],
-    complete: bool,
-    run_id: Option<i64>,
-) -> PgQuery<'static> {
-    let sql = concat!(
-        "WITH fence AS MATERIALIZED (SELECT threadsync.fence_or_raise($15, $16, $17, $18, $19)),
-         written AS (",
-        upsert_messages_sql!(),
-        " RETURNING 1),
-         newest AS (
-            SELECT message_id, sent_at FROM (
-                SELECT message_id, sent_at FROM threadsync.messages WHERE account_id = $1 AND thread_id = $2
-                UNION ALL
-                SELECT * FROM unnest($3::text[], $9::timestamptz[])) AS held(message_id, sent_at)
-             WHERE $13
-             ORDER BY sent_at DESC, message_id DESC LIMIT 1),
-         fetched AS (
-            INSERT INTO threadsync.thread_fetches (account_id, thread_id, fetched_message_id)
-            SELECT $1, $2, message_id FROM newest
-            ON CONFLICT (account_id, thread_id) DO UPDATE SET fetched_message_id = excluded.fetched_message_id,
-                                                              fetched_at = now()),
-         thread AS (
-            INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id, latest_message_at)
-            SELECT $1, $12, $2, message_id, sent_at FROM newest
-            ON CONFLICT (account_id, thread_id) DO UPDATE
-               SET latest_message_id = excluded.latest_message_id, latest_message_at = excluded.latest_message_at,
-                   deleted_at = NULL, synced_at = now()
-             WHERE t.latest_message_at IS NULL OR t.latest_message_at < excluded.latest_message_at
-                OR t.deleted_at IS NOT NULL),
-         progress AS (
-            INSERT INTO threadsync.sync_run_progress (run_id, threads_fetched, messages_written, http_calls)
-            SELECT $14, $13::int, (SELECT count(*) FROM written), 1 WHERE $14 IS NOT NULL)
-         -- Reading the fence here is what makes it run.
-         SELECT (SELECT count(*) FROM written) FROM fence"
-    );
-    bind_messages(sqlx::query(sql), account, thread_id, rows)
-        .bind(provider.to_string())
-        .bind(complete)
-        .bind(run_id)
+/// Thread rows are found through their key and only written when they change, in thread
+/// order like list pages write them. Every part reads the statement's snapshot, which does
+/// not include the messages being written, so "newest" looks at those in the input too.
+pub struct ConversationPages;
+
+impl GroupStatement for ConversationPages {
+    type Item = ConversationPage;
+
+    fn key(page: &ConversationPage) -> String {
+        format!("{}/{}", page.account, page.thread_id)
+    }
+
+    fn statement(entries: &[Entry<ConversationPage>]) -> PgQuery<'static> {
+        let sql = concat!(
+            "WITH fenced AS MATERIALIZED (
+                SELECT p.* FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::jsonb[],
+                                       $6::text[], $7::text[], $8::text[], $9::bool[], $10::bigint[])
+                     AS p(job_id, token, finish, at, checkpoint, account_id, provider, thread_id, complete, run_id)
+                 WHERE threadsync.fence(p.job_id, p.token, p.finish, p.at, p.checkpoint)),
+             input AS (
+                SELECT f.account_id, f.thread_id, m.message_id, m.sender, m.recipient, m.subject, m.body,
+                       m.is_read, m.sent_at, m.media, m.status
+                  FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                              $17::bool[], $18::timestamptz[], $19::jsonb[], $20::text[])
+                       AS m(job_id, message_id, sender, recipient, subject, body, is_read, sent_at, media, status)
+                  JOIN fenced f ON f.job_id = m.job_id),
+             written AS (
+                INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient,
+                                                      subject, body, is_read, sent_at, media, status)
+                SELECT * FROM input ",
+            on_message_conflict!(),
+            " RETURNING m.account_id, m.thread_id),
+             newest AS (
+                SELECT DISTINCT ON (account_id, thread_id) account_id, thread_id, provider, message_id, sent_at
+                  FROM (SELECT f.account_id, f.thread_id, f.provider, m.message_id, m.sent_at
+                          FROM fenced f JOIN threadsync.messages m
+                               ON m.account_id = f.account_id AND m.thread_id = f.thread_id
+                         WHERE f.complete
+                        UNION ALL
+                        SELECT f.account_id, f.thread_id, f.provider, i.message_id, i.sent_at
+                          FROM fenced f JOIN input i ON i.account_id = f.account_id AND i.thread_id = f.thread_id
+                         WHERE f.complete) AS held
+                 ORDER BY account_id, thread_id, sent_at DESC, message_id DESC),
+             fetched AS (
+                INSERT INTO threadsync.thread_fetches (account_id, thread_id, fetched_message_id)
+                SELECT account_id, thread_id, message_id FROM newest
+                ON CONFLICT (account_id, thread_id) DO UPDATE SET fetched_message_id = excluded.fetched_message_id,
+                                                                  fetched_at = now()),
+             thread AS (
+                INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id, latest_message_at)
+                SELECT account_id, provider, thread_id, message_id, sent_at FROM newest
+                ON CONFLICT (account_id, thread_id) DO UPDATE
+                   SET latest_message_id = excluded.latest_message_id, latest_message_at = excluded.latest_message_at,
+                       deleted_at = NULL, synced_at = now()
+                 WHERE t.latest_message_at IS NULL OR t.latest_message_at < excluded.latest_message_at
+                    OR t.deleted_at IS NOT NULL),
+             progress AS (
+                INSERT INTO threadsync.sync_run_progress (run_id, threads_fetched, messages_written, http_calls)
+                SELECT f.run_id, count(*) FILTER (WHERE f.complete), coalesce(sum(w.n), 0), count(*)
+                  FROM fenced f
+                  LEFT JOIN (SELECT account_id, thread_id, count(*) AS n FROM written GROUP BY 1, 2) w
+                         ON w.account_id = f.account_id AND w.thread_id = f.thread_id
+                 WHERE f.run_id IS NOT NULL
+                 GROUP BY f.run_id)
+             SELECT job_id FROM fenced"
+        );
+        let pages = || entries.iter().map(|e| &e.item);
+        let q = fence::bind_group(
+            sqlx::query(sql),
+            entries.iter().map(|e| (e.fence, &e.finish)),
+        )
+        .bind(pages().map(|p| p.account.clone()).collect::<Vec<_>>())
+        .bind(pages().map(|p| p.provider).collect::<Vec<_>>())
+        .bind(pages().map(|p| p.thread_id.clone()).collect::<Vec<_>>())
+        .bind(pages().map(|p| p.complete).collect::<Vec<_>>())
+        .bind(pages().map(|p| p.run_id).collect::<Vec<_>>());
+        let rows = || {
+            entries
+                .iter()
+                .flat_map(|e| e.item.rows.iter().map(move |r| (e.fence.id, r)))
+        };
+        let col =
+            |f: fn(&MessageRow) -> Option<String>| rows().map(|(_, r)| f(r)).collect::<Vec<_>>();
+        q.bind(rows().map(|(job, _)| job).collect::<Vec<_>>())
+            .bind(
+                rows()
+                    .map(|(_, r)| r.message_id.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(col(|r| r.sender.clone()))
+            .bind(col(|r| r.recipient.clone()))
+            .bind(col(|r| r.subject.clone()))
+            .bind(col(|r| r.body.clone()))
+            .bind(rows().map(|(_, r)| r.is_read).collect::<Vec<_>>())
+            .bind(rows().map(|(_, r)| r.sent_at).collect::<Vec<_>>())
+            .bind(rows().map(|(_, r)| r.media.clone()).collect::<Vec<_>>())
+            .bind(col(|r| r.status.clone()))
+    }
 }
 
 /// The provider no longer has the thread: keep its messages, mark it deleted.

@@ -16,6 +16,7 @@ use crate::providers::ebay::{self, EbayClient, EbayError, FROM_EBAY, FROM_MEMBER
 use crate::queue::{Finish, NewJob};
 use crate::store::{self, MessageRow, Progress, ThreadRow};
 use crate::sync::{self, Mode};
+use crate::worker::group_commit::GroupCommit;
 use crate::worker::{Handler, JobCtx, JobError, JobResult, Registry};
 
 use super::Tokens;
@@ -72,6 +73,8 @@ pub struct Accounts {
     map: HashMap<String, AccountCtx>,
     flow: Flow,
     run_ends: super::RunEnds,
+    /// Conversation pages of concurrent jobs commit together.
+    pages: GroupCommit<store::ConversationPages>,
 }
 
 struct AccountCtx {
@@ -101,6 +104,7 @@ impl Accounts {
             map,
             flow: Flow::default(),
             run_ends: super::RunEnds::default(),
+            pages: GroupCommit::default(),
         }
     }
 
@@ -557,9 +561,16 @@ impl Handler for FetchConversation {
             } else {
                 Finish::Done
             };
-            let page =
-                store::conversation_page(&account.id, "ebay", &p.thread_id, &rows, !more, run_id);
-            job.commit_statement(finish, page).await?;
+            let page = store::ConversationPage {
+                account: account.id.clone(),
+                provider: "ebay",
+                thread_id: p.thread_id.clone(),
+                rows,
+                complete: !more,
+                run_id,
+            };
+            job.commit_grouped(&self.accounts.pages, finish, page)
+                .await?;
             if !more {
                 return Ok(());
             }

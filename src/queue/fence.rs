@@ -82,6 +82,26 @@ pub fn bind<'q>(q: PgQuery<'q>, fence: Fence, finish: &Finish) -> PgQuery<'q> {
         .bind(checkpoint.cloned())
 }
 
+/// Binds $1..$5 of a group statement (see `worker::group_commit`): the fence's arguments,
+/// one array element per job, for
+/// `unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::jsonb[])`.
+/// The statement calls `threadsync.fence` on each and writes only for jobs where it held.
+pub fn bind_group<'q, 'a>(
+    q: PgQuery<'q>,
+    jobs: impl Iterator<Item = (Fence, &'a Finish)> + Clone,
+) -> PgQuery<'q> {
+    let args = || jobs.clone().map(|(f, finish)| (f, finish.fence_args()));
+    q.bind(args().map(|(f, _)| f.id).collect::<Vec<_>>())
+        .bind(args().map(|(f, _)| f.token).collect::<Vec<_>>())
+        .bind(args().map(|(_, (kind, _, _))| kind).collect::<Vec<_>>())
+        .bind(args().map(|(_, (_, at, _))| at).collect::<Vec<_>>())
+        .bind(
+            args()
+                .map(|(_, (_, _, cp))| cp.cloned())
+                .collect::<Vec<_>>(),
+        )
+}
+
 /// A jsonb literal in dollar quotes whose tag does not occur in the text.
 fn json_literal(v: &Value) -> String {
     let text = v.to_string();

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::group_commit::{Entry, GroupCommit, GroupStatement};
 use super::tx_pool::{self, TxConn, TxPool};
 use crate::queue::{fence, ClaimedJob, Fence, Finish};
 
@@ -169,6 +170,30 @@ impl JobCtx {
                 Err(e.into())
             }
         }
+    }
+
+    /// A fenced transaction that is one statement shared with other jobs' (see
+    /// [`group_commit`](super::group_commit)): `item` is written, and `finish` applied, only
+    /// while this job holds its lease.
+    pub async fn commit_grouped<G: GroupStatement>(
+        &self,
+        group: &GroupCommit<G>,
+        finish: Finish,
+        item: G::Item,
+    ) -> JobResult {
+        let finishes = finish.ends_job();
+        let entry = Entry {
+            fence: self.fence,
+            finish,
+            item,
+        };
+        if !group.commit(&self.tx_pool, entry).await? {
+            return Err(JobError::LeaseLost);
+        }
+        if finishes {
+            self.finished.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     pub(crate) fn is_finished(&self) -> bool {

@@ -1,6 +1,7 @@
 //! The worker runtime: LISTEN plus a poll floor, batched claims bounded by free slots,
 //! heartbeats, the reaper/cron/prune loop, graceful shutdown and dispatch to handlers.
 
+pub mod group_commit;
 pub mod job;
 mod tx_pool;
 

@@ -1,0 +1,402 @@
+//! Group commit. Jobs whose whole fenced transaction is one statement of the same shape hand
+//! their writes to a [`GroupCommit`], which writes every job waiting at that moment in one
+//! statement: under load one round trip, one plan execution and one WAL flush serve many
+//! jobs instead of one each. A job that finds a statement slot free goes at once, so an idle
+//! worker adds no delay; jobs arriving while the slots are busy go together in the next one.
+//!
+//! Each job keeps its own fence: one whose lease was lost writes nothing while the others
+//! commit. If a shared statement fails as a whole (bad data in one job, a deadlock), every
+//! job in it is retried alone, so the error reaches only the job that caused it.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use sqlx::Row;
+use tokio::sync::oneshot;
+
+use super::lock;
+use super::tx_pool::{self, TxConn, TxPool};
+use super::JobError;
+use crate::db::PgQuery;
+use crate::queue::{Fence, Finish};
+
+/// Statements in flight at once per group: one runs while the next gathers jobs.
+const MAX_STATEMENTS: usize = 2;
+/// Most jobs in one statement.
+const MAX_JOBS: usize = 64;
+
+/// The shape of one group's statement.
+pub trait GroupStatement: Send + Sync + 'static {
+    type Item: Send + Sync + 'static;
+
+    /// Items with equal keys never share a statement (they would write the same rows).
+    fn key(item: &Self::Item) -> String;
+
+    /// One statement writing every entry under its job's fence (see `fence::GroupFence`),
+    /// returning the ids of the jobs whose fence held. The others' writes are skipped.
+    fn statement(entries: &[Entry<Self::Item>]) -> PgQuery<'static>;
+}
+
+pub struct Entry<T> {
+    pub fence: Fence,
+    pub finish: Finish,
+    pub item: T,
+}
+
+/// `Ok(true)`: committed; `Ok(false)`: the lease was lost and nothing was written.
+type Reply = Result<bool, JobError>;
+
+struct Waiting<T> {
+    entry: Entry<T>,
+    reply: oneshot::Sender<Reply>,
+}
+
+struct State<T> {
+    waiting: VecDeque<Waiting<T>>,
+    running: usize,
+}
+
+pub struct GroupCommit<G: GroupStatement> {
+    state: Arc<Mutex<State<G::Item>>>,
+}
+
+impl<G: GroupStatement> Default for GroupCommit<G> {
+    fn default() -> Self {
+        GroupCommit {
+            state: Arc::new(Mutex::new(State {
+                waiting: VecDeque::new(),
+                running: 0,
+            })),
+        }
+    }
+}
+
+impl<G: GroupStatement> GroupCommit<G> {
+    /// Commits `entry` with whichever jobs share its statement.
+    pub(crate) async fn commit(&self, pool: &TxPool, entry: Entry<G::Item>) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut s = lock(&self.state);
+            s.waiting.push_back(Waiting { entry, reply: tx });
+            let free = s.running < MAX_STATEMENTS;
+            if free {
+                s.running += 1;
+            }
+            free
+        };
+        if start {
+            // Its own task: a job aborted while waiting must not take the others' statement
+            // down with it.
+            tokio::spawn(drive::<G>(self.state.clone(), pool.clone()));
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(JobError::Transient(anyhow::anyhow!(
+                "group commit stopped before answering"
+            )))
+        })
+    }
+}
+
+/// Gives the statement slot back if the driver panics, so the group does not stall.
+struct Slot<T> {
+    state: Arc<Mutex<State<T>>>,
+    held: bool,
+}
+
+impl<T> Drop for Slot<T> {
+    fn drop(&mut self) {
+        if self.held {
+            lock(&self.state).running -= 1;
+        }
+    }
+}
+
+/// Runs statements until no job is waiting, then gives its slot back (under the same lock
+/// as the check, so a job queued meanwhile always finds a driver).
+async fn drive<G: GroupStatement>(state: Arc<Mutex<State<G::Item>>>, pool: TxPool) {
+    let mut slot = Slot {
+        state: state.clone(),
+        held: true,
+    };
+    loop {
+        let batch = {
+            let mut s = lock(&state);
+            let batch = take_batch::<G>(&mut s.waiting);
+            if batch.is_empty() {
+                s.running -= 1;
+                slot.held = false;
+                return;
+            }
+            batch
+        };
+        run_batch::<G>(&pool, batch).await;
+    }
+}
+
+/// The oldest waiting jobs, at most [`MAX_JOBS`], one per key, in job id order (so
+/// concurrent statements lock job rows in one order).
+fn take_batch<G: GroupStatement>(
+    waiting: &mut VecDeque<Waiting<G::Item>>,
+) -> Vec<Waiting<G::Item>> {
+    let mut keys = HashSet::new();
+    let mut batch = Vec::new();
+    let mut rest = VecDeque::new();
+    while let Some(w) = waiting.pop_front() {
+        if batch.len() < MAX_JOBS && keys.insert(G::key(&w.entry.item)) {
+            batch.push(w);
+        } else {
+            rest.push_back(w);
+        }
+    }
+    *waiting = rest;
+    batch.sort_by_key(|w| w.entry.fence.id);
+    batch
+}
+
+async fn run_batch<G: GroupStatement>(pool: &TxPool, batch: Vec<Waiting<G::Item>>) {
+    let (entries, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|w| (w.entry, w.reply)).unzip();
+    match execute::<G>(pool, &entries).await {
+        Ok(held) => {
+            for (entry, reply) in entries.iter().zip(replies) {
+                let _ = reply.send(Ok(held.contains(&entry.fence.id)));
+            }
+        }
+        // The statement failed as a whole: find the job that made it fail.
+        Err(sqlx::Error::Database(_)) if entries.len() > 1 => {
+            for (entry, reply) in entries.iter().zip(replies) {
+                let one = execute::<G>(pool, std::slice::from_ref(entry)).await;
+                let _ = reply.send(one.map(|held| !held.is_empty()).map_err(JobError::from));
+            }
+        }
+        // The connection or the server failed: the outcome is unknown to all of them, and the
+        // fence makes their retries safe. The first carries the error itself (the worker
+        // notices outages from it), the rest its text.
+        Err(e) => {
+            let text = e.to_string();
+            let mut first = Some(e);
+            for reply in replies {
+                let err = match first.take() {
+                    Some(e) => JobError::from(e),
+                    None => JobError::Transient(anyhow::anyhow!("{text}")),
+                };
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+}
+
+/// Runs one statement for `entries`; returns the ids of the jobs whose fence held.
+async fn execute<G: GroupStatement>(
+    pool: &TxPool,
+    entries: &[Entry<G::Item>],
+) -> sqlx::Result<HashSet<i64>> {
+    let mut conn = tx_pool::get(pool).await?;
+    match G::statement(entries).fetch_all(&mut *conn).await {
+        Ok(rows) => rows.iter().map(|r| r.try_get::<i64, _>(0)).collect(),
+        // The statement failed and rolled back; the connection is idle again.
+        Err(e @ sqlx::Error::Database(_)) => Err(e),
+        Err(e) => {
+            drop(TxConn::take(conn));
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a real database, with the statement eBay conversation pages use.
+
+    use chrono::Utc;
+    use serde_json::json;
+    use sqlx::PgPool;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::db::{self, Scratch};
+    use crate::pg::Durability;
+    use crate::store::{ConversationPage, ConversationPages, MessageRow};
+
+    async fn running_job(pool: &PgPool) -> Fence {
+        let (id, token): (i64, Uuid) = sqlx::query_as(
+            "INSERT INTO threadsync.jobs (kind, status, lease_token, run_id)
+             VALUES ('ebay.conversation', 'running', gen_random_uuid(), 7) RETURNING id, lease_token",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("insert job");
+        Fence { id, token }
+    }
+
+    fn page(thread: &str, ids: &[&str], complete: bool) -> ConversationPage {
+        let rows = ids
+            .iter()
+            .map(|id| MessageRow {
+                message_id: id.to_string(),
+                sender: Some("buyer".into()),
+                recipient: None,
+                subject: None,
+                body: Some(format!("body of {id}")),
+                is_read: Some(false),
+                sent_at: Utc::now(),
+                media: None,
+                status: None,
+            })
+            .collect();
+        ConversationPage {
+            account: "acct".into(),
+            provider: "ebay",
+            thread_id: thread.into(),
+            rows,
+            complete,
+            run_id: Some(7),
+        }
+    }
+
+    async fn messages_of(pool: &PgPool, thread: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM threadsync.messages WHERE thread_id = $1")
+            .bind(thread)
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    }
+
+    async fn status_of(pool: &PgPool, id: i64) -> String {
+        sqlx::query_scalar("SELECT status FROM threadsync.jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("status")
+    }
+
+    async fn setup() -> (Scratch, PgPool, TxPool) {
+        let scratch = Scratch::create("ts_group", Durability::Throwaway)
+            .await
+            .expect("scratch database");
+        let pool = db::connect(&scratch.url, 4).await.expect("connect");
+        db::migrate(&pool).await.expect("migrate");
+        sqlx::query("INSERT INTO threadsync.accounts (id, provider) VALUES ('acct', 'ebay')")
+            .execute(&pool)
+            .await
+            .expect("account");
+        let tx = tx_pool::new((*pool.connect_options()).clone(), 2, true);
+        (scratch, pool, tx)
+    }
+
+    #[tokio::test]
+    async fn each_job_in_a_shared_statement_keeps_its_own_fence() {
+        let (scratch, pool, tx) = setup().await;
+        let group = GroupCommit::<ConversationPages>::default();
+        let done = running_job(&pool).await;
+        let stale = running_job(&pool).await;
+        let checkpointed = running_job(&pool).await;
+        let lost = Fence {
+            id: stale.id,
+            token: Uuid::new_v4(),
+        };
+        // Queued together before any statement runs: one statement carries all three.
+        let (a, b, c) = tokio::join!(
+            group.commit(
+                &tx,
+                Entry {
+                    fence: done,
+                    finish: Finish::Done,
+                    item: page("t-done", &["m1", "m2"], true)
+                }
+            ),
+            group.commit(
+                &tx,
+                Entry {
+                    fence: lost,
+                    finish: Finish::Done,
+                    item: page("t-lost", &["m3"], true)
+                }
+            ),
+            group.commit(
+                &tx,
+                Entry {
+                    fence: checkpointed,
+                    finish: Finish::Checkpoint(json!({"offset": 50})),
+                    item: page("t-more", &["m4"], false),
+                }
+            ),
+        );
+        assert!(a.expect("done job"), "the done job's fence held");
+        assert!(!b.expect("stale job"), "the stale token's fence failed");
+        assert!(c.expect("checkpointed job"), "the checkpoint's fence held");
+
+        assert_eq!(messages_of(&pool, "t-done").await, 2);
+        assert_eq!(
+            messages_of(&pool, "t-lost").await,
+            0,
+            "a lost lease writes nothing"
+        );
+        assert_eq!(messages_of(&pool, "t-more").await, 1);
+        assert_eq!(status_of(&pool, done.id).await, "done");
+        assert_eq!(status_of(&pool, stale.id).await, "running");
+        assert_eq!(status_of(&pool, checkpointed.id).await, "running");
+        let checkpoint: serde_json::Value =
+            sqlx::query_scalar("SELECT checkpoint FROM threadsync.jobs WHERE id = $1")
+                .bind(checkpointed.id)
+                .fetch_one(&pool)
+                .await
+                .expect("checkpoint");
+        assert_eq!(checkpoint, json!({"offset": 50}));
+        let fetched: Vec<String> =
+            sqlx::query_scalar("SELECT thread_id FROM threadsync.thread_fetches ORDER BY 1")
+                .fetch_all(&pool)
+                .await
+                .expect("fetches");
+        assert_eq!(
+            fetched,
+            vec!["t-done"],
+            "only the complete fetch that held records its newest"
+        );
+        let progress: Vec<(i32, i32, i32)> = sqlx::query_as(
+            "SELECT threads_fetched, messages_written, http_calls FROM threadsync.sync_run_progress",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("progress");
+        assert_eq!(
+            progress,
+            vec![(1, 3, 2)],
+            "one statement, counting the two jobs that held"
+        );
+        scratch.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_fails_alone() {
+        let (scratch, pool, tx) = setup().await;
+        let group = GroupCommit::<ConversationPages>::default();
+        let good = running_job(&pool).await;
+        let bad = running_job(&pool).await;
+        // The same message twice in one upsert: PostgreSQL rejects the whole statement.
+        let (a, b) = tokio::join!(
+            group.commit(
+                &tx,
+                Entry {
+                    fence: good,
+                    finish: Finish::Done,
+                    item: page("t-good", &["g1"], true)
+                }
+            ),
+            group.commit(
+                &tx,
+                Entry {
+                    fence: bad,
+                    finish: Finish::Done,
+                    item: page("t-bad", &["b1", "b1"], true)
+                }
+            ),
+        );
+        assert!(a.expect("the good job commits"));
+        assert!(b.is_err(), "the bad job reports its error");
+        assert_eq!(messages_of(&pool, "t-good").await, 1);
+        assert_eq!(messages_of(&pool, "t-bad").await, 0);
+        assert_eq!(status_of(&pool, good.id).await, "done");
+        assert_eq!(status_of(&pool, bad.id).await, "running");
+        scratch.close().await;
+    }
+}
