@@ -218,18 +218,19 @@ impl GroupStatement for ConversationPages {
 
     fn statement(entries: &[Entry<ConversationPage>]) -> PgQuery<'static> {
         let sql = concat!(
-            "WITH fenced AS MATERIALIZED (
-                SELECT p.* FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::jsonb[],
-                                       $6::text[], $7::text[], $8::text[], $9::bool[], $10::bigint[])
-                     AS p(job_id, token, finish, at, checkpoint, account_id, provider, thread_id, complete, run_id)
-                 WHERE threadsync.fence(p.job_id, p.token, p.finish, p.at, p.checkpoint)),
+            "WITH ",
+            fence::group_fence_cte!(),
+            ", pages AS MATERIALIZED (
+                SELECT p.* FROM unnest($1::bigint[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::bigint[])
+                     AS p(job_id, account_id, provider, thread_id, complete, run_id)
+                 WHERE p.job_id IN (SELECT id FROM fenced)),
              input AS (
                 SELECT f.account_id, f.thread_id, m.message_id, m.sender, m.recipient, m.subject, m.body,
                        m.is_read, m.sent_at, m.media, m.status
                   FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
                               $17::bool[], $18::timestamptz[], $19::jsonb[], $20::text[])
                        AS m(job_id, message_id, sender, recipient, subject, body, is_read, sent_at, media, status)
-                  JOIN fenced f ON f.job_id = m.job_id),
+                  JOIN pages f ON f.job_id = m.job_id),
              written AS (
                 INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient,
                                                       subject, body, is_read, sent_at, media, status)
@@ -239,12 +240,12 @@ impl GroupStatement for ConversationPages {
              newest AS (
                 SELECT DISTINCT ON (account_id, thread_id) account_id, thread_id, provider, message_id, sent_at
                   FROM (SELECT f.account_id, f.thread_id, f.provider, m.message_id, m.sent_at
-                          FROM fenced f JOIN threadsync.messages m
+                          FROM pages f JOIN threadsync.messages m
                                ON m.account_id = f.account_id AND m.thread_id = f.thread_id
                          WHERE f.complete
                         UNION ALL
                         SELECT f.account_id, f.thread_id, f.provider, i.message_id, i.sent_at
-                          FROM fenced f JOIN input i ON i.account_id = f.account_id AND i.thread_id = f.thread_id
+                          FROM pages f JOIN input i ON i.account_id = f.account_id AND i.thread_id = f.thread_id
                          WHERE f.complete) AS held
                  ORDER BY account_id, thread_id, sent_at DESC, message_id DESC),
              fetched AS (
@@ -263,12 +264,12 @@ impl GroupStatement for ConversationPages {
              progress AS (
                 INSERT INTO threadsync.sync_run_progress (run_id, threads_fetched, messages_written, http_calls)
                 SELECT f.run_id, count(*) FILTER (WHERE f.complete), coalesce(sum(w.n), 0), count(*)
-                  FROM fenced f
+                  FROM pages f
                   LEFT JOIN (SELECT account_id, thread_id, count(*) AS n FROM written GROUP BY 1, 2) w
                          ON w.account_id = f.account_id AND w.thread_id = f.thread_id
                  WHERE f.run_id IS NOT NULL
                  GROUP BY f.run_id)
-             SELECT job_id FROM fenced"
+             SELECT id FROM fenced"
         );
         let pages = || entries.iter().map(|e| &e.item);
         let q = fence::bind_group(

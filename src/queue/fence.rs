@@ -82,10 +82,35 @@ pub fn bind<'q>(q: PgQuery<'q>, fence: Fence, finish: &Finish) -> PgQuery<'q> {
         .bind(checkpoint.cloned())
 }
 
-/// Binds $1..$5 of a group statement (see `worker::group_commit`): the fence's arguments,
-/// one array element per job, for
-/// `unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::jsonb[])`.
-/// The statement calls `threadsync.fence` on each and writes only for jobs where it held.
+/// The fence of a group statement (see `worker::group_commit`), as the CTE `fenced`: applies
+/// each job's finish, as `threadsync.fence` does for one job, to the jobs whose lease still
+/// holds, and returns their ids. Parameters $1..$5, bound by [`bind_group`]. The statement
+/// writes only for jobs in `fenced` and ends with `SELECT id FROM fenced`.
+macro_rules! group_fence_cte {
+    () => {
+        "fenced AS (
+            UPDATE threadsync.jobs j
+               SET status = CASE f.finish WHEN 'done' THEN 'done' WHEN 'reschedule' THEN 'pending' ELSE j.status END,
+                   finished_at = CASE f.finish WHEN 'done' THEN now() ELSE j.finished_at END,
+                   run_at = CASE f.finish WHEN 'reschedule' THEN f.at ELSE j.run_at END,
+                   checkpoint = CASE f.finish WHEN 'checkpoint' THEN f.checkpoint
+                                              WHEN 'reschedule' THEN coalesce(f.checkpoint, j.checkpoint)
+                                              ELSE j.checkpoint END,
+                   attempts = CASE f.finish WHEN 'reschedule' THEN 0 ELSE j.attempts END,
+                   last_error = CASE f.finish WHEN 'reschedule' THEN NULL ELSE j.last_error END,
+                   lease_owner = CASE f.finish WHEN 'reschedule' THEN NULL ELSE j.lease_owner END,
+                   lease_token = CASE f.finish WHEN 'reschedule' THEN NULL ELSE j.lease_token END,
+                   lease_expires_at = CASE f.finish WHEN 'checkpoint' THEN j.lease_expires_at END
+              FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::timestamptz[], $5::jsonb[])
+                   AS f(id, token, finish, at, checkpoint)
+             WHERE j.id = f.id AND j.lease_token = f.token AND j.status = 'running'
+            RETURNING j.id)"
+    };
+}
+pub(crate) use group_fence_cte;
+
+/// Binds $1..$5 of [`group_fence_cte`]: one array element per job, in the order given
+/// (job id order, so concurrent statements lock job rows in one order).
 pub fn bind_group<'q, 'a>(
     q: PgQuery<'q>,
     jobs: impl Iterator<Item = (Fence, &'a Finish)> + Clone,
@@ -95,11 +120,7 @@ pub fn bind_group<'q, 'a>(
         .bind(args().map(|(f, _)| f.token).collect::<Vec<_>>())
         .bind(args().map(|(_, (kind, _, _))| kind).collect::<Vec<_>>())
         .bind(args().map(|(_, (_, at, _))| at).collect::<Vec<_>>())
-        .bind(
-            args()
-                .map(|(_, (_, _, cp))| cp.cloned())
-                .collect::<Vec<_>>(),
-        )
+        .bind(args().map(|(_, (_, _, cp))| cp.cloned()).collect::<Vec<_>>())
 }
 
 /// A jsonb literal in dollar quotes whose tag does not occur in the text.

@@ -32,7 +32,7 @@ pub trait GroupStatement: Send + Sync + 'static {
     /// Items with equal keys never share a statement (they would write the same rows).
     fn key(item: &Self::Item) -> String;
 
-    /// One statement writing every entry under its job's fence (see `fence::GroupFence`),
+    /// One statement writing every entry under its job's fence (see `fence::group_fence_cte`),
     /// returning the ids of the jobs whose fence held. The others' writes are skipped.
     fn statement(entries: &[Entry<Self::Item>]) -> PgQuery<'static>;
 }
