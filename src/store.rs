@@ -226,7 +226,7 @@ impl GroupStatement for ConversationPages {
                  WHERE p.job_id IN (SELECT id FROM fenced)),
              input AS (
                 SELECT f.account_id, f.thread_id, m.message_id, m.sender, m.recipient, m.subject, m.body,
-                       m.is_read, m.sent_at, m.media, m.status
+                       m.is_read, m.sent_at, m.media, m.status, f.provider, f.complete
                   FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
                               $17::bool[], $18::timestamptz[], $19::jsonb[], $20::text[])
                        AS m(job_id, message_id, sender, recipient, subject, body, is_read, sent_at, media, status)
@@ -234,7 +234,9 @@ impl GroupStatement for ConversationPages {
              written AS (
                 INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient,
                                                       subject, body, is_read, sent_at, media, status)
-                SELECT * FROM input ",
+                SELECT account_id, thread_id, message_id, sender, recipient, subject, body, is_read, sent_at,
+                       media, status
+                  FROM input ",
             on_message_conflict!(),
             " RETURNING m.account_id, m.thread_id),
              newest AS (
@@ -244,9 +246,7 @@ impl GroupStatement for ConversationPages {
                                ON m.account_id = f.account_id AND m.thread_id = f.thread_id
                          WHERE f.complete
                         UNION ALL
-                        SELECT f.account_id, f.thread_id, f.provider, i.message_id, i.sent_at
-                          FROM pages f JOIN input i ON i.account_id = f.account_id AND i.thread_id = f.thread_id
-                         WHERE f.complete) AS held
+                        SELECT account_id, thread_id, provider, message_id, sent_at FROM input WHERE complete) AS held
                  ORDER BY account_id, thread_id, sent_at DESC, message_id DESC),
              fetched AS (
                 INSERT INTO threadsync.thread_fetches (account_id, thread_id, fetched_message_id)
