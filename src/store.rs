@@ -206,7 +206,7 @@ pub struct ConversationPage {
 ///
 /// Thread rows are found through their key and only written when they change, in thread
 /// order like list pages write them. Every part reads the statement's snapshot, which does
-/// not include the messages being written, so "newest" looks at those in the input too.
+/// not include the messages being written, so "newest" also reads what the upsert returns.
 pub struct ConversationPages;
 
 impl GroupStatement for ConversationPages {
@@ -216,7 +216,7 @@ impl GroupStatement for ConversationPages {
         format!("{}/{}", page.account, page.thread_id)
     }
 
-    fn statement(entries: &[Entry<ConversationPage>]) -> PgQuery<'static> {
+    fn statement(entries: &[Entry<ConversationPage>]) -> PgQuery<'_> {
         let sql = concat!(
             "WITH ",
             fence::group_fence_cte!(),
@@ -226,7 +226,7 @@ impl GroupStatement for ConversationPages {
                  WHERE p.job_id IN (SELECT id FROM fenced)),
              input AS (
                 SELECT f.account_id, f.thread_id, m.message_id, m.sender, m.recipient, m.subject, m.body,
-                       m.is_read, m.sent_at, m.media, m.status, f.provider, f.complete
+                       m.is_read, m.sent_at, m.media, m.status
                   FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
                               $17::bool[], $18::timestamptz[], $19::jsonb[], $20::text[])
                        AS m(job_id, message_id, sender, recipient, subject, body, is_read, sent_at, media, status)
@@ -234,28 +234,30 @@ impl GroupStatement for ConversationPages {
              written AS (
                 INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient,
                                                       subject, body, is_read, sent_at, media, status)
-                SELECT account_id, thread_id, message_id, sender, recipient, subject, body, is_read, sent_at,
-                       media, status
-                  FROM input ",
+                SELECT * FROM input ",
             on_message_conflict!(),
-            " RETURNING m.account_id, m.thread_id),
+            " RETURNING m.account_id, m.thread_id, m.message_id, m.sent_at),
              newest AS (
-                SELECT DISTINCT ON (account_id, thread_id) account_id, thread_id, provider, message_id, sent_at
-                  FROM (SELECT f.account_id, f.thread_id, f.provider, m.message_id, m.sent_at
+                SELECT DISTINCT ON (account_id, thread_id) account_id, thread_id, message_id, sent_at
+                  FROM (SELECT m.account_id, m.thread_id, m.message_id, m.sent_at
                           FROM pages f JOIN threadsync.messages m
                                ON m.account_id = f.account_id AND m.thread_id = f.thread_id
                          WHERE f.complete
                         UNION ALL
-                        SELECT account_id, thread_id, provider, message_id, sent_at FROM input WHERE complete) AS held
+                        SELECT account_id, thread_id, message_id, sent_at FROM written) AS held
                  ORDER BY account_id, thread_id, sent_at DESC, message_id DESC),
+             complete AS (
+                SELECT n.account_id, n.thread_id, n.message_id, n.sent_at, f.provider
+                  FROM newest n JOIN pages f ON f.account_id = n.account_id AND f.thread_id = n.thread_id
+                 WHERE f.complete),
              fetched AS (
                 INSERT INTO threadsync.thread_fetches (account_id, thread_id, fetched_message_id)
-                SELECT account_id, thread_id, message_id FROM newest
+                SELECT account_id, thread_id, message_id FROM complete
                 ON CONFLICT (account_id, thread_id) DO UPDATE SET fetched_message_id = excluded.fetched_message_id,
                                                                   fetched_at = now()),
              thread AS (
                 INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id, latest_message_at)
-                SELECT account_id, provider, thread_id, message_id, sent_at FROM newest
+                SELECT account_id, provider, thread_id, message_id, sent_at FROM complete
                 ON CONFLICT (account_id, thread_id) DO UPDATE
                    SET latest_message_id = excluded.latest_message_id, latest_message_at = excluded.latest_message_at,
                        deleted_at = NULL, synced_at = now()
@@ -271,14 +273,15 @@ impl GroupStatement for ConversationPages {
                  GROUP BY f.run_id)
              SELECT id FROM fenced"
         );
+        // Bound by reference: the entries outlive the statement.
         let pages = || entries.iter().map(|e| &e.item);
         let q = fence::bind_group(
             sqlx::query(sql),
             entries.iter().map(|e| (e.fence, &e.finish)),
         )
-        .bind(pages().map(|p| p.account.clone()).collect::<Vec<_>>())
+        .bind(pages().map(|p| p.account.as_str()).collect::<Vec<_>>())
         .bind(pages().map(|p| p.provider).collect::<Vec<_>>())
-        .bind(pages().map(|p| p.thread_id.clone()).collect::<Vec<_>>())
+        .bind(pages().map(|p| p.thread_id.as_str()).collect::<Vec<_>>())
         .bind(pages().map(|p| p.complete).collect::<Vec<_>>())
         .bind(pages().map(|p| p.run_id).collect::<Vec<_>>());
         let rows = || {
@@ -286,22 +289,19 @@ impl GroupStatement for ConversationPages {
                 .iter()
                 .flat_map(|e| e.item.rows.iter().map(move |r| (e.fence.id, r)))
         };
-        let col =
-            |f: fn(&MessageRow) -> Option<String>| rows().map(|(_, r)| f(r)).collect::<Vec<_>>();
+        let col = |f: fn(&MessageRow) -> &Option<String>| {
+            rows().map(|(_, r)| f(r).as_deref()).collect::<Vec<_>>()
+        };
         q.bind(rows().map(|(job, _)| job).collect::<Vec<_>>())
-            .bind(
-                rows()
-                    .map(|(_, r)| r.message_id.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(col(|r| r.sender.clone()))
-            .bind(col(|r| r.recipient.clone()))
-            .bind(col(|r| r.subject.clone()))
-            .bind(col(|r| r.body.clone()))
+            .bind(rows().map(|(_, r)| r.message_id.as_str()).collect::<Vec<_>>())
+            .bind(col(|r| &r.sender))
+            .bind(col(|r| &r.recipient))
+            .bind(col(|r| &r.subject))
+            .bind(col(|r| &r.body))
             .bind(rows().map(|(_, r)| r.is_read).collect::<Vec<_>>())
             .bind(rows().map(|(_, r)| r.sent_at).collect::<Vec<_>>())
-            .bind(rows().map(|(_, r)| r.media.clone()).collect::<Vec<_>>())
-            .bind(col(|r| r.status.clone()))
+            .bind(rows().map(|(_, r)| r.media.as_ref()).collect::<Vec<_>>())
+            .bind(col(|r| &r.status))
     }
 }
 

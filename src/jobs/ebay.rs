@@ -487,16 +487,16 @@ fn thread_row(c: &ebay::Conversation, listed_type: &str) -> ThreadRow {
     }
 }
 
-fn message_row(m: &ebay::MessageDetail) -> MessageRow {
+fn message_row(m: ebay::MessageDetail) -> MessageRow {
     MessageRow {
-        message_id: m.message_id.clone(),
-        sender: m.sender_username.clone(),
-        recipient: m.recipient_username.clone(),
-        subject: m.subject.clone(),
-        body: m.message_body.clone(),
+        message_id: m.message_id,
+        sender: m.sender_username,
+        recipient: m.recipient_username,
+        subject: m.subject,
+        body: m.message_body,
         is_read: m.read_status,
         sent_at: m.created_date,
-        media: m.message_media.clone().filter(|v| !v.is_null()),
+        media: m.message_media.filter(|v| !v.is_null()),
         status: None,
     }
 }
@@ -554,8 +554,8 @@ impl Handler for FetchConversation {
                     return Err(classify(&self.accounts.flow, &job.pool, account, client, e).await)
                 }
             };
-            let rows: Vec<MessageRow> = page.messages.iter().map(message_row).collect();
             let more = page.next.is_some() && !page.messages.is_empty();
+            let rows: Vec<MessageRow> = page.messages.into_iter().map(message_row).collect();
             let finish = if more {
                 Finish::Checkpoint(json!({"offset": offset + PAGE_LIMIT}))
             } else {

@@ -34,7 +34,7 @@ pub trait GroupStatement: Send + Sync + 'static {
 
     /// One statement writing every entry under its job's fence (see `fence::group_fence_cte`),
     /// returning the ids of the jobs whose fence held. The others' writes are skipped.
-    fn statement(entries: &[Entry<Self::Item>]) -> PgQuery<'static>;
+    fn statement(entries: &[Entry<Self::Item>]) -> PgQuery<'_>;
 }
 
 pub struct Entry<T> {
