@@ -293,7 +293,11 @@ impl GroupStatement for ConversationPages {
             rows().map(|(_, r)| f(r).as_deref()).collect::<Vec<_>>()
         };
         q.bind(rows().map(|(job, _)| job).collect::<Vec<_>>())
-            .bind(rows().map(|(_, r)| r.message_id.as_str()).collect::<Vec<_>>())
+            .bind(
+                rows()
+                    .map(|(_, r)| r.message_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .bind(col(|r| &r.sender))
             .bind(col(|r| &r.recipient))
             .bind(col(|r| &r.subject))

@@ -120,7 +120,11 @@ pub fn bind_group<'q, 'a>(
         .bind(args().map(|(f, _)| f.token).collect::<Vec<_>>())
         .bind(args().map(|(_, (kind, _, _))| kind).collect::<Vec<_>>())
         .bind(args().map(|(_, (_, at, _))| at).collect::<Vec<_>>())
-        .bind(args().map(|(_, (_, _, cp))| cp.cloned()).collect::<Vec<_>>())
+        .bind(
+            args()
+                .map(|(_, (_, _, cp))| cp.cloned())
+                .collect::<Vec<_>>(),
+        )
 }
 
 /// A jsonb literal in dollar quotes whose tag does not occur in the text.
