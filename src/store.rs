@@ -257,7 +257,11 @@ impl GroupStatement for ConversationPages {
                                                                   fetched_at = now()),
              thread AS (
                 INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id, latest_message_at)
-                SELECT account_id, provider, thread_id, message_id, sent_at FROM complete
+                SELECT c.account_id, c.provider, c.thread_id, c.message_id, c.sent_at FROM complete c
+                 -- Most threads are already up to date: skip them before ON CONFLICT locks their rows.
+                 WHERE NOT EXISTS (SELECT 1 FROM threadsync.threads o
+                                    WHERE o.account_id = c.account_id AND o.thread_id = c.thread_id
+                                      AND o.latest_message_at >= c.sent_at AND o.deleted_at IS NULL)
                 ON CONFLICT (account_id, thread_id) DO UPDATE
                    SET latest_message_id = excluded.latest_message_id, latest_message_at = excluded.latest_message_at,
                        deleted_at = NULL, synced_at = now()

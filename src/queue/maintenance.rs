@@ -14,6 +14,9 @@ pub async fn heartbeat(pool: &PgPool, held: &[Fence], lease: Duration) -> sqlx::
     if held.is_empty() {
         return Ok(Vec::new());
     }
+    // In id order, the order group commits lock job rows in, so the two never deadlock.
+    let mut held = held.to_vec();
+    held.sort_by_key(|f| f.id);
     let ids: Vec<i64> = held.iter().map(|f| f.id).collect();
     let tokens: Vec<Uuid> = held.iter().map(|f| f.token).collect();
     sqlx::query_scalar(
