@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::db::PgQuery;
 use crate::queue::fence;
-use crate::worker::group_commit::{Entry, GroupStatement};
+use crate::worker::group_commit::{Attempt, Entry, GroupStatement};
 
 #[derive(Debug, Clone)]
 pub struct ThreadRow {
@@ -204,6 +204,12 @@ pub struct ConversationPage {
 /// - the thread's latest message moved forward if the fetch saw a newer one than the list
 ///   did (a refresh after a send), and the thread created if it was never listed.
 ///
+/// Messages of a thread we hold none of are plain inserts: the unique key still rejects a
+/// duplicate (a concurrent fetch of the same thread, an id already filed under another
+/// thread), which fails the shared statement, and the job retried alone upserts every row.
+/// That skips the upsert's extra index probe and speculative-insertion work for the bulk of
+/// a full resync.
+///
 /// Thread rows are found through their key and only written when they change, in thread
 /// order like list pages write them. Every part reads the statement's snapshot, which does
 /// not include the messages being written, so "newest" also reads what the upsert returns.
@@ -216,33 +222,45 @@ impl GroupStatement for ConversationPages {
         format!("{}/{}", page.account, page.thread_id)
     }
 
-    fn statement(entries: &[Entry<ConversationPage>]) -> PgQuery<'_> {
+    fn statement(entries: &[Entry<ConversationPage>], attempt: Attempt) -> PgQuery<'_> {
         let sql = concat!(
             "WITH ",
             fence::group_fence_cte!(),
             ", pages AS MATERIALIZED (
-                SELECT p.* FROM unnest($1::bigint[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::bigint[])
-                     AS p(job_id, account_id, provider, thread_id, complete, run_id)
+                SELECT p.*, $21 OR EXISTS (SELECT 1 FROM threadsync.messages m
+                                            WHERE m.account_id = p.account_id AND m.thread_id = p.thread_id) AS held
+                  FROM unnest($1::bigint[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::bigint[])
+                       AS p(job_id, account_id, provider, thread_id, complete, run_id)
                  WHERE p.job_id IN (SELECT id FROM fenced)),
-             input AS (
+             input AS MATERIALIZED (
                 SELECT f.account_id, f.thread_id, m.message_id, m.sender, m.recipient, m.subject, m.body,
-                       m.is_read, m.sent_at, m.media, m.status
+                       m.is_read, m.sent_at, m.media, m.status, f.held
                   FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
                               $17::bool[], $18::timestamptz[], $19::jsonb[], $20::text[])
                        AS m(job_id, message_id, sender, recipient, subject, body, is_read, sent_at, media, status)
                   JOIN pages f ON f.job_id = m.job_id),
-             written AS (
+             added AS (
+                INSERT INTO threadsync.messages (account_id, thread_id, message_id, sender, recipient,
+                                                 subject, body, is_read, sent_at, media, status)
+                SELECT account_id, thread_id, message_id, sender, recipient, subject, body, is_read, sent_at,
+                       media, status
+                  FROM input WHERE NOT held
+                RETURNING account_id, thread_id, message_id, sent_at),
+             upserted AS (
                 INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient,
                                                       subject, body, is_read, sent_at, media, status)
-                SELECT * FROM input ",
+                SELECT account_id, thread_id, message_id, sender, recipient, subject, body, is_read, sent_at,
+                       media, status
+                  FROM input WHERE held ",
             on_message_conflict!(),
             " RETURNING m.account_id, m.thread_id, m.message_id, m.sent_at),
+             written AS (SELECT * FROM added UNION ALL SELECT * FROM upserted),
              newest AS (
                 SELECT DISTINCT ON (account_id, thread_id) account_id, thread_id, message_id, sent_at
                   FROM (SELECT m.account_id, m.thread_id, m.message_id, m.sent_at
                           FROM pages f JOIN threadsync.messages m
                                ON m.account_id = f.account_id AND m.thread_id = f.thread_id
-                         WHERE f.complete
+                         WHERE f.complete AND f.held
                         UNION ALL
                         SELECT account_id, thread_id, message_id, sent_at FROM written) AS held
                  ORDER BY account_id, thread_id, sent_at DESC, message_id DESC),
@@ -310,6 +328,7 @@ impl GroupStatement for ConversationPages {
             .bind(rows().map(|(_, r)| r.sent_at).collect::<Vec<_>>())
             .bind(rows().map(|(_, r)| r.media.as_ref()).collect::<Vec<_>>())
             .bind(col(|r| &r.status))
+            .bind(attempt == Attempt::Alone)
     }
 }
 

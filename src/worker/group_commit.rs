@@ -5,8 +5,9 @@
 //! worker adds no delay; jobs arriving while the slots are busy go together in the next one.
 //!
 //! Each job keeps its own fence: one whose lease was lost writes nothing while the others
-//! commit. If a shared statement fails as a whole (bad data in one job, a deadlock), every
-//! job in it is retried alone, so the error reaches only the job that caused it.
+//! commit. If a shared statement fails as a whole (bad data in one job, a deadlock, a
+//! shortcut defeated by a conflict), every job in it is retried alone and without
+//! shortcuts, so the error reaches only the job that caused it.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,15 @@ pub trait GroupStatement: Send + Sync + 'static {
 
     /// One statement writing every entry under its job's fence (see `fence::group_fence_cte`),
     /// returning the ids of the jobs whose fence held. The others' writes are skipped.
-    fn statement(entries: &[Entry<Self::Item>]) -> PgQuery<'_>;
+    fn statement(entries: &[Entry<Self::Item>], attempt: Attempt) -> PgQuery<'_>;
+}
+
+/// Which try a statement is: a shared statement may take shortcuts that a rare conflict
+/// defeats (the statement then fails); a job retried alone after that must not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Shared,
+    Alone,
 }
 
 pub struct Entry<T> {
@@ -156,16 +165,16 @@ fn take_batch<G: GroupStatement>(
 async fn run_batch<G: GroupStatement>(pool: &TxPool, batch: Vec<Waiting<G::Item>>) {
     let (entries, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|w| (w.entry, w.reply)).unzip();
-    match execute::<G>(pool, &entries).await {
+    match execute::<G>(pool, &entries, Attempt::Shared).await {
         Ok(held) => {
             for (entry, reply) in entries.iter().zip(replies) {
                 let _ = reply.send(Ok(held.contains(&entry.fence.id)));
             }
         }
         // The statement failed as a whole: find the job that made it fail.
-        Err(sqlx::Error::Database(_)) if entries.len() > 1 => {
+        Err(sqlx::Error::Database(_)) => {
             for (entry, reply) in entries.iter().zip(replies) {
-                let one = execute::<G>(pool, std::slice::from_ref(entry)).await;
+                let one = execute::<G>(pool, std::slice::from_ref(entry), Attempt::Alone).await;
                 let _ = reply.send(one.map(|held| !held.is_empty()).map_err(JobError::from));
             }
         }
@@ -190,9 +199,10 @@ async fn run_batch<G: GroupStatement>(pool: &TxPool, batch: Vec<Waiting<G::Item>
 async fn execute<G: GroupStatement>(
     pool: &TxPool,
     entries: &[Entry<G::Item>],
+    attempt: Attempt,
 ) -> sqlx::Result<HashSet<i64>> {
     let mut conn = tx_pool::get(pool).await?;
-    match G::statement(entries).fetch_all(&mut *conn).await {
+    match G::statement(entries, attempt).fetch_all(&mut *conn).await {
         Ok(rows) => rows.iter().map(|r| r.try_get::<i64, _>(0)).collect(),
         // The statement failed and rolled back; the connection is idle again.
         Err(e @ sqlx::Error::Database(_)) => Err(e),
@@ -363,6 +373,50 @@ mod tests {
             vec![(1, 3, 2)],
             "one statement, counting the two jobs that held"
         );
+        scratch.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_message_id_already_held_under_another_thread_moves_without_a_duplicate() {
+        let (scratch, pool, tx) = setup().await;
+        let group = GroupCommit::<ConversationPages>::default();
+        let first = running_job(&pool).await;
+        let r = group
+            .commit(
+                &tx,
+                Entry {
+                    fence: first,
+                    finish: Finish::Done,
+                    item: page("t-old", &["x1"], true),
+                },
+            )
+            .await;
+        assert!(r.expect("first fetch"));
+        // "x1" reappears in a thread we hold nothing of: the shared statement's plain insert
+        // meets the existing key, and the retry alone upserts it.
+        let second = running_job(&pool).await;
+        let r = group
+            .commit(
+                &tx,
+                Entry {
+                    fence: second,
+                    finish: Finish::Done,
+                    item: page("t-new", &["x1", "x2"], true),
+                },
+            )
+            .await;
+        assert!(r.expect("the retry alone commits"));
+        let threads: Vec<(String, String)> =
+            sqlx::query_as("SELECT message_id, thread_id FROM threadsync.messages ORDER BY 1")
+                .fetch_all(&pool)
+                .await
+                .expect("messages");
+        assert_eq!(
+            threads,
+            vec![("x1".into(), "t-new".into()), ("x2".into(), "t-new".into())],
+            "one row per message id, filed where the provider now shows it"
+        );
+        assert_eq!(status_of(&pool, second.id).await, "done");
         scratch.close().await;
     }
 
