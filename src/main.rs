@@ -16,7 +16,7 @@ use threadsync::worker::Worker;
 use threadsync::{bench, db, jobs, progress};
 
 /// glibc's allocator took a fifth of the worker's CPU in the sync benchmark (request and
-/// response buffers, JSON values, bound arrays); mimalloc serves the same pattern cheaply.
+/// response buffers, JSON values, bound arrays); jemalloc serves the same pattern for less.
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

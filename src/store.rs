@@ -1,5 +1,6 @@
 //! Writes to the synced copy: bulk, idempotent upserts of threads and messages, and run
-//! progress. Every function takes the caller's (fenced) transaction.
+//! progress. Every function takes the caller's (fenced) transaction, except fetched
+//! conversation pages, which are a group statement (see `worker::group_commit`).
 
 use std::collections::HashMap;
 
