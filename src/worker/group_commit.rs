@@ -263,6 +263,14 @@ mod tests {
         }
     }
 
+    fn done_with(fence: Fence, item: ConversationPage) -> Entry<ConversationPage> {
+        Entry {
+            fence,
+            finish: Finish::Done,
+            item,
+        }
+    }
+
     async fn messages_of(pool: &PgPool, thread: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM threadsync.messages WHERE thread_id = $1")
             .bind(thread)
@@ -306,22 +314,8 @@ mod tests {
         };
         // Queued together before any statement runs: one statement carries all three.
         let (a, b, c) = tokio::join!(
-            group.commit(
-                &tx,
-                Entry {
-                    fence: done,
-                    finish: Finish::Done,
-                    item: page("t-done", &["m1", "m2"], true)
-                }
-            ),
-            group.commit(
-                &tx,
-                Entry {
-                    fence: lost,
-                    finish: Finish::Done,
-                    item: page("t-lost", &["m3"], true)
-                }
-            ),
+            group.commit(&tx, done_with(done, page("t-done", &["m1", "m2"], true))),
+            group.commit(&tx, done_with(lost, page("t-lost", &["m3"], true))),
             group.commit(
                 &tx,
                 Entry {
@@ -382,28 +376,30 @@ mod tests {
         let group = GroupCommit::<ConversationPages>::default();
         let first = running_job(&pool).await;
         let r = group
-            .commit(
-                &tx,
-                Entry {
-                    fence: first,
-                    finish: Finish::Done,
-                    item: page("t-old", &["x1"], true),
-                },
-            )
+            .commit(&tx, done_with(first, page("t-old", &["x1"], true)))
             .await;
         assert!(r.expect("first fetch"));
         // "x1" reappears in a thread we hold nothing of: the shared statement's plain insert
-        // meets the existing key, and the retry alone upserts it.
+        // meets the existing key and fails as a whole...
         let second = running_job(&pool).await;
+        let shared = ConversationPages::statement(
+            &[done_with(second, page("t-new", &["x1", "x2"], true))],
+            Attempt::Shared,
+        )
+        .execute(&pool)
+        .await;
+        match shared {
+            Err(sqlx::Error::Database(e)) => assert_eq!(e.code().as_deref(), Some("23505")),
+            other => panic!("the shared statement should meet the unique key: {other:?}"),
+        }
+        assert_eq!(
+            status_of(&pool, second.id).await,
+            "running",
+            "it wrote nothing"
+        );
+        // ...and the group commit retries it alone, with full upserts.
         let r = group
-            .commit(
-                &tx,
-                Entry {
-                    fence: second,
-                    finish: Finish::Done,
-                    item: page("t-new", &["x1", "x2"], true),
-                },
-            )
+            .commit(&tx, done_with(second, page("t-new", &["x1", "x2"], true)))
             .await;
         assert!(r.expect("the retry alone commits"));
         let threads: Vec<(String, String)> =
@@ -428,22 +424,8 @@ mod tests {
         let bad = running_job(&pool).await;
         // The same message twice in one upsert: PostgreSQL rejects the whole statement.
         let (a, b) = tokio::join!(
-            group.commit(
-                &tx,
-                Entry {
-                    fence: good,
-                    finish: Finish::Done,
-                    item: page("t-good", &["g1"], true)
-                }
-            ),
-            group.commit(
-                &tx,
-                Entry {
-                    fence: bad,
-                    finish: Finish::Done,
-                    item: page("t-bad", &["b1", "b1"], true)
-                }
-            ),
+            group.commit(&tx, done_with(good, page("t-good", &["g1"], true))),
+            group.commit(&tx, done_with(bad, page("t-bad", &["b1", "b1"], true))),
         );
         assert!(a.expect("the good job commits"));
         assert!(b.is_err(), "the bad job reports its error");
