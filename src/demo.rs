@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use crate::bench::sync::{Lab, LabOptions};
+use crate::bench::sync::{Lab, LabOptions, LAB_IN_FLIGHT};
 use crate::pg::Durability;
 use crate::sim::SimConfig;
 use crate::sync::{Mode, RunStatus};
@@ -51,7 +51,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ..SimConfig::default()
         },
         requests_per_second: 0.0,
-        in_flight: 32,
+        in_flight: LAB_IN_FLIGHT,
         processes: 0,
         durability: Durability::Throwaway,
         account_keys: String::new(),

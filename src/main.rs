@@ -237,7 +237,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .bind(&account)
                 .bind(&thread_id)
                 .fetch_one(&pool)
-                .await?;
+                .await
+                .map_err(|e| match e.as_database_error() {
+                    // The function's own check (bad thread id, not an eBay account).
+                    Some(d) if d.code().as_deref() == Some("22023") => {
+                        anyhow::anyhow!("{}", d.message())
+                    }
+                    _ => e.into(),
+                })?;
             println!("refresh of thread {thread_id} queued as job {id}");
             Ok(())
         }
@@ -372,21 +379,31 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                         .unwrap_or_else(|| "from jobs.toml".into())
                 );
                 println!("  last error:  {}", j.last_error.as_deref().unwrap_or("-"));
-                println!("  priority:    {}   run at: {}", j.priority, j.run_at);
                 println!(
-                    "  created:     {}   started: {:?}   finished: {:?}",
-                    j.created_at, j.started_at, j.finished_at
+                    "  priority:    {}   run at: {}   run: {}",
+                    j.priority,
+                    when(j.run_at),
+                    j.run_id.map_or_else(|| "-".into(), |r| r.to_string())
+                );
+                println!(
+                    "  created:     {}   started: {}   finished: {}",
+                    when(j.created_at),
+                    when(j.started_at),
+                    when(j.finished_at)
                 );
                 println!("  dedupe key:  {}", j.dedupe_key.as_deref().unwrap_or("-"));
                 println!(
                     "  concurrency: {}",
                     j.concurrency_key.as_deref().unwrap_or("-")
                 );
-                println!(
-                    "  lease:       {} until {:?}",
-                    j.lease_owner.as_deref().unwrap_or("-"),
-                    j.lease_expires_at
-                );
+                let lease = match (&j.lease_owner, j.status.as_str()) {
+                    (Some(owner), "running") => {
+                        format!("{owner} until {}", when(j.lease_expires_at))
+                    }
+                    (Some(owner), _) => format!("last held by {owner}"),
+                    (None, _) => "-".into(),
+                };
+                println!("  lease:       {lease}");
                 println!("  payload:     {}", j.payload);
                 if let Some(cp) = &j.checkpoint {
                     println!("  checkpoint:  {cp}");
@@ -473,4 +490,12 @@ async fn status(run_id: Option<i64>, account: Option<String>, json: bool) -> any
         None => println!("no sync runs yet"),
     }
     Ok(())
+}
+
+/// A timestamp for people: to the millisecond in UTC, or "-" when unset.
+fn when(t: impl Into<Option<chrono::DateTime<chrono::Utc>>>) -> String {
+    t.into().map_or_else(
+        || "-".into(),
+        |t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string(),
+    )
 }

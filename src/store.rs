@@ -98,6 +98,26 @@ pub async fn upsert_threads(
     Ok(())
 }
 
+/// Threads of one list (conversation type) that a run has written so far and that are not
+/// known to be deleted: every list page upserts the threads it lists, stamping `synced_at`.
+pub async fn threads_listed_in_run(
+    pool: &PgPool,
+    account: &str,
+    conversation_type: &str,
+    run_id: i64,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM threadsync.threads t, threadsync.sync_runs r
+          WHERE r.id = $3 AND t.account_id = $1 AND t.conversation_type = $2
+            AND t.synced_at >= r.started_at AND t.deleted_at IS NULL",
+    )
+    .bind(account)
+    .bind(conversation_type)
+    .bind(run_id)
+    .fetch_one(pool)
+    .await
+}
+
 /// The newest message we hold in full, per thread (absent: never fetched or unknown thread).
 pub async fn fetched_ids(
     pool: &PgPool,

@@ -103,24 +103,39 @@ pub enum Phase {
     Finished,
 }
 
+/// What the catch-up pass is planned from.
+#[derive(Debug, Clone, Copy)]
+pub struct MainPass {
+    pub started_at: DateTime<Utc>,
+    /// The main pass walked whole lists (a full run, or the first incremental one), not
+    /// only what changed since the last run.
+    pub walked_whole_lists: bool,
+}
+
 /// Called after each run job commits: the last job to finish moves the run on. Cheap when
 /// other jobs remain (one index probe); the run row is locked only at the very end.
 pub async fn advance_if_idle(
     pool: &PgPool,
     run_id: i64,
-    catch_up: impl FnOnce(DateTime<Utc>) -> Vec<NewJob>,
+    catch_up: impl FnOnce(MainPass) -> Vec<NewJob>,
 ) -> sqlx::Result<Phase> {
     if active_jobs(pool, run_id).await? {
         return Ok(Phase::Busy);
     }
     let mut tx = pool.begin().await?;
-    let row: Option<(String, String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT state, account_id, started_at FROM threadsync.sync_runs WHERE id = $1 FOR UPDATE",
+    // The same rule as the eBay planner's: an incremental run without a watermark walks
+    // whole lists. The watermark only moves when a run of this account finishes, and
+    // there is one run per account at a time.
+    let row: Option<(String, String, DateTime<Utc>, bool)> = sqlx::query_as(
+        "SELECT r.state, r.account_id, r.started_at,
+                r.mode = 'full' OR a.members_synced_from IS NULL
+           FROM threadsync.sync_runs r JOIN threadsync.accounts a ON a.id = r.account_id
+          WHERE r.id = $1 FOR UPDATE OF r",
     )
     .bind(run_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((state, account, started_at)) = row else {
+    let Some((state, account, started_at, walked_whole_lists)) = row else {
         return Ok(Phase::Busy);
     };
     if active_jobs(&mut *tx, run_id).await? {
@@ -132,7 +147,11 @@ pub async fn advance_if_idle(
                 .bind(run_id)
                 .execute(&mut *tx)
                 .await?;
-            crate::queue::enqueue_batch(&mut *tx, &catch_up(started_at)).await?;
+            let main = MainPass {
+                started_at,
+                walked_whole_lists,
+            };
+            crate::queue::enqueue_batch(&mut *tx, &catch_up(main)).await?;
             tx.commit().await?;
             Ok(Phase::CatchUp)
         }

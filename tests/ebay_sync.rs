@@ -10,7 +10,7 @@ use common::{ebay_config, TestDb};
 use serde_json::json;
 use threadsync::config::Config;
 use threadsync::jobs::Tokens;
-use threadsync::sim::{self, Faults, SimConfig, SimHandle};
+use threadsync::sim::{self, Faults, RuleAction, SimConfig, SimHandle};
 use threadsync::sync::{self, Mode};
 use threadsync::worker::Worker;
 use tokio_util::sync::CancellationToken;
@@ -302,6 +302,67 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_thread_rejects_bad_ids_and_accounts_in_the_callers_transaction() {
+    let db = TestDb::new().await;
+    let cfg = Config::parse(&ebay_config("http://127.0.0.1:9", 0.0, 7, ""), "test.toml").unwrap();
+    sync::register_accounts(&db.pool, &cfg).await.unwrap();
+    sqlx::query("INSERT INTO threadsync.accounts (id, provider) VALUES ('sms-0', 'smseagle')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let refresh = |account: &'static str, thread: String| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT threadsync.refresh_thread($1, $2)")
+                .bind(account)
+                .bind(thread)
+                .fetch_one(&pool)
+                .await
+        }
+    };
+    let cases = [
+        ("acct-0", String::new(), "bad thread id"),
+        ("acct-0", " 42".into(), "bad thread id"),
+        ("acct-0", "4\n2".into(), "bad thread id"),
+        ("acct-0", "x".repeat(257), "bad thread id"),
+        ("nope", "42".into(), "no account 'nope'"),
+        ("no\npe", "42".into(), "no account 'no?pe'"),
+        ("sms-0", "42".into(), "is a smseagle account"),
+    ];
+    for (account, thread, want) in cases {
+        let err = refresh(account, thread.clone()).await.unwrap_err();
+        let d = err.as_database_error().expect("a database error");
+        assert_eq!(
+            d.code().as_deref(),
+            Some("22023"),
+            "{account} {thread:?}: {d}"
+        );
+        assert!(
+            d.message().contains(want),
+            "{account} {thread:?}: {}",
+            d.message()
+        );
+        assert!(!d.message().contains('\n'), "one line: {:?}", d.message());
+    }
+    assert_eq!(db.count("SELECT count(*) FROM threadsync.jobs").await, 0);
+
+    let id = refresh("acct-0", "x".repeat(256)).await.unwrap();
+    let (limit, key): (i32, String) = sqlx::query_as(
+        "SELECT concurrency_limit, concurrency_key FROM threadsync.jobs WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (limit, key.as_str()),
+        (7, "ebay:acct-0"),
+        "the account's own in-flight cap"
+    );
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daily_quota_pauses_the_account_until_reset_without_burning_attempts() {
     let reset = chrono::Utc::now().timestamp_millis() + 4000;
     let sim_cfg = SimConfig {
@@ -466,6 +527,56 @@ async fn new_messages_during_a_full_resync_are_not_missed() {
     }
     assert!(checked > 0);
     assert_eq!(rig.compare().await.duplicated, 0);
+    rig.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_pushed_onto_a_page_already_read_is_caught_by_the_catch_up() {
+    // One request at a time, so list pages are read in offset order unless one fails.
+    let rig = Rig::new(
+        SimConfig {
+            threads: 300,
+            messages: 2,
+            seed: 23,
+            ..SimConfig::default()
+        },
+        0.0,
+        1,
+        1,
+    )
+    .await;
+    let page = |offset: u32| format!("conversation_type=FROM_MEMBERS&limit=50&offset={offset}");
+    // Offset 100 fails once and is read again after offset 150. In between, the thread at
+    // offset 250 gains a message and jumps to the head: every thread above it moves one
+    // place down, and the last one of offset 100's range lands on offset 150, already read.
+    rig.sim.on_next_request(&page(100), RuleAction::Fail5xx);
+    rig.sim.on_next_request(
+        &page(150),
+        RuleAction::MutateAfter(json!({"account": "acct-0", "bump_offsets": [250]})),
+    );
+    let id = rig.run(Mode::Full).await;
+
+    let finished = |offset: u32| {
+        let pool = rig.db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (i32, chrono::DateTime<chrono::Utc>)>(
+                "SELECT attempts, finished_at FROM threadsync.jobs
+                  WHERE run_id = $1 AND kind = 'ebay.list_page' AND payload->>'walk' = 'planned'
+                    AND payload->>'conversation_type' = 'FROM_MEMBERS' AND (payload->>'offset')::int = $2",
+            )
+            .bind(id)
+            .bind(offset as i32)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let (attempts_100, at_100) = finished(100).await;
+    let (_, at_150) = finished(150).await;
+    assert_eq!(attempts_100, 2, "offset 100 failed once");
+    assert!(at_100 > at_150, "offset 100 was read after offset 150");
+    let c = rig.compare().await;
+    assert!(c.is_exact(), "{c:?}");
     rig.close().await;
 }
 

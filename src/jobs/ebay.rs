@@ -43,8 +43,13 @@ enum Walk {
     /// Follow `next` one page at a time; `total` as the previous page saw it.
     Next { total: Option<u32> },
     /// Recency order: keep going only while a page still holds changed threads or
-    /// activity since `cutoff`.
-    EarlyStop { cutoff: DateTime<Utc> },
+    /// activity since `cutoff` or, with `until_all_seen`, while the list holds more threads
+    /// than the run has listed.
+    EarlyStop {
+        cutoff: DateTime<Utc>,
+        #[serde(default)]
+        until_all_seen: bool,
+    },
 }
 
 // No deny_unknown_fields here: serde does not support it together with `flatten`.
@@ -186,11 +191,20 @@ fn conversation_job(
 
 /// Jobs that re-read the head of both lists after the main pass: threads that gained
 /// messages while the run paged through them jumped ahead of its offsets.
-fn catch_up_jobs(account: &Account, run_id: i64, started_at: DateTime<Utc>) -> Vec<NewJob> {
-    let cutoff = started_at - Duration::minutes(LOOKBACK_MINUTES);
+///
+/// Each jump also pushes every thread above the old position one place down. The main
+/// pass reads its fanned-out pages in parallel, in no set order, so a thread pushed from a
+/// page not yet read onto one already read is listed by neither. After a main pass over
+/// whole lists the catch-up therefore reads on, page by page (where a push only repeats a
+/// thread), until the run has listed as many threads as the list holds.
+fn catch_up_jobs(account: &Account, run_id: i64, main: sync::MainPass) -> Vec<NewJob> {
+    let walk = Walk::EarlyStop {
+        cutoff: main.started_at - Duration::minutes(LOOKBACK_MINUTES),
+        until_all_seen: main.walked_whole_lists,
+    };
     [FROM_MEMBERS, FROM_EBAY]
         .into_iter()
-        .map(|t| list_job(account, run_id, t, 0, None, Walk::EarlyStop { cutoff }))
+        .map(|t| list_job(account, run_id, t, 0, None, walk))
         .collect()
 }
 
@@ -207,10 +221,8 @@ pub(super) async fn advance_run(
     };
     let account = &account.cfg;
     let check = || async {
-        if let Err(e) = sync::advance_if_idle(pool, run_id, |started| {
-            catch_up_jobs(account, run_id, started)
-        })
-        .await
+        if let Err(e) =
+            sync::advance_if_idle(pool, run_id, |main| catch_up_jobs(account, run_id, main)).await
         {
             tracing::warn!(run = run_id, error = %e, "could not advance the sync run; the next job end or scheduled start will");
         }
@@ -296,7 +308,10 @@ pub(super) async fn plan(
                     FROM_EBAY,
                     0,
                     None,
-                    Walk::EarlyStop { cutoff: since },
+                    Walk::EarlyStop {
+                        cutoff: since,
+                        until_all_seen: false,
+                    },
                 ),
             ]
         }
@@ -338,7 +353,7 @@ impl Handler for ListPage {
         let mut follow_ups = Vec::new();
         let mut recent = false;
         let cutoff = match p.walk {
-            Walk::EarlyStop { cutoff } => Some(cutoff),
+            Walk::EarlyStop { cutoff, .. } => Some(cutoff),
             _ => None,
         };
         for c in &page.conversations {
@@ -359,6 +374,27 @@ impl Handler for ListPage {
             }
         }
         let changed = follow_ups.len();
+        // Counted before this page's threads are written: at worst one page too many.
+        let unseen = match (p.walk, run_id, page.total) {
+            (
+                Walk::EarlyStop {
+                    until_all_seen: true,
+                    ..
+                },
+                Some(run_id),
+                Some(total),
+            ) => {
+                let seen = store::threads_listed_in_run(
+                    &job.pool,
+                    &account.id,
+                    &p.conversation_type,
+                    run_id,
+                )
+                .await?;
+                total > seen
+            }
+            _ => false,
+        };
         let rows: Vec<ThreadRow> = page
             .conversations
             .iter()
@@ -370,7 +406,7 @@ impl Handler for ListPage {
                 run_id,
                 &p,
                 &page,
-                changed > 0 || recent,
+                changed > 0 || recent || unseen,
             ));
         }
 
@@ -460,8 +496,8 @@ fn next_pages(
         Walk::Planned { last: true, .. } | Walk::Next { .. } if has_next => {
             jobs.push(job(p.offset + PAGE_LIMIT, Walk::Next { total }))
         }
-        Walk::EarlyStop { cutoff } if has_next && keep_going => {
-            jobs.push(job(p.offset + PAGE_LIMIT, Walk::EarlyStop { cutoff }))
+        Walk::EarlyStop { .. } if has_next && keep_going => {
+            jobs.push(job(p.offset + PAGE_LIMIT, p.walk))
         }
         _ => {}
     }

@@ -191,6 +191,26 @@ pub struct Harness {
     pub latency_ms: AtomicU64,
     /// Mutations scheduled to run right after a given provider request.
     pub scripts: std::sync::Mutex<Vec<ScheduledMutation>>,
+    /// One-shot rules for the next request with a given path and query.
+    pub rules: std::sync::Mutex<Vec<RequestRule>>,
+}
+
+/// What a [`RequestRule`] does to the request it matches.
+#[derive(Clone, Debug)]
+pub enum RuleAction {
+    /// Answer 500 with the provider's error shape.
+    Fail5xx,
+    /// Serve it, then apply this `/_sim/mutate` body before the response leaves.
+    MutateAfter(serde_json::Value),
+}
+
+/// Applies once, to the first provider request whose path and query contain `matching`:
+/// lets a test order events around one page exactly ("fail offset 100 once; change the
+/// list right after offset 150 is served").
+#[derive(Clone, Debug)]
+pub struct RequestRule {
+    pub matching: String,
+    pub action: RuleAction,
 }
 
 /// A `/_sim/mutate` body applied right after the response to provider
@@ -218,6 +238,7 @@ impl Harness {
             }),
             latency_ms: AtomicU64::new(config.latency_ms),
             scripts: std::sync::Mutex::default(),
+            rules: std::sync::Mutex::default(),
             config,
         }
     }
@@ -237,6 +258,18 @@ impl Harness {
             });
         }
         at
+    }
+
+    /// Removes and returns the rules that match this request's path and query.
+    fn take_rules(&self, path_and_query: &str) -> Vec<RuleAction> {
+        let Ok(mut rules) = self.rules.lock() else {
+            return Vec::new();
+        };
+        let (hit, keep): (Vec<RequestRule>, Vec<RequestRule>) = rules
+            .drain(..)
+            .partition(|r| path_and_query.contains(&r.matching));
+        *rules = keep;
+        hit.into_iter().map(|r| r.action).collect()
     }
 
     /// Scheduled mutations due after request number `n` (1-based).
@@ -341,6 +374,15 @@ impl SimHandle {
     pub fn schedule_mutation(&self, in_requests: u64, mutate: serde_json::Value) -> u64 {
         self.provider.harness().schedule(in_requests, mutate)
     }
+    /// Adds a one-shot [`RequestRule`].
+    pub fn on_next_request(&self, matching: &str, action: RuleAction) {
+        if let Ok(mut r) = self.provider.harness().rules.lock() {
+            r.push(RequestRule {
+                matching: matching.to_string(),
+                action,
+            });
+        }
+    }
     /// Scheduled mutations, with results for those that ran.
     pub fn scheduled(&self) -> Vec<ScheduledMutation> {
         self.provider
@@ -421,6 +463,7 @@ async fn harness_layer(
     let h = p.harness();
     let (parts, body) = req.into_parts();
     let account = p.identify(&parts);
+    let rules = h.take_rules(parts.uri.path_and_query().map_or("", |pq| pq.as_str()));
     let (route, metered) = {
         let path = parts
             .extensions
@@ -434,7 +477,10 @@ async fn harness_layer(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let (n, action) = h.faults.next();
+    let (n, mut action) = h.faults.next();
+    if rules.iter().any(|r| matches!(r, RuleAction::Fail5xx)) {
+        action = FaultAction::Error5xx;
+    }
     let response = match action {
         FaultAction::None => next.run(req).await,
         FaultAction::Error5xx => p.error_5xx(),
@@ -459,6 +505,13 @@ async fn harness_layer(
     };
     h.stats.record(account.as_deref(), &route, status, metered);
     run_scripts(p.as_ref(), n + 1);
+    for rule in rules {
+        if let RuleAction::MutateAfter(body) = rule {
+            if let Err(e) = p.mutate(&body) {
+                tracing::warn!(error = %e, "simulator: a request rule's mutation failed");
+            }
+        }
+    }
     response
 }
 
