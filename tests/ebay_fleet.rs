@@ -92,6 +92,8 @@ impl Fleet {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_killed_repeatedly_mid_run_lose_and_duplicate_nothing() {
+    // A 250 requests/s limit makes the run's ~1,530 calls last at least six seconds on
+    // any machine, so every kill below lands mid-run however fast the workers are.
     let fleet = Fleet::new(
         SimConfig {
             threads: 1500,
@@ -100,7 +102,7 @@ async fn workers_killed_repeatedly_mid_run_lose_and_duplicate_nothing() {
             latency_ms: 3,
             ..SimConfig::default()
         },
-        0.0,
+        250.0,
         16,
     )
     .await;
@@ -113,9 +115,10 @@ async fn workers_killed_repeatedly_mid_run_lose_and_duplicate_nothing() {
             t.elapsed() < Duration::from_secs(180),
             "run did not finish under kills"
         );
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        if kills < 6 && fleet.state(id).await.state == "running" {
-            // SIGKILL one worker at an arbitrary instant and start a replacement.
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        // SIGKILL a worker each time the simulator has served another 200 calls (wherever
+        // its jobs happen to be), and start a replacement.
+        if kills < 6 && fleet.calls() >= 200 * (kills as u64 + 1) {
             let victim = kills % workers.len();
             workers[victim].signal(Signal::SIGKILL);
             assert!(workers[victim].wait_exit(Duration::from_secs(5)));
@@ -123,10 +126,7 @@ async fn workers_killed_repeatedly_mid_run_lose_and_duplicate_nothing() {
             kills += 1;
         }
     }
-    assert!(
-        kills >= 2,
-        "the run finished before the workers could be killed ({kills} kills)"
-    );
+    assert_eq!(kills, 6, "the run finished before every kill landed");
     let s = fleet.state(id).await;
     assert_eq!(s.state, "done", "{s:?}");
     fleet.assert_exact().await;
