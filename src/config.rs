@@ -1,12 +1,17 @@
 //! jobs.toml: queue settings, retry policies, per-kind limits, schedules and accounts.
-//! Every error names the file, the line and the problem.
+//! Every error names the file, the line and the problem. The queue's settings are the
+//! queue's own types; each provider reads its own account keys.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::queue::{KindConfig, RetryPolicy, Schedule, Settings, Tuning};
+use crate::sync::{Connect, Shape};
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}:{line}: {problem}")]
@@ -19,137 +24,94 @@ pub struct ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub path: Option<PathBuf>,
-    pub queue: QueueConfig,
-    pub retry: RetryPolicy,
-    pub kinds: BTreeMap<String, KindConfig>,
-    pub schedules: Vec<Schedule>,
-    pub accounts: Vec<Account>,
+    /// `[queue]`, `[retry]`, `[kinds]` and `[[schedules]]`: the queue's own settings.
+    pub queue: Settings,
+    pub accounts: Vec<AccountConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct QueueConfig {
-    /// How long a claim is valid without a heartbeat.
-    pub lease_secs: u64,
-    /// Poll floor when no NOTIFY arrives (at most 1000).
-    pub poll_ms: u64,
-    /// Job slots per worker process.
-    pub concurrency: usize,
-    /// SIGTERM: how long in-flight jobs may run before they are released.
-    pub shutdown_grace_secs: u64,
-    /// Finished jobs older than this are pruned.
-    pub retention_hours: u64,
-    /// Rows deleted per prune statement.
-    pub prune_batch: i64,
-    /// false: handlers' transactions commit without waiting for the WAL flush. A database
-    /// crash can then lose the last moments of finished jobs, each with everything it
-    /// wrote (they commit together), so those jobs simply run again.
-    pub synchronous_commit: bool,
-}
-
-impl Default for QueueConfig {
-    fn default() -> Self {
-        Self {
-            lease_secs: 30,
-            poll_ms: 1000,
-            concurrency: 32,
-            shutdown_grace_secs: 20,
-            retention_hours: 24 * 7,
-            prune_batch: 1000,
-            synchronous_commit: true,
-        }
-    }
-}
-
-impl QueueConfig {
-    pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.lease_secs)
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryPolicy {
-    pub max_attempts: i32,
-    pub backoff_base_ms: u64,
-    pub backoff_cap_ms: u64,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 5,
-            backoff_base_ms: 1000,
-            backoff_cap_ms: 300_000,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Exponential backoff with jitter: the n-th failure waits between half and all of
-    /// min(cap, base * 2^(n-1)), so a burst of failures spreads out instead of retrying in step.
-    pub fn backoff(&self, attempts: i32) -> Duration {
-        let exp = attempts.clamp(1, 30) as u32 - 1;
-        let full = self
-            .backoff_base_ms
-            .saturating_mul(1u64 << exp)
-            .min(self.backoff_cap_ms);
-        let jittered = full / 2 + rand::random::<u64>() % (full / 2 + 1);
-        Duration::from_millis(jittered)
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct KindConfig {
-    pub retry: RetryPolicy,
-    /// Running jobs of this kind per worker process (None: no limit beyond the slots).
-    pub concurrency: Option<usize>,
-}
-
+/// One `[[accounts]]` entry: the keys every provider has, and the provider's own
+/// (parsed by the provider, see [`AccountKeys`]).
 #[derive(Debug, Clone)]
-pub struct Schedule {
-    pub name: String,
-    pub cron: croner::Cron,
-    pub kind: String,
-    pub payload: serde_json::Value,
-    pub priority: i32,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Ebay,
-    Smseagle,
-}
-
-#[derive(Debug, Clone)]
-pub struct Account {
+pub struct AccountConfig {
     pub id: String,
-    pub provider: Provider,
+    pub provider: &'static str,
+    pub shape: Shape,
     pub base_url: String,
-    /// Name of the environment variable holding the token; the token never sits in the file.
+    /// Name of the environment variable holding the secret; it never sits in the file.
     pub token_env: String,
     pub requests_per_second: f64,
     pub max_in_flight: i32,
     pub request_timeout: Duration,
-    /// SMSEagle settings (None for other providers).
-    pub sms: Option<SmsSettings>,
+    pub settings: Arc<dyn Connect>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct SmsSettings {
-    /// Folders synced by message id, in this order (outbox before sentitems, so a
-    /// message picked up between two reads is seen in one of them).
-    pub folders: Vec<String>,
-    /// Messages per folder request.
-    pub batch_size: u32,
-    /// A folder with no cursor yet starts this far back, not at the whole history.
-    pub cold_start: chrono::Duration,
-    /// Pending-status checks: the first comes after `check_first`, each next one twice
-    /// as late, up to `check_interval`.
-    pub check_first: Duration,
-    pub check_interval: Duration,
-    pub api: crate::providers::smseagle::ReadApi,
+/// The keys of one `[[accounts]]` entry not read yet, each with where it stands in the
+/// file, so a provider's errors name the line of the key itself.
+pub struct AccountKeys<'a> {
+    keys: BTreeMap<String, Spanned<toml::Value>>,
+    account: String,
+    /// The entry's own span, for keys that are missing.
+    span: std::ops::Range<usize>,
+    text: &'a str,
+    file: &'a str,
+}
+
+impl AccountKeys<'_> {
+    /// Takes `key` and decodes its value; absent is None.
+    pub fn take<T: serde::de::DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ConfigError> {
+        self.take_with(key, |_| Ok(()))
+    }
+
+    /// Takes `key`, decodes it and checks it with `check`, whose error names the key's line.
+    pub fn take_with<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key: &str,
+        check: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some(v) = self.keys.remove(key) else {
+            return Ok(None);
+        };
+        let span = v.span();
+        let value: T = v
+            .into_inner()
+            .try_into()
+            .map_err(|e: toml::de::Error| self.error_at(span.clone(), format!("{key}: {}", e.message().trim())))?;
+        check(&value).map_err(|p| self.error_at(span, format!("{key} {p}")))?;
+        Ok(Some(value))
+    }
+
+    /// An error about the whole entry (keys that only fail together), at its first line.
+    pub fn invalid(&self, problem: impl std::fmt::Display) -> ConfigError {
+        self.error_at(self.span.clone(), problem.to_string())
+    }
+
+    fn error_at(&self, span: std::ops::Range<usize>, problem: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: line_of(self.text, span.start),
+            problem: format!("account {:?}: {problem}", self.account),
+        }
+    }
+
+    fn required<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key: &str,
+        check: impl FnOnce(&T) -> Result<(), String>,
+    ) -> Result<T, ConfigError> {
+        self.take_with(key, check)?
+            .ok_or_else(|| self.invalid(format!("missing key {key}")))
+    }
+
+    /// Every key left over is unknown to the provider.
+    fn finish(self, provider: &str) -> Result<(), ConfigError> {
+        match self.keys.iter().next() {
+            Some((k, v)) => Err(self.error_at(
+                v.span(),
+                format!("unknown key {k} for provider = {provider:?}"),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 // ---- raw file shape -------------------------------------------------------------------
@@ -158,7 +120,7 @@ pub struct SmsSettings {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    queue: QueueConfig,
+    queue: Tuning,
     #[serde(default)]
     retry: RetryPolicy,
     #[serde(default)]
@@ -166,7 +128,7 @@ struct RawConfig {
     #[serde(default)]
     schedules: Vec<Spanned<RawSchedule>>,
     #[serde(default)]
-    accounts: Vec<Spanned<RawAccount>>,
+    accounts: Vec<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
 }
 
 #[derive(Deserialize)]
@@ -188,110 +150,6 @@ struct RawSchedule {
     payload: Option<toml::Value>,
     #[serde(default)]
     priority: i32,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAccount {
-    id: String,
-    provider: Provider,
-    base_url: String,
-    token_env: String,
-    #[serde(default = "default_rps")]
-    requests_per_second: f64,
-    #[serde(default = "default_in_flight")]
-    max_in_flight: i32,
-    #[serde(default = "default_timeout")]
-    request_timeout_secs: f64,
-    // SMSEagle only.
-    folders: Option<Vec<String>>,
-    batch_size: Option<u32>,
-    cold_start_days: Option<f64>,
-    status_check_interval_secs: Option<f64>,
-    status_check_first_secs: Option<f64>,
-    api: Option<crate::providers::smseagle::ReadApi>,
-}
-
-impl RawAccount {
-    fn has_sms_keys(&self) -> bool {
-        self.folders.is_some()
-            || self.batch_size.is_some()
-            || self.cold_start_days.is_some()
-            || self.status_check_interval_secs.is_some()
-            || self.status_check_first_secs.is_some()
-            || self.api.is_some()
-    }
-
-    /// SMSEagle settings with their defaults, or what is wrong with them.
-    fn sms_settings(&self) -> Result<SmsSettings, String> {
-        let folders = self
-            .folders
-            .clone()
-            .unwrap_or_else(|| ["inbox", "outbox", "sentitems"].map(String::from).to_vec());
-        if folders.is_empty() {
-            return Err("folders must list at least one folder".into());
-        }
-        for (i, f) in folders.iter().enumerate() {
-            if f.is_empty() || !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("folder {f:?} must be letters, digits or _"));
-            }
-            if folders[..i].contains(f) {
-                return Err(format!("folder {f:?} is listed twice"));
-            }
-        }
-        let batch_size = self.batch_size.unwrap_or(500);
-        if !(1..=10_000).contains(&batch_size) {
-            return Err("batch_size must be 1..=10000".into());
-        }
-        let secs = |v: Option<f64>, default: f64, key: &str| match v.unwrap_or(default) {
-            x if x.is_finite() && x > 0.0 => Ok(Duration::from_secs_f64(x)),
-            _ => Err(format!("{key} must be > 0")),
-        };
-        let cold = secs(
-            self.cold_start_days.map(|d| d * 86_400.0),
-            7.0 * 86_400.0,
-            "cold_start_days",
-        )?;
-        let check_interval = secs(
-            self.status_check_interval_secs,
-            300.0,
-            "status_check_interval_secs",
-        )?;
-        let check_first = secs(
-            self.status_check_first_secs,
-            30.0,
-            "status_check_first_secs",
-        )?;
-        if check_first > check_interval {
-            return Err(
-                "status_check_first_secs must not exceed status_check_interval_secs".into(),
-            );
-        }
-        let api = self.api.clone().unwrap_or_default();
-        if !api.folder_path.starts_with('/') || !api.folder_path.contains("{folder}") {
-            return Err("api.folder_path must start with / and contain {folder}".into());
-        }
-        Ok(SmsSettings {
-            folders,
-            batch_size,
-            cold_start: chrono::Duration::from_std(cold)
-                .map_err(|_| "cold_start_days is too large".to_string())?,
-            check_first,
-            check_interval,
-            api,
-        })
-    }
-}
-
-fn default_timeout() -> f64 {
-    30.0
-}
-
-fn default_rps() -> f64 {
-    10.0
-}
-fn default_in_flight() -> i32 {
-    10
 }
 
 impl Config {
@@ -410,91 +268,122 @@ impl Config {
             });
         }
 
-        let mut accounts: Vec<Account> = Vec::new();
+        let mut accounts: Vec<AccountConfig> = Vec::new();
         for a in raw.accounts {
-            let span = a.span();
-            let a = a.into_inner();
-            if accounts.iter().any(|o| o.id == a.id) {
-                return Err(err(Some(span), format!("duplicate account id {:?}", a.id)));
-            }
-            if !a.requests_per_second.is_finite() || a.requests_per_second < 0.0 {
-                return Err(err(
-                    Some(span),
-                    format!(
-                        "account {:?}: requests_per_second must be >= 0 (0: unpaced)",
-                        a.id
-                    ),
-                ));
-            }
-            if !(a.request_timeout_secs.is_finite() && a.request_timeout_secs > 0.0) {
-                return Err(err(
-                    Some(span),
-                    format!("account {:?}: request_timeout_secs must be > 0", a.id),
-                ));
-            }
-            if a.max_in_flight < 1 {
-                return Err(err(
-                    Some(span),
-                    format!("account {:?}: max_in_flight must be at least 1", a.id),
-                ));
-            }
-            if !(a.base_url.starts_with("http://") || a.base_url.starts_with("https://")) {
-                return Err(err(
-                    Some(span),
-                    format!(
-                        "account {:?}: base_url must start with http:// or https://",
-                        a.id
-                    ),
-                ));
-            }
-            let sms = match a.provider {
-                Provider::Smseagle => Some(
-                    a.sms_settings()
-                        .map_err(|p| err(Some(span.clone()), format!("account {:?}: {p}", a.id)))?,
-                ),
-                Provider::Ebay if a.has_sms_keys() => {
-                    return Err(err(
-                        Some(span),
-                        format!(
-                            "account {:?}: folders, batch_size, cold_start_days, status_check_* and api apply to provider = \"smseagle\" only",
-                            a.id
-                        ),
-                    ))
-                }
-                Provider::Ebay => None,
-            };
-            accounts.push(Account {
-                id: a.id,
-                provider: a.provider,
-                base_url: a.base_url.trim_end_matches('/').to_string(),
-                token_env: a.token_env,
-                requests_per_second: a.requests_per_second,
-                max_in_flight: a.max_in_flight,
-                request_timeout: Duration::from_secs_f64(a.request_timeout_secs),
-                sms,
-            });
+            let a = account(a, &accounts, text, file)?;
+            accounts.push(a);
         }
 
         Ok(Config {
             path: None,
-            queue: raw.queue,
-            retry: raw.retry,
-            kinds,
-            schedules,
+            queue: Settings {
+                tuning: raw.queue,
+                retry: raw.retry,
+                kinds,
+                schedules,
+            },
             accounts,
         })
     }
 
-    pub fn policy(&self, kind: &str) -> RetryPolicy {
-        self.kinds.get(kind).map(|k| k.retry).unwrap_or(self.retry)
-    }
-
-    pub fn account(&self, id: &str) -> anyhow::Result<&Account> {
+    pub fn account(&self, id: &str) -> anyhow::Result<&AccountConfig> {
         self.accounts.iter().find(|a| a.id == id).ok_or_else(|| {
             let known: Vec<&str> = self.accounts.iter().map(|a| a.id.as_str()).collect();
             anyhow::anyhow!("unknown account {id:?} (configured: {})", known.join(", "))
         })
     }
+}
+
+/// One `[[accounts]]` entry: the common keys here, the rest by its provider. `seen`
+/// holds the ids of the entries before it.
+fn account(
+    entry: Spanned<BTreeMap<String, Spanned<toml::Value>>>,
+    seen: &[AccountConfig],
+    text: &str,
+    file: &str,
+) -> Result<AccountConfig, ConfigError> {
+    let span = entry.span();
+    let mut keys = AccountKeys {
+        keys: entry.into_inner(),
+        account: String::new(),
+        span,
+        text,
+        file,
+    };
+    let id: String = keys.required("id", |id: &String| {
+        if id.is_empty() {
+            Err("must not be empty".into())
+        } else if seen.iter().any(|a| a.id == *id) {
+            Err(format!("{id:?} is a duplicate account id"))
+        } else {
+            Ok(())
+        }
+    })?;
+    keys.account = id.clone();
+    let names = || {
+        let known: Vec<&str> = crate::providers::ALL.iter().map(|p| p.name()).collect();
+        known.join(", ")
+    };
+    let name: String = keys.required("provider", |n: &String| match crate::providers::find(n) {
+        Some(_) => Ok(()),
+        None => Err(format!("{n:?} is not a provider (one of {})", names())),
+    })?;
+    let provider = crate::providers::find(&name)
+        .ok_or_else(|| keys.invalid(format!("unknown provider {name:?}")))?;
+    let base_url: String = keys.required("base_url", |u: &String| {
+        if u.starts_with("http://") || u.starts_with("https://") {
+            Ok(())
+        } else {
+            Err("must start with http:// or https://".into())
+        }
+    })?;
+    let token_env: String = keys.required("token_env", |v: &String| {
+        if v.is_empty() {
+            Err("must name an environment variable".into())
+        } else {
+            Ok(())
+        }
+    })?;
+    let requests_per_second: f64 = keys
+        .take_with("requests_per_second", |r: &f64| {
+            if r.is_finite() && (0.0..=100_000.0).contains(r) {
+                Ok(())
+            } else {
+                Err("must be 0..=100000 (0: unpaced)".into())
+            }
+        })?
+        .unwrap_or(10.0);
+    let max_in_flight: i32 = keys
+        .take_with("max_in_flight", |n: &i32| {
+            if (1..=10_000).contains(n) {
+                Ok(())
+            } else {
+                Err("must be 1..=10000".into())
+            }
+        })?
+        .unwrap_or(10);
+    let timeout: f64 = keys
+        .take_with("request_timeout_secs", |t: &f64| {
+            if t.is_finite() && *t > 0.0 && *t <= 3600.0 {
+                Ok(())
+            } else {
+                Err("must be > 0 and at most 3600".into())
+            }
+        })?
+        .unwrap_or(30.0);
+    let settings = provider.settings(&mut keys)?;
+    keys.finish(provider.name())?;
+    Ok(AccountConfig {
+        id,
+        provider: provider.name(),
+        shape: provider.shape(),
+        base_url: base_url.trim_end_matches('/').to_string(),
+        token_env,
+        requests_per_second,
+        max_in_flight,
+        request_timeout: Duration::from_secs_f64(timeout),
+        settings: Arc::from(settings),
+    })
 }
 
 fn check_policy(p: &RetryPolicy) -> Result<(), String> {
@@ -530,51 +419,31 @@ mod tests {
         assert!(e.problem.contains("max_attempts"), "{e}");
     }
 
-    const SMS: &str = "[[accounts]]\nid = \"gw\"\nprovider = \"smseagle\"\nbase_url = \"http://gw\"\ntoken_env = \"T\"\n";
+    const EBAY: &str = "[[accounts]]\nid = \"e\"\nprovider = \"ebay\"\nbase_url = \"http://e\"\ntoken_env = \"T\"\n";
 
     #[test]
-    fn smseagle_defaults() {
-        let c = Config::parse(SMS, "f").unwrap();
-        let s = c.accounts[0].sms.clone().unwrap();
-        assert_eq!(s.folders, ["inbox", "outbox", "sentitems"]);
-        assert_eq!(s.batch_size, 500);
-        assert_eq!(s.cold_start, chrono::Duration::days(7));
-        assert_eq!(s.check_interval, Duration::from_secs(300));
-        assert_eq!(s.check_first, Duration::from_secs(30));
-        assert_eq!(s.api.folder_path, "/api/v2/messages/{folder}");
-    }
-
-    #[test]
-    fn smseagle_keys_are_validated_with_lines() {
-        let text = format!("{SMS}folders = [\"inbox\", \"inbox\"]\n");
-        let e = Config::parse(&text, "jobs.toml").unwrap_err();
-        assert_eq!(e.line, 1, "{e}");
-        assert!(e.problem.contains("listed twice"), "{e}");
-        let e = Config::parse(&format!("{SMS}batch_size = 0\n"), "f").unwrap_err();
-        assert!(e.problem.contains("batch_size"), "{e}");
-        let e = Config::parse(&format!("{SMS}status_check_first_secs = 900\n"), "f").unwrap_err();
-        assert!(e.problem.contains("status_check_first_secs"), "{e}");
-        let e = Config::parse(&format!("{SMS}[accounts.api]\nid_form = \"x\"\n"), "f").unwrap_err();
+    fn account_errors_name_the_line_of_the_key() {
+        let e = Config::parse(&format!("{EBAY}max_in_flight = 0\n"), "jobs.toml").unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.problem.contains("max_in_flight"), "{e}");
+        let e = Config::parse(&format!("{EBAY}folders = [\"inbox\"]\n"), "f").unwrap_err();
+        assert_eq!(e.line, 6, "{e}");
+        assert!(e.problem.contains("unknown key folders"), "{e}");
+        let e = Config::parse(&EBAY.replace("\"ebay\"", "\"myspace\""), "f").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.problem.contains("not a provider"), "{e}");
+        let e = Config::parse(&format!("{EBAY}{EBAY}"), "f").unwrap_err();
         assert_eq!(e.line, 7, "{e}");
-        let ebay = "[[accounts]]\nid = \"e\"\nprovider = \"ebay\"\nbase_url = \"http://e\"\ntoken_env = \"T\"\nfolders = [\"inbox\"]\n";
-        let e = Config::parse(ebay, "f").unwrap_err();
-        assert!(e.problem.contains("smseagle\" only"), "{e}");
-        let c = Config::parse(
-            &format!("{SMS}[accounts.api]\nid_from_param = \"idfrom\"\n"),
-            "f",
-        )
-        .unwrap();
-        assert_eq!(
-            c.accounts[0].sms.as_ref().unwrap().api.id_from_param,
-            "idfrom"
-        );
+        assert!(e.problem.contains("duplicate"), "{e}");
+        let e = Config::parse(&EBAY.replace("base_url = \"http://e\"\n", ""), "f").unwrap_err();
+        assert!(e.problem.contains("missing key base_url"), "{e}");
     }
 
     #[test]
     fn shipped_jobs_toml_is_valid() {
         let c = Config::parse(include_str!("../jobs.toml"), "jobs.toml").unwrap();
-        let sms = c.account("sms-office").unwrap().sms.clone().unwrap();
-        assert_eq!(sms.check_interval, Duration::from_secs(300));
+        assert!(c.account("ebay-main").is_ok() && c.account("sms-office").is_ok());
+        assert!(!c.queue.schedules.is_empty());
     }
 
     #[test]
@@ -584,25 +453,8 @@ mod tests {
             "f",
         )
         .unwrap();
-        let p = c.policy("k");
+        let p = c.queue.policy("k");
         assert_eq!((p.max_attempts, p.backoff_base_ms), (7, 50));
-        assert_eq!(c.policy("other").max_attempts, 7);
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_cap() {
-        let p = RetryPolicy {
-            max_attempts: 5,
-            backoff_base_ms: 100,
-            backoff_cap_ms: 1000,
-        };
-        for _ in 0..100 {
-            let d1 = p.backoff(1).as_millis();
-            let d3 = p.backoff(3).as_millis();
-            let d9 = p.backoff(9).as_millis();
-            assert!((50..=100).contains(&d1), "{d1}");
-            assert!((200..=400).contains(&d3), "{d3}");
-            assert!((500..=1000).contains(&d9), "{d9}");
-        }
+        assert_eq!(c.queue.policy("other").max_attempts, 7);
     }
 }

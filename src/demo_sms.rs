@@ -129,14 +129,14 @@ async fn demo(lab: &Lab) -> anyhow::Result<()> {
 
 fn folders(s: &RunStatus, wall: Duration) {
     let per: Vec<String> = s
-        .sms_new_by_folder
+        .messages_by_stream
         .iter()
         .map(|(f, n)| format!("{f} {n}"))
         .collect();
     println!(
         "   {}: {} new messages ({}), {} HTTP calls, {:.1} s",
         s.state,
-        s.sms_new,
+        s.messages_written,
         if per.is_empty() {
             "none".to_string()
         } else {
@@ -151,7 +151,7 @@ async fn deliveries(lab: &Lab) -> anyhow::Result<(i64, i64, i64, i64)> {
     Ok(sqlx::query_as(
         "SELECT count(*) FILTER (WHERE outcome = 'pending'), count(*) FILTER (WHERE outcome IN ('final', 'sent')),
                 count(*) FILTER (WHERE outcome = 'expired'), coalesce(sum(checks), 0)
-           FROM threadsync.sms_deliveries WHERE account_id = 'acct-0'",
+           FROM threadsync.deliveries WHERE account_id = 'acct-0'",
     )
     .fetch_one(&lab.pool)
     .await?)

@@ -72,6 +72,9 @@ enum Cmd {
     /// Inspect and manage jobs.
     #[command(subcommand)]
     Jobs(JobsCmd),
+    /// Manage sync runs.
+    #[command(subcommand)]
+    Runs(RunsCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -130,6 +133,16 @@ enum JobsCmd {
 }
 
 #[derive(Subcommand)]
+enum RunsCmd {
+    /// Put every failed or cancelled job of a run back to pending and reopen the run; it
+    /// ends done once they succeed.
+    Retry {
+        /// The run id (`threadsync status --account A` shows the last one).
+        run_id: i64,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCmd {
     /// Queue throughput and pickup latency.
     Queue(bench::queue::QueueBenchArgs),
@@ -169,7 +182,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Migrate => {
             let pool = db::connect(&db::url_from_env()?, 2).await?;
             db::migrate(&pool).await?;
-            println!("migrations applied");
+            // So refresh_thread works before any worker has started.
+            sync::register_accounts(&pool, &cfg.accounts).await?;
+            println!(
+                "migrations applied; {} account(s) of the config registered",
+                cfg.accounts.len()
+            );
+            Ok(())
+        }
+        Cmd::Runs(RunsCmd::Retry { run_id }) => {
+            let pool = db::connect(&db::url_from_env()?, 2).await?;
+            let n = sync::retry_run(&pool, run_id).await?;
+            println!("run {run_id}: {n} job(s) pending again; the run ends when they do");
             Ok(())
         }
         Cmd::Worker {
@@ -232,14 +256,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Refresh { account, thread_id } => {
             cfg.account(&account)?;
             let pool = db::connect(&db::url_from_env()?, 2).await?;
-            sync::register_accounts(&pool, &cfg).await?;
+            sync::register_accounts(&pool, &cfg.accounts).await?;
             let id: i64 = sqlx::query_scalar("SELECT threadsync.refresh_thread($1, $2)")
                 .bind(&account)
                 .bind(&thread_id)
                 .fetch_one(&pool)
                 .await
                 .map_err(|e| match e.as_database_error() {
-                    // The function's own check (bad thread id, not an eBay account).
+                    // The function's own check (bad thread id, an account without thread fetches).
                     Some(d) if d.code().as_deref() == Some("22023") => {
                         anyhow::anyhow!("{}", d.message())
                     }
@@ -266,7 +290,7 @@ async fn run_worker(
     runtimes: usize,
 ) -> anyhow::Result<()> {
     let url = db::url_from_env()?;
-    let concurrency = concurrency.unwrap_or(cfg.queue.concurrency);
+    let concurrency = concurrency.unwrap_or(cfg.queue.tuning.concurrency);
     anyhow::ensure!(
         concurrency >= 1 && runtimes >= 1,
         "--concurrency and --runtimes must be at least 1"
@@ -275,9 +299,9 @@ async fn run_worker(
     // own transaction pool), never during HTTP calls.
     let pool = db::connect(&url, (runtimes * concurrency.min(8) / 2 + 2) as u32).await?;
     db::migrate(&pool).await?;
-    threadsync::sync::register_accounts(&pool, &cfg).await?;
+    threadsync::sync::register_accounts(&pool, &cfg.accounts).await?;
     let name = name.unwrap_or_else(threadsync::default_worker_name);
-    let cfg = Arc::new(cfg);
+    let settings = Arc::new(cfg.queue.clone());
     let stop = CancellationToken::new();
     let signals = stop.clone();
     tokio::spawn(async move {
@@ -294,8 +318,8 @@ async fn run_worker(
         };
         let w = Worker::new(
             pool.clone(),
-            cfg.clone(),
-            jobs::registry(&cfg, &jobs::Tokens::Env),
+            settings.clone(),
+            jobs::registry(&cfg, &sync::Tokens::Env),
             &n,
             concurrency,
         );
@@ -426,7 +450,7 @@ async fn start_sync(cfg: &Config, account: &str, mode: Mode, follow: bool) -> an
     cfg.account(account)?;
     let pool = db::connect(&db::url_from_env()?, 2).await?;
     db::migrate(&pool).await?;
-    sync::register_accounts(&pool, cfg).await?;
+    sync::register_accounts(&pool, &cfg.accounts).await?;
     let mut tx = pool.begin().await?;
     let (id, created) = sync::start_run(&mut tx, account, mode).await?;
     tx.commit().await?;

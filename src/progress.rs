@@ -63,16 +63,23 @@ pub fn print_status(s: &RunStatus) {
         "  messages written {}  HTTP calls {}",
         s.messages_written, s.http_calls
     );
-    if !s.sms_new_by_folder.is_empty() || s.checks_made > 0 {
-        let folders: Vec<String> = s
-            .sms_new_by_folder
+    if !s.messages_by_stream.is_empty() || s.checks_made > 0 {
+        let streams: Vec<String> = s
+            .messages_by_stream
             .iter()
             .map(|(f, n)| format!("{f} {n}"))
             .collect();
-        println!("  SMS new by folder: {}", folders.join(", "));
+        println!("  messages by folder: {}", streams.join(", "));
         println!(
-            "  SMS status checks {}  statuses changed {}  settled {}  expired {}",
+            "  status checks {}  statuses changed {}  settled {}  expired {}",
             s.checks_made, s.statuses_changed, s.settled, s.expired
+        );
+    }
+    if s.bad_rows > 0 {
+        println!(
+            "  provider rows skipped {} (first: {})",
+            s.bad_rows,
+            s.first_bad_row.as_deref().unwrap_or("-")
         );
     }
     println!("  jobs active {}  failed {}", s.jobs_active, s.jobs_failed);

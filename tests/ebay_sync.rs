@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{ebay_config, TestDb};
 use serde_json::json;
 use threadsync::config::Config;
-use threadsync::jobs::Tokens;
+use threadsync::sync::Tokens;
 use threadsync::sim::{self, Faults, RuleAction, SimConfig, SimHandle};
 use threadsync::sync::{self, Mode};
 use threadsync::worker::Worker;
@@ -33,14 +33,14 @@ impl Rig {
             )
             .expect("config"),
         );
-        sync::register_accounts(&db.pool, &cfg).await.unwrap();
+        sync::register_accounts(&db.pool, &cfg.accounts).await.unwrap();
         let tokens = Tokens::Given(HashMap::from([("acct-0".to_string(), sim.token("acct-0"))]));
         let stop = CancellationToken::new();
         let workers = (0..workers)
             .map(|i| {
                 let registry = threadsync::jobs::registry(&cfg, &tokens);
                 tokio::spawn(
-                    Worker::new(db.pool.clone(), cfg.clone(), registry, &format!("w{i}"), 16)
+                    Worker::new(db.pool.clone(), Arc::new(cfg.queue.clone()), registry, &format!("w{i}"), 16)
                         .run(stop.clone()),
                 )
             })
@@ -305,7 +305,7 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
 async fn refresh_thread_rejects_bad_ids_and_accounts_in_the_callers_transaction() {
     let db = TestDb::new().await;
     let cfg = Config::parse(&ebay_config("http://127.0.0.1:9", 0.0, 7, ""), "test.toml").unwrap();
-    sync::register_accounts(&db.pool, &cfg).await.unwrap();
+    sync::register_accounts(&db.pool, &cfg.accounts).await.unwrap();
     sqlx::query("INSERT INTO threadsync.accounts (id, provider) VALUES ('sms-0', 'smseagle')")
         .execute(&db.pool)
         .await

@@ -26,8 +26,8 @@ fn start_worker(
     tokio::task::JoinHandle<anyhow::Result<()>>,
 ) {
     let stop = CancellationToken::new();
-    let registry = threadsync::jobs::registry(&cfg, &threadsync::jobs::Tokens::Env);
-    let w = Worker::new(db.pool.clone(), cfg, registry, name, 8);
+    let registry = threadsync::jobs::registry(&cfg, &threadsync::sync::Tokens::Env);
+    let w = Worker::new(db.pool.clone(), Arc::new(cfg.queue.clone()), registry, name, 8);
     (stop.clone(), tokio::spawn(w.run(stop)))
 }
 
@@ -315,7 +315,7 @@ async fn a_handler_whose_lease_was_lost_commits_nothing() {
     .await
     .unwrap();
     assert_eq!(
-        maintenance::reap(&db.pool, &Config::default())
+        maintenance::reap(&db.pool, &Config::default().queue)
             .await
             .unwrap(),
         1
@@ -407,7 +407,7 @@ async fn cron_fires_a_missed_tick_once() {
     );
     let now = Utc::now();
     assert_eq!(
-        cron::fire_due(&db.pool, &cfg.schedules, now).await.unwrap(),
+        cron::fire_due(&db.pool, &cfg.queue.schedules, now).await.unwrap(),
         0,
         "first sight only records the schedule"
     );
@@ -417,11 +417,11 @@ async fn cron_fires_a_missed_tick_once() {
         .await
         .unwrap();
     assert_eq!(
-        cron::fire_due(&db.pool, &cfg.schedules, now).await.unwrap(),
+        cron::fire_due(&db.pool, &cfg.queue.schedules, now).await.unwrap(),
         1
     );
     assert_eq!(
-        cron::fire_due(&db.pool, &cfg.schedules, now).await.unwrap(),
+        cron::fire_due(&db.pool, &cfg.queue.schedules, now).await.unwrap(),
         0
     );
     assert_eq!(

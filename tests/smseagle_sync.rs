@@ -12,7 +12,7 @@ use common::{TestDb, WorkerProc};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use threadsync::config::Config;
-use threadsync::jobs::Tokens;
+use threadsync::sync::Tokens;
 use threadsync::providers::smseagle::{is_final, normalize_status};
 use threadsync::sim::{self, Faults, Provider, SimConfig, SimHandle};
 use threadsync::sync::{self, Mode, RunStatus};
@@ -59,12 +59,12 @@ impl Rig {
         let cfg = Arc::new(
             Config::parse(&sms_config(&sim.base_url(), extra), "test.toml").expect("config"),
         );
-        sync::register_accounts(&db.pool, &cfg).await.unwrap();
+        sync::register_accounts(&db.pool, &cfg.accounts).await.unwrap();
         let tokens = Tokens::Given(HashMap::from([("acct-0".to_string(), sim.token("acct-0"))]));
         let stop = CancellationToken::new();
         let registry = threadsync::jobs::registry(&cfg, &tokens);
         let workers = vec![tokio::spawn(
-            Worker::new(db.pool.clone(), cfg.clone(), registry, "w0", 16).run(stop.clone()),
+            Worker::new(db.pool.clone(), Arc::new(cfg.queue.clone()), registry, "w0", 16).run(stop.clone()),
         )];
         Rig {
             db,
@@ -129,7 +129,7 @@ async fn db_ids(db: &TestDb) -> BTreeSet<String> {
 
 async fn cursors(db: &TestDb) -> BTreeMap<String, i64> {
     sqlx::query_as::<_, (String, i64)>(
-        "SELECT folder, last_id FROM threadsync.sms_folder_cursors WHERE account_id = 'acct-0'",
+        "SELECT stream, position FROM threadsync.stream_cursors WHERE account_id = 'acct-0'",
     )
     .fetch_all(&db.pool)
     .await
@@ -163,7 +163,7 @@ async fn incremental_reads_only_new_ids_per_folder() {
     let truth = truth_messages(&rig.sim);
     let want: BTreeSet<String> = truth.iter().map(our_id).collect();
     assert_eq!(db_ids(&rig.db).await, want);
-    assert_eq!(first.sms_new as usize, want.len());
+    assert_eq!(first.messages_written as usize, want.len());
     let c = cursors(&rig.db).await;
     assert_eq!(c.get("inbox").copied(), max_id(&truth, "inbox"));
     assert_eq!(c.get("sentitems").copied(), max_id(&truth, "sentitems"));
@@ -183,7 +183,7 @@ async fn incremental_reads_only_new_ids_per_folder() {
     // Nothing new: one request per folder, nothing written.
     let snapshot = "SELECT (SELECT count(*) FROM threadsync.messages WHERE synced_at > r.started_at)
                          + (SELECT count(*) FROM threadsync.threads WHERE synced_at > r.started_at)
-                         + (SELECT count(*) FROM threadsync.sms_folder_cursors WHERE updated_at > r.started_at)
+                         + (SELECT count(*) FROM threadsync.stream_cursors WHERE updated_at > r.started_at)
                       FROM threadsync.sync_runs r WHERE r.id = (SELECT max(id) FROM threadsync.sync_runs)";
     rig.sim.reset_stats();
     let idle = rig.run(Mode::Incremental).await;
@@ -193,7 +193,7 @@ async fn incremental_reads_only_new_ids_per_folder() {
         0,
         "an idle sync writes nothing"
     );
-    assert_eq!(idle.sms_new, 0);
+    assert_eq!(idle.messages_written, 0);
 
     // n new messages: exactly those are inserted; each cursor is the highest id seen.
     let added = rig
@@ -212,9 +212,9 @@ async fn incremental_reads_only_new_ids_per_folder() {
         expected.insert(format!("out:{id}"));
     }
     assert_eq!(new, expected);
-    assert_eq!(third.sms_new, 10);
-    let inbox_new = third.sms_new_by_folder.get("inbox").copied();
-    assert_eq!(inbox_new, Some(7), "{:?}", third.sms_new_by_folder);
+    assert_eq!(third.messages_written, 10);
+    let inbox_new = third.messages_by_stream.get("inbox").copied();
+    assert_eq!(inbox_new, Some(7), "{:?}", third.messages_by_stream);
     let c = cursors(&rig.db).await;
     let top_inbox = added["inbox_ids"]
         .as_array()
@@ -270,7 +270,7 @@ async fn send_and_follow(rig: &Rig, per_validity: usize) -> Vec<u64> {
     rig.sim.advance_clock(10.0);
     rig.run(Mode::Incremental).await;
     let followed: Vec<String> = sqlx::query_scalar(
-        "SELECT message_id FROM threadsync.sms_deliveries WHERE account_id = 'acct-0' ORDER BY 1",
+        "SELECT message_id FROM threadsync.deliveries WHERE account_id = 'acct-0' ORDER BY 1",
     )
     .fetch_all(&rig.db.pool)
     .await
@@ -283,7 +283,7 @@ async fn send_and_follow(rig: &Rig, per_validity: usize) -> Vec<u64> {
 
 async fn wait_settled(db: &TestDb, limit: Duration) {
     db.wait_count(
-        "SELECT count(*) FROM threadsync.sms_deliveries WHERE outcome = 'pending'",
+        "SELECT count(*) FROM threadsync.deliveries WHERE outcome = 'pending'",
         0,
         limit,
     )
@@ -306,7 +306,7 @@ async fn assert_matches_truth(rig: &Rig, followed: &[u64]) -> (usize, usize) {
     let (mut finals, mut expired) = (0, 0);
     for id in followed {
         let (status, outcome): (Option<String>, String) = sqlx::query_as(
-            "SELECT m.status, d.outcome FROM threadsync.sms_deliveries d
+            "SELECT m.status, d.outcome FROM threadsync.deliveries d
                JOIN threadsync.messages m USING (account_id, message_id)
               WHERE d.account_id = 'acct-0' AND d.message_id = $1",
         )
@@ -351,7 +351,7 @@ async fn pending_statuses_settle_or_expire_and_checks_stop() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let pending = rig
         .db
-        .count("SELECT count(*) FROM threadsync.sms_deliveries WHERE outcome = 'pending'")
+        .count("SELECT count(*) FROM threadsync.deliveries WHERE outcome = 'pending'")
         .await;
     assert!(
         pending > 0,
@@ -438,7 +438,7 @@ async fn gateway_outage_delays_checks_without_dropping_them() {
     assert_eq!(failed, 0, "an outage never drops a check");
     let noted = rig
         .db
-        .count("SELECT count(*) FROM threadsync.sms_deliveries WHERE last_error IS NOT NULL")
+        .count("SELECT count(*) FROM threadsync.deliveries WHERE last_error IS NOT NULL")
         .await;
     assert!(noted > 0, "the gateway failure is recorded");
 
@@ -460,7 +460,7 @@ async fn sigkill_during_a_folder_batch_keeps_cursor_and_rows_consistent() {
     .unwrap();
     let text = sms_config(&sim.base_url(), "batch_size = 25\n");
     let cfg = Config::parse(&text, "test.toml").unwrap();
-    sync::register_accounts(&db.pool, &cfg).await.unwrap();
+    sync::register_accounts(&db.pool, &cfg.accounts).await.unwrap();
     let path = common::write_config(&text);
     let token = sim.token("acct-0");
     let env = [(TOKEN_ENV, token.as_str())];
@@ -496,7 +496,7 @@ async fn sigkill_during_a_folder_batch_keeps_cursor_and_rows_consistent() {
     assert_eq!(c.get("sentitems").copied(), max_id(&truth, "sentitems"));
     let status = sync::run_status(&db.pool, run_id).await.unwrap().unwrap();
     // Each message counted once as new, whatever the kill interrupted.
-    assert_eq!(status.sms_new as usize, want.len(), "{status:?}");
+    assert_eq!(status.messages_written as usize, want.len(), "{status:?}");
     sim.shutdown().await;
     db.close().await;
 }

@@ -211,15 +211,15 @@ impl Workers {
         if args.processes == 0 {
             let pool = db::connect(url, (args.workers * 16).min(96) as u32).await?;
             let mut cfg = Config::default();
-            cfg.queue.synchronous_commit = !args.async_commit;
-            let cfg = Arc::new(cfg);
+            cfg.queue.tuning.synchronous_commit = !args.async_commit;
+            let settings = Arc::new(cfg.queue.clone());
             let stop = CancellationToken::new();
             let tasks = (0..args.workers)
                 .map(|i| {
                     let w = Worker::new(
                         pool.clone(),
-                        cfg.clone(),
-                        crate::jobs::registry(&cfg, &crate::jobs::Tokens::Env),
+                        settings.clone(),
+                        crate::jobs::registry(&cfg, &crate::sync::Tokens::Env),
                         &format!("bench-{i}"),
                         args.concurrency,
                     );

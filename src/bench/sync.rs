@@ -15,10 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::{self, Scratch};
-use crate::jobs::Tokens;
 use crate::pg::Durability;
 use crate::sim::{self, SimConfig, SimHandle};
-use crate::sync::{self, Mode, RunStatus};
+use crate::sync::{self, Mode, RunStatus, Tokens};
 use crate::verify::{self, Comparison};
 use crate::worker::Worker;
 
@@ -127,7 +126,8 @@ impl Lab {
             o.account_keys
         );
         let cfg = Arc::new(Config::parse(&text, "lab jobs.toml")?);
-        sync::register_accounts(&pool, &cfg).await?;
+        let settings = Arc::new(cfg.queue.clone());
+        sync::register_accounts(&pool, &cfg.accounts).await?;
         let token = sim.token(SIM_ACCOUNT);
         let workers = if o.processes == 0 {
             let tokens = Tokens::Given(HashMap::from([(o.account.clone(), token)]));
@@ -136,7 +136,7 @@ impl Lab {
                 .map(|i| {
                     let registry = crate::jobs::registry(&cfg, &tokens);
                     let w =
-                        Worker::new(pool.clone(), cfg.clone(), registry, &format!("lab-{i}"), 48);
+                        Worker::new(pool.clone(), settings.clone(), registry, &format!("lab-{i}"), 48);
                     tokio::spawn(w.run(stop.clone()))
                 })
                 .collect();

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::{enqueue, NewJob};
-use crate::config::Schedule;
+use super::Schedule;
 
 /// Fires every schedule whose next tick is due. Returns the number of jobs enqueued.
 pub async fn fire_due(

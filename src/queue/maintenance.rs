@@ -6,7 +6,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Fence;
-use crate::config::Config;
+use super::Settings;
 
 /// Extends the leases this worker holds. Returns the ids still held: a job missing from the
 /// answer was reaped, cancelled or finished elsewhere, and its handler must stop.
@@ -34,7 +34,7 @@ pub async fn heartbeat(pool: &PgPool, held: &[Fence], lease: Duration) -> sqlx::
 
 /// Returns jobs whose lease expired (their worker died or hung) to pending. The attempt
 /// counts, so a job that kills its worker every time ends failed after max_attempts.
-pub async fn reap(pool: &PgPool, cfg: &Config) -> sqlx::Result<u64> {
+pub async fn reap(pool: &PgPool, cfg: &Settings) -> sqlx::Result<u64> {
     let kinds: Vec<&str> = cfg.kinds.keys().map(String::as_str).collect();
     let maxes: Vec<i32> = cfg.kinds.values().map(|k| k.retry.max_attempts).collect();
     let r = sqlx::query(

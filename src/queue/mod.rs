@@ -7,10 +7,12 @@ pub mod cron;
 pub mod enqueue;
 pub mod fence;
 pub mod maintenance;
+pub mod settings;
 
 pub use claim::{claim, ClaimedJob};
 pub use enqueue::{enqueue, enqueue_batch, NewJob};
 pub use fence::{Fence, Finish};
+pub use settings::{KindConfig, RetryPolicy, Schedule, Settings, Tuning};
 
 /// The channel the insert trigger notifies.
 pub const CHANNEL: &str = "threadsync_jobs";

@@ -46,10 +46,19 @@ pub trait Handler: Send + Sync + 'static {
     async fn after(&self, _job: &JobCtx) {}
 }
 
-/// Job kinds this worker can run.
+/// Work a worker does on its own, beside its jobs, every [`Periodic::every`]: for example
+/// closing a larger unit of work whose jobs all ended without the hook that would close it.
+#[async_trait::async_trait]
+pub trait Periodic: Send + Sync + 'static {
+    fn every(&self) -> std::time::Duration;
+    async fn tick(&self, pool: &PgPool);
+}
+
+/// Job kinds this worker can run, and its periodic tasks.
 #[derive(Default, Clone)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn Handler>>,
+    periodic: Vec<Arc<dyn Periodic>>,
 }
 
 impl Registry {
@@ -59,6 +68,16 @@ impl Registry {
     }
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
         self.handlers.get(kind).cloned()
+    }
+    pub fn has(&self, kind: &str) -> bool {
+        self.handlers.contains_key(kind)
+    }
+    pub fn periodic(&mut self, task: impl Periodic) -> &mut Self {
+        self.periodic.push(Arc::new(task));
+        self
+    }
+    pub(crate) fn periodic_tasks(&self) -> &[Arc<dyn Periodic>] {
+        &self.periodic
     }
 }
 

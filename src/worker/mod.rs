@@ -3,7 +3,7 @@
 
 pub mod group_commit;
 pub mod job;
-mod tx_pool;
+pub(crate) mod tx_pool;
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
@@ -20,10 +20,9 @@ use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use job::{Fenced, Handler, JobCtx, JobError, JobResult, Registry};
+pub use job::{Fenced, Handler, JobCtx, JobError, JobResult, Periodic, Registry};
 
-use crate::config::Config;
-use crate::queue::{self, cron, fence, maintenance, ClaimedJob, Fence};
+use crate::queue::{self, cron, fence, maintenance, ClaimedJob, Fence, Settings};
 
 /// Largest claim in one statement.
 const MAX_BATCH: usize = 1000;
@@ -41,7 +40,7 @@ struct Shared {
     /// The runtime's own connections (claims, heartbeats, outcomes, reaper), apart from the
     /// handlers' so busy handlers can never starve a heartbeat into a lost lease.
     control: PgPool,
-    cfg: Arc<Config>,
+    cfg: Arc<Settings>,
     registry: Registry,
     name: Arc<str>,
     concurrency: usize,
@@ -63,7 +62,7 @@ struct InFlight {
 impl Worker {
     pub fn new(
         pool: PgPool,
-        cfg: Arc<Config>,
+        cfg: Arc<Settings>,
         registry: Registry,
         name: &str,
         concurrency: usize,
@@ -76,7 +75,7 @@ impl Worker {
                 tx_pool: tx_pool::new(
                     (*pool.connect_options()).clone(),
                     concurrency.min(8) + 1,
-                    cfg.queue.synchronous_commit,
+                    cfg.tuning.synchronous_commit,
                 ),
                 control: PgPoolOptions::new()
                     .max_connections(3)
@@ -104,11 +103,18 @@ impl Worker {
         let s = self.shared;
         info!(worker = %s.name, concurrency = s.concurrency, "worker started");
         let background = CancellationToken::new();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(listen(s.clone(), background.clone())),
             tokio::spawn(heartbeat(s.clone(), background.clone())),
             tokio::spawn(maintain(s.clone(), background.clone())),
         ];
+        for p in s.registry.periodic_tasks() {
+            tasks.push(tokio::spawn(periodic(
+                s.pool.clone(),
+                p.clone(),
+                background.clone(),
+            )));
+        }
         let acker = tokio::spawn(ack(s.clone(), self.acks, background.clone()));
 
         claim_loop(&s, &shutdown).await;
@@ -131,7 +137,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
-    let poll = Duration::from_millis(s.cfg.queue.poll_ms);
+    let poll = Duration::from_millis(s.cfg.tuning.poll_ms);
     let mut backoff = Backoff::new();
     let mut last_full = false;
     while !shutdown.is_cancelled() {
@@ -149,7 +155,7 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
         }
         let want = free.min(MAX_BATCH);
         let skip = kinds_at_limit(s);
-        match queue::claim(&s.control, &s.name, want, s.cfg.queue.lease(), &skip).await {
+        match queue::claim(&s.control, &s.name, want, s.cfg.lease(), &skip).await {
             Ok(jobs) => {
                 s.outage.recovered("claim");
                 backoff.reset();
@@ -333,7 +339,7 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
         }
     }
     let policy = s.cfg.policy(&ctx.kind);
-    let deadline = Instant::now() + s.cfg.queue.lease();
+    let deadline = Instant::now() + s.cfg.lease();
     let mut wait = Duration::from_millis(100);
     loop {
         let res = match &err {
@@ -461,7 +467,7 @@ async fn listen(s: Arc<Shared>, stop: CancellationToken) {
 }
 
 async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
-    let lease = s.cfg.queue.lease();
+    let lease = s.cfg.lease();
     let every = lease / 3;
     // A job missing from one heartbeat may just be committing its end; only one still
     // missing (and still running here) at the next heartbeat has really lost its lease.
@@ -512,8 +518,8 @@ async fn maintain(s: Arc<Shared>, stop: CancellationToken) {
             debug!(error = %e, "cron check failed; will retry");
         }
         if last_prune.elapsed() >= Duration::from_secs(60) {
-            let age = Duration::from_secs(s.cfg.queue.retention_hours * 3600);
-            match maintenance::prune(&s.control, age, s.cfg.queue.prune_batch).await {
+            let age = Duration::from_secs(s.cfg.tuning.retention_hours * 3600);
+            match maintenance::prune(&s.control, age, s.cfg.tuning.prune_batch).await {
                 Ok(0) => {}
                 Ok(n) => info!(jobs = n, "pruned finished jobs past retention"),
                 Err(e) => debug!(error = %e, "prune failed; will retry"),
@@ -528,8 +534,15 @@ async fn maintain(s: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
+async fn periodic(pool: PgPool, task: Arc<dyn Periodic>, stop: CancellationToken) {
+    loop {
+        tokio::select! { _ = sleep(task.every()) => {}, _ = stop.cancelled() => return }
+        task.tick(&pool).await;
+    }
+}
+
 async fn drain(s: &Arc<Shared>) {
-    let grace = Duration::from_secs(s.cfg.queue.shutdown_grace_secs);
+    let grace = Duration::from_secs(s.cfg.tuning.shutdown_grace_secs);
     let deadline = Instant::now() + grace;
     let busy = || !lock(&s.inflight).is_empty();
     if busy() {

@@ -1,13 +1,21 @@
 //! Sync runs: registering accounts, starting a run (one per account at a time), deciding
-//! when a run is finished, and reading its status.
+//! when a run is finished (after every job end, and from every worker's maintenance loop,
+//! so no run stays open), retrying a failed run, and reading its status.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
-use crate::config::{Config, Provider};
+use crate::config::AccountConfig;
 use crate::queue::{enqueue, NewJob};
+
+use super::keys::START_KIND;
+use super::vocab::Shape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -27,28 +35,19 @@ impl Mode {
     }
 }
 
-/// The job kind that plans a run.
-pub const START_KIND: &str = "sync.start";
-
-pub fn provider_name(p: &Provider) -> &'static str {
-    match p {
-        Provider::Ebay => "ebay",
-        Provider::Smseagle => "smseagle",
-    }
-}
-
 /// Copies the configured accounts (and their limits) into the database, so SQL callers and
 /// every worker agree on them.
-pub async fn register_accounts(pool: &PgPool, cfg: &Config) -> sqlx::Result<()> {
-    for a in &cfg.accounts {
+pub async fn register_accounts(pool: &PgPool, accounts: &[AccountConfig]) -> sqlx::Result<()> {
+    for a in accounts {
         sqlx::query(
-            "INSERT INTO threadsync.accounts (id, provider, max_in_flight) VALUES ($1, $2, $3)
+            "INSERT INTO threadsync.accounts (id, provider, max_in_flight, fetches_threads) VALUES ($1, $2, $3, $4)
              ON CONFLICT (id) DO UPDATE SET provider = excluded.provider, max_in_flight = excluded.max_in_flight,
-                                            updated_at = now()",
+                                            fetches_threads = excluded.fetches_threads, updated_at = now()",
         )
         .bind(&a.id)
-        .bind(provider_name(&a.provider))
+        .bind(a.provider)
         .bind(a.max_in_flight)
+        .bind(a.shape == Shape::Threads)
         .execute(pool)
         .await?;
         sqlx::query("INSERT INTO threadsync.flow (account_id) VALUES ($1) ON CONFLICT DO NOTHING")
@@ -114,21 +113,24 @@ pub struct MainPass {
 
 /// Called after each run job commits: the last job to finish moves the run on. Cheap when
 /// other jobs remain (one index probe); the run row is locked only at the very end.
+/// `catch_up` plans the pass after the main one; with `reconcile`, a complete run that
+/// walked whole lists marks the threads it did not meet as deleted.
 pub async fn advance_if_idle(
     pool: &PgPool,
     run_id: i64,
+    reconcile: bool,
     catch_up: impl FnOnce(MainPass) -> Vec<NewJob>,
 ) -> sqlx::Result<Phase> {
     if active_jobs(pool, run_id).await? {
         return Ok(Phase::Busy);
     }
     let mut tx = pool.begin().await?;
-    // The same rule as the eBay planner's: an incremental run without a watermark walks
+    // The same rule as the planner's: an incremental run without a watermark walks
     // whole lists. The watermark only moves when a run of this account finishes, and
     // there is one run per account at a time.
     let row: Option<(String, String, DateTime<Utc>, bool)> = sqlx::query_as(
         "SELECT r.state, r.account_id, r.started_at,
-                r.mode = 'full' OR a.members_synced_from IS NULL
+                r.mode = 'full' OR a.synced_from IS NULL
            FROM threadsync.sync_runs r JOIN threadsync.accounts a ON a.id = r.account_id
           WHERE r.id = $1 FOR UPDATE OF r",
     )
@@ -156,9 +158,10 @@ pub async fn advance_if_idle(
             Ok(Phase::CatchUp)
         }
         "catching_up" => {
+            // A cancelled job did not do its part either.
             let failed: Option<String> = sqlx::query_scalar(
-                "SELECT kind || ' job ' || id || ': ' || coalesce(last_error, '?') FROM threadsync.jobs
-                  WHERE run_id = $1 AND status = 'failed' ORDER BY id LIMIT 1",
+                "SELECT kind || ' job ' || id || ' ' || status || ': ' || coalesce(last_error, '?') FROM threadsync.jobs
+                  WHERE run_id = $1 AND status IN ('failed', 'cancelled') ORDER BY id LIMIT 1",
             )
             .bind(run_id)
             .fetch_optional(&mut *tx)
@@ -175,12 +178,20 @@ pub async fn advance_if_idle(
                 // Only a complete run moves the watermark, and only to its start: whatever
                 // changed while it ran is looked at again next time.
                 sqlx::query(
-                    "UPDATE threadsync.accounts SET members_synced_from = $2, updated_at = now() WHERE id = $1",
+                    "UPDATE threadsync.accounts SET synced_from = $2, updated_at = now() WHERE id = $1",
                 )
                 .bind(&account)
                 .bind(started_at)
                 .execute(&mut *tx)
                 .await?;
+                if reconcile && walked_whole_lists {
+                    let gone = super::store::reconcile_deleted(&mut tx, &account, started_at).await?;
+                    let counted = super::store::Progress {
+                        threads_deleted: i32::try_from(gone).unwrap_or(i32::MAX),
+                        ..Default::default()
+                    };
+                    super::store::add_progress(&mut tx, Some(run_id), None, &counted).await?;
+                }
             }
             tx.commit().await?;
             Ok(Phase::Finished)
@@ -214,15 +225,17 @@ pub struct RunStatus {
     pub threads_deleted: i64,
     pub messages_written: i64,
     pub http_calls: i64,
-    /// SMS: new or changed messages written by folder syncs, per folder and in total.
-    pub sms_new: i64,
-    pub sms_new_by_folder: sqlx::types::Json<std::collections::BTreeMap<String, i64>>,
-    /// SMS pending-status checks made for messages this run found, statuses they saw
+    /// Delivery-status checks made for messages this run found, statuses they saw
     /// change, and messages whose following ended with a final status or expired.
     pub checks_made: i64,
     pub statuses_changed: i64,
     pub settled: i64,
     pub expired: i64,
+    /// Provider rows skipped as undecodable, and why the first was.
+    pub bad_rows: i64,
+    pub first_bad_row: Option<String>,
+    /// Streams (SMS folders): messages written per stream.
+    pub messages_by_stream: sqlx::types::Json<std::collections::BTreeMap<String, i64>>,
     /// Jobs of the run still pending or running.
     #[sqlx(default)]
     pub jobs_active: i64,
@@ -263,14 +276,14 @@ pub struct AccountStatus {
     pub provider: String,
     pub paused_until: Option<DateTime<Utc>>,
     pub pause_reason: Option<String>,
-    pub members_synced_from: Option<DateTime<Utc>>,
+    pub synced_from: Option<DateTime<Utc>>,
     pub threads: i64,
     pub messages: i64,
 }
 
 pub async fn account_status(pool: &PgPool, account: &str) -> sqlx::Result<Option<AccountStatus>> {
     sqlx::query_as(
-        "SELECT a.id, a.provider, a.paused_until, a.pause_reason, a.members_synced_from,
+        "SELECT a.id, a.provider, a.paused_until, a.pause_reason, a.synced_from,
                 (SELECT count(*) FROM threadsync.threads t WHERE t.account_id = a.id AND t.deleted_at IS NULL) AS threads,
                 (SELECT count(*) FROM threadsync.messages m WHERE m.account_id = a.id) AS messages
            FROM threadsync.accounts a WHERE a.id = $1",
@@ -278,4 +291,105 @@ pub async fn account_status(pool: &PgPool, account: &str) -> sqlx::Result<Option
     .bind(account)
     .fetch_optional(pool)
     .await
+}
+
+/// Open runs with no job left to end them: their last job's end hook never ran (its
+/// worker died between commit and hook), or their jobs were cancelled or reaped.
+pub async fn idle_open_runs(pool: &PgPool) -> sqlx::Result<Vec<(i64, String)>> {
+    sqlx::query_as(
+        "SELECT r.id, r.account_id FROM threadsync.sync_runs r
+          WHERE r.state IN ('running', 'catching_up')
+            AND NOT EXISTS (SELECT 1 FROM threadsync.jobs j
+                             WHERE j.run_id = r.id AND j.status IN ('pending', 'running'))",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts every failed or cancelled job of a run back to pending (attempts reset) and
+/// reopens the run, which then ends `done` once they succeed. Returns how many jobs.
+pub async fn retry_run(pool: &PgPool, run_id: i64) -> anyhow::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT state, account_id FROM threadsync.sync_runs WHERE id = $1 FOR UPDATE",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((state, account)) = row else {
+        anyhow::bail!("no sync run {run_id}");
+    };
+    let retried = sqlx::query(
+        "UPDATE threadsync.jobs SET status = 'pending', attempts = 0, run_at = now(), finished_at = NULL,
+                lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+          WHERE run_id = $1 AND status IN ('failed', 'cancelled')",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if retried == 0 {
+        anyhow::bail!("run {run_id} ({state}) has no failed or cancelled jobs to retry");
+    }
+    if state == "failed" {
+        // Back to the phase that decides the outcome: done once the retried jobs succeed.
+        let reopened = sqlx::query(
+            "UPDATE threadsync.sync_runs SET state = 'catching_up', finished_at = NULL, last_error = NULL
+              WHERE id = $1",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = reopened {
+            if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23505") {
+                anyhow::bail!(
+                    "account {account} has another run open; retry run {run_id} after it ends"
+                );
+            }
+            return Err(e.into());
+        }
+    }
+    tx.commit().await?;
+    Ok(retried)
+}
+
+/// Coalesces the "has this run ended?" check that follows every job of a run. At most one
+/// check per run is under way in this worker; a job ending meanwhile asks that one to check
+/// once more, `RECHECK` later. So the last job's end is always followed by a check that
+/// sees it, while a busy run costs a few checks a second instead of one per job.
+#[derive(Default)]
+pub struct RunEnds {
+    /// Runs being checked here, and whether another job ended since the check began.
+    checking: Mutex<HashMap<i64, bool>>,
+}
+
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl RunEnds {
+    pub async fn settle<F, Fut>(&self, run_id: i64, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        {
+            let mut checking = crate::worker::lock(&self.checking);
+            if let Some(again) = checking.get_mut(&run_id) {
+                *again = true;
+                return;
+            }
+            checking.insert(run_id, false);
+        }
+        loop {
+            check().await;
+            tokio::time::sleep(RECHECK).await;
+            let mut checking = crate::worker::lock(&self.checking);
+            match checking.get_mut(&run_id) {
+                Some(again) if *again => *again = false,
+                _ => {
+                    checking.remove(&run_id);
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -6,21 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
+use serde_json::Value;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SmsEagleError {
-    #[error("SMSEagle rejected the access token (HTTP {0})")]
-    Unauthorized(u16),
-    #[error("SMSEagle refused the request (HTTP {status}): {message}")]
-    Rejected { status: u16, message: String },
-    /// 5xx, including the 503 a busy device answers.
-    #[error("SMSEagle server error (HTTP {0})")]
-    Server(u16),
-    #[error("request failed: {0}")]
-    Transport(String),
-    #[error("malformed response from SMSEagle: {0}")]
-    Malformed(String),
-}
+use crate::providers::http::{self, Secret};
+use crate::sync::vocab::ProviderError;
 
 /// Where and how the gateway serves folder reads.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -91,38 +80,25 @@ impl Sms {
 /// What one request returned, with the gateway's clock when it answered (from the HTTP
 /// `Date` header; our own clock when the header is missing).
 #[derive(Debug)]
-pub struct Answer<T> {
+pub struct Reply<T> {
     pub value: T,
     pub gateway_now: DateTime<Utc>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SmsEagleClient {
     http: reqwest::Client,
     base: String,
-    token: String,
+    token: Secret,
     api: ReadApi,
-}
-
-impl std::fmt::Debug for SmsEagleClient {
-    // Never print the token.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmsEagleClient")
-            .field("base", &self.base)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SmsEagleClient {
     pub fn new(base: &str, token: String, timeout: Duration, api: ReadApi) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
         Ok(SmsEagleClient {
-            http,
+            http: http::client(timeout, 8)?,
             base: base.trim_end_matches('/').to_string(),
-            token,
+            token: Secret::new(token),
             api,
         })
     }
@@ -132,17 +108,17 @@ impl SmsEagleClient {
     }
 
     /// Up to `limit` messages of `folder` with id above `after_id`, ascending; with no
-    /// `after_id`, those dated from `date_from` on.
+    /// `after_id`, those dated from `date_from` on. Rows are decoded one at a time.
     pub async fn folder(
         &self,
         folder: &str,
         after_id: Option<u64>,
         date_from: Option<DateTime<Utc>>,
         limit: u32,
-    ) -> Result<Answer<Vec<Sms>>, SmsEagleError> {
+    ) -> Result<Reply<Vec<Value>>, ProviderError> {
         let mut q = vec![(self.api.limit_param.as_str(), limit.to_string())];
         if let Some(id) = after_id {
-            q.push((self.api.id_from_param.as_str(), (id + 1).to_string()));
+            q.push((self.api.id_from_param.as_str(), id.saturating_add(1).to_string()));
         } else if let Some(d) = date_from {
             q.push((
                 self.api.date_from_param.as_str(),
@@ -154,14 +130,18 @@ impl SmsEagleClient {
 
     /// One sent message as the status folder shows it now (None: not there, e.g. still
     /// in the outbox, or deleted).
-    pub async fn status(&self, id: u64) -> Result<Answer<Option<Sms>>, SmsEagleError> {
+    pub async fn status(&self, id: u64) -> Result<Reply<Option<Sms>>, ProviderError> {
         let q = [
             (self.api.id_from_param.as_str(), id.to_string()),
             (self.api.id_to_param.as_str(), id.to_string()),
         ];
         let a = self.read(&self.api.status_folder, &q).await?;
-        Ok(Answer {
-            value: a.value.into_iter().find(|m| m.id == id),
+        Ok(Reply {
+            value: a
+                .value
+                .into_iter()
+                .filter_map(|v| serde_json::from_value::<Sms>(v).ok())
+                .find(|m| m.id == id),
             gateway_now: a.gateway_now,
         })
     }
@@ -170,36 +150,35 @@ impl SmsEagleClient {
         &self,
         folder: &str,
         query: &[(&str, String)],
-    ) -> Result<Answer<Vec<Sms>>, SmsEagleError> {
+    ) -> Result<Reply<Vec<Value>>, ProviderError> {
         let path = self.api.folder_path.replace("{folder}", folder);
-        let resp = self
+        let mut token = reqwest::header::HeaderValue::from_str(self.token.expose()).map_err(|_| {
+            ProviderError::Rejected("the token holds characters an HTTP header cannot carry".into())
+        })?;
+        token.set_sensitive(true);
+        let req = self
             .http
             .get(format!("{}{path}", self.base))
             .query(query)
-            .header(self.api.token_header.as_str(), &self.token)
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(describe)?;
-        let status = resp.status().as_u16();
-        let gateway_now = resp
-            .headers()
+            .header(self.api.token_header.as_str(), token)
+            .header("Accept", "application/json");
+        let answer = http::send(req).await?;
+        let gateway_now = answer
+            .headers
             .get(reqwest::header::DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| DateTime::parse_from_rfc2822(s).ok())
             .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
-        let body = resp.bytes().await.map_err(describe)?;
-        match status {
-            200..=299 => serde_json::from_slice(&body)
-                .map(|value| Answer { value, gateway_now })
-                .map_err(|e| SmsEagleError::Malformed(e.to_string())),
-            401 | 403 => Err(SmsEagleError::Unauthorized(status)),
-            500..=599 => Err(SmsEagleError::Server(status)),
-            _ => Err(SmsEagleError::Rejected {
-                status,
-                message: error_message(&body),
-            }),
+        if answer.is_success() {
+            return Ok(Reply {
+                value: answer.json()?,
+                gateway_now,
+            });
         }
+        Err(match answer.status {
+            403 => ProviderError::Unauthorized("SMSEagle rejected the access token (HTTP 403)".into()),
+            _ => answer.error("SMSEagle", answer.message(&["/message", "/error"])),
+        })
     }
 }
 
@@ -213,24 +192,6 @@ pub fn parse_gateway_date(s: &str) -> Option<DateTime<Utc>> {
                 .ok()
                 .map(|t| t.with_timezone(&Utc))
         })
-}
-
-fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
-}
-
-/// reqwest errors without the URL.
-fn describe(e: reqwest::Error) -> SmsEagleError {
-    SmsEagleError::Transport(if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else {
-        e.without_url().to_string()
-    })
 }
 
 /// Gammu (`SendingOKNoReport`) and snake (`sending_ok_no_report`) spellings to snake.

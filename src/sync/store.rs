@@ -5,42 +5,16 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use crate::db::PgQuery;
 use crate::queue::fence;
 use crate::worker::group_commit::{Attempt, Entry, GroupStatement};
 
-#[derive(Debug, Clone)]
-pub struct ThreadRow {
-    pub thread_id: String,
-    pub conversation_type: Option<String>,
-    pub title: Option<String>,
-    pub status: Option<String>,
-    pub reference_id: Option<String>,
-    pub reference_type: Option<String>,
-    pub unread_count: i32,
-    pub latest_message_id: Option<String>,
-    pub latest_message_at: Option<DateTime<Utc>>,
-    pub created_at: Option<DateTime<Utc>>,
-}
+use super::vocab::{Follow, MessageRow, ThreadRow};
 
-#[derive(Debug, Clone)]
-pub struct MessageRow {
-    pub message_id: String,
-    pub sender: Option<String>,
-    pub recipient: Option<String>,
-    pub subject: Option<String>,
-    pub body: Option<String>,
-    pub is_read: Option<bool>,
-    pub sent_at: DateTime<Utc>,
-    pub media: Option<Value>,
-    pub status: Option<String>,
-}
-
-/// Progress one job contributes to its run, committed with its data.
-#[derive(Debug, Clone, Copy, Default)]
+/// Counters one job contributes to its run, committed with its data.
+#[derive(Debug, Clone, Default)]
 pub struct Progress {
     pub pages_listed: i32,
     pub threads_seen: i32,
@@ -49,6 +23,34 @@ pub struct Progress {
     pub threads_deleted: i32,
     pub messages_written: i32,
     pub http_calls: i32,
+    /// Delivery-status checks made, statuses they saw change, and followed messages that
+    /// settled (final or sent) or expired.
+    pub checks_made: i32,
+    pub statuses_changed: i32,
+    pub settled: i32,
+    pub expired: i32,
+    /// Provider rows skipped as undecodable, and why the first of them was.
+    pub bad_rows: i32,
+    pub bad_row: Option<String>,
+}
+
+impl Progress {
+    /// Counts the rows that did not decode and keeps the good ones.
+    pub fn take_good<T>(&mut self, rows: Vec<super::vocab::Decoded<T>>) -> Vec<T> {
+        let mut good = Vec::with_capacity(rows.len());
+        for r in rows {
+            match r {
+                Ok(r) => good.push(r),
+                Err(bad) => {
+                    self.bad_rows = self.bad_rows.saturating_add(1);
+                    if self.bad_row.is_none() {
+                        self.bad_row = Some(bad.reason);
+                    }
+                }
+            }
+        }
+        good
+    }
 }
 
 /// Upserts thread metadata as a provider list shows it, in thread id order so concurrent
@@ -216,6 +218,9 @@ pub struct ConversationPage {
     /// The last page: the fetch is complete.
     pub complete: bool,
     pub run_id: Option<i64>,
+    /// Rows of the page that did not decode, and why the first did not.
+    pub bad_rows: i32,
+    pub bad_row: Option<String>,
 }
 
 /// Everything fetched conversation pages write, for many jobs in one statement (a group
@@ -250,8 +255,9 @@ impl GroupStatement for ConversationPages {
             ", pages AS MATERIALIZED (
                 SELECT p.*, $21 OR EXISTS (SELECT 1 FROM threadsync.messages m
                                             WHERE m.account_id = p.account_id AND m.thread_id = p.thread_id) AS held
-                  FROM unnest($1::bigint[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::bigint[])
-                       AS p(job_id, account_id, provider, thread_id, complete, run_id)
+                  FROM unnest($1::bigint[], $6::text[], $7::text[], $8::text[], $9::bool[], $10::bigint[],
+                              $22::int[], $23::text[])
+                       AS p(job_id, account_id, provider, thread_id, complete, run_id, bad_rows, bad_row)
                  WHERE p.job_id IN (SELECT id FROM fenced)),
              input AS MATERIALIZED (
                 SELECT f.account_id, f.thread_id, m.message_id, m.sender, m.recipient, m.subject, m.body,
@@ -307,8 +313,10 @@ impl GroupStatement for ConversationPages {
                  WHERE t.latest_message_at IS NULL OR t.latest_message_at < excluded.latest_message_at
                     OR t.deleted_at IS NOT NULL),
              progress AS (
-                INSERT INTO threadsync.sync_run_progress (run_id, threads_fetched, messages_written, http_calls)
-                SELECT f.run_id, count(*) FILTER (WHERE f.complete), coalesce(sum(w.n), 0), count(*)
+                INSERT INTO threadsync.sync_run_progress (run_id, threads_fetched, messages_written, http_calls,
+                                                          bad_rows, bad_row)
+                SELECT f.run_id, count(*) FILTER (WHERE f.complete), coalesce(sum(w.n), 0), count(*),
+                       sum(f.bad_rows), min(f.bad_row)
                   FROM pages f
                   LEFT JOIN (SELECT account_id, thread_id, count(*) AS n FROM written GROUP BY 1, 2) w
                          ON w.account_id = f.account_id AND w.thread_id = f.thread_id
@@ -350,6 +358,8 @@ impl GroupStatement for ConversationPages {
             .bind(rows().map(|(_, r)| r.media.as_ref()).collect::<Vec<_>>())
             .bind(col(|r| &r.status))
             .bind(attempt == Attempt::Alone)
+            .bind(pages().map(|p| p.bad_rows).collect::<Vec<_>>())
+            .bind(pages().map(|p| p.bad_row.as_deref()).collect::<Vec<_>>())
     }
 }
 
@@ -369,18 +379,22 @@ pub async fn mark_deleted(
     Ok(())
 }
 
+/// Appends the job's counters to its run (`stream` for stream batches).
 pub async fn add_progress(
     conn: &mut PgConnection,
     run_id: Option<i64>,
-    p: Progress,
+    stream: Option<&str>,
+    p: &Progress,
 ) -> sqlx::Result<()> {
     let Some(run_id) = run_id else { return Ok(()) };
     sqlx::query(
-        "INSERT INTO threadsync.sync_run_progress (run_id, pages_listed, threads_seen, threads_fetched,
-                threads_skipped, threads_deleted, messages_written, http_calls)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO threadsync.sync_run_progress (run_id, stream, pages_listed, threads_seen, threads_fetched,
+                threads_skipped, threads_deleted, messages_written, http_calls, checks_made, statuses_changed,
+                settled, expired, bad_rows, bad_row)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(run_id)
+    .bind(stream)
     .bind(p.pages_listed)
     .bind(p.threads_seen)
     .bind(p.threads_fetched)
@@ -388,42 +402,12 @@ pub async fn add_progress(
     .bind(p.threads_deleted)
     .bind(p.messages_written)
     .bind(p.http_calls)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// SMS counters one job contributes to its run (`folder` for folder syncs).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SmsProgress {
-    pub sms_new: i32,
-    pub checks_made: i32,
-    pub statuses_changed: i32,
-    pub settled: i32,
-    pub expired: i32,
-    pub http_calls: i32,
-}
-
-pub async fn add_sms_progress(
-    conn: &mut PgConnection,
-    run_id: Option<i64>,
-    folder: Option<&str>,
-    p: SmsProgress,
-) -> sqlx::Result<()> {
-    let Some(run_id) = run_id else { return Ok(()) };
-    sqlx::query(
-        "INSERT INTO threadsync.sync_run_progress (run_id, folder, sms_new, checks_made, statuses_changed,
-                settled, expired, messages_written, http_calls)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $3, $8)",
-    )
-    .bind(run_id)
-    .bind(folder)
-    .bind(p.sms_new)
     .bind(p.checks_made)
     .bind(p.statuses_changed)
     .bind(p.settled)
     .bind(p.expired)
-    .bind(p.http_calls)
+    .bind(p.bad_rows)
+    .bind(&p.bad_row)
     .execute(conn)
     .await?;
     Ok(())
@@ -458,6 +442,198 @@ pub async fn upsert_threads_from_messages(
     .bind(account)
     .bind(provider)
     .bind(thread_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The list a thread was last seen in (passed back to the provider when fetching it).
+pub async fn thread_list(pool: &PgPool, account: &str, thread_id: &str) -> sqlx::Result<Option<String>> {
+    Ok(sqlx::query_scalar::<_, Option<String>>(
+        "SELECT conversation_type FROM threadsync.threads WHERE account_id = $1 AND thread_id = $2",
+    )
+    .bind(account)
+    .bind(thread_id)
+    .fetch_optional(pool)
+    .await?
+    .flatten())
+}
+
+/// The account's incremental watermark: the start of its last complete run.
+pub async fn watermark(pool: &PgPool, account: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
+    Ok(
+        sqlx::query_scalar("SELECT synced_from FROM threadsync.accounts WHERE id = $1")
+            .bind(account)
+            .fetch_optional(pool)
+            .await?
+            .flatten(),
+    )
+}
+
+/// After a complete run that walked whole lists: threads the provider no longer listed
+/// (not written since the run started) are marked deleted. Returns how many.
+pub async fn reconcile_deleted(
+    conn: &mut PgConnection,
+    account: &str,
+    run_started: DateTime<Utc>,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE threadsync.threads SET deleted_at = now()
+          WHERE account_id = $1 AND deleted_at IS NULL AND synced_at < $2",
+    )
+    .bind(account)
+    .bind(run_started)
+    .execute(conn)
+    .await?
+    .rows_affected())
+}
+
+/// The stream's cursor: the highest position read so far.
+pub async fn cursor(pool: &PgPool, account: &str, stream: &str) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "SELECT position FROM threadsync.stream_cursors WHERE account_id = $1 AND stream = $2",
+    )
+    .bind(account)
+    .bind(stream)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Moves the stream's cursor forward to `position` (never back).
+pub async fn advance_cursor(
+    conn: &mut PgConnection,
+    account: &str,
+    stream: &str,
+    position: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO threadsync.stream_cursors AS c (account_id, stream, position) VALUES ($1, $2, $3)
+         ON CONFLICT (account_id, stream) DO UPDATE SET position = excluded.position, updated_at = now()
+          WHERE c.position < excluded.position",
+    )
+    .bind(account)
+    .bind(stream)
+    .bind(position)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Starts following sends first seen now (one row per message, kept when seen again).
+/// Returns the remote ids that were not followed before.
+pub async fn follow_deliveries(
+    conn: &mut PgConnection,
+    account: &str,
+    follows: &[(&str, &Follow)],
+) -> sqlx::Result<Vec<i64>> {
+    if follows.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "INSERT INTO threadsync.deliveries (account_id, message_id, remote_id, validity, expires_at)
+         SELECT $1, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::timestamptz[])
+         ON CONFLICT (account_id, message_id) DO NOTHING
+         RETURNING remote_id",
+    )
+    .bind(account)
+    .bind(follows.iter().map(|(m, _)| *m).collect::<Vec<_>>())
+    .bind(follows.iter().map(|(_, f)| f.remote_id).collect::<Vec<_>>())
+    .bind(follows.iter().map(|(_, f)| f.validity.as_str()).collect::<Vec<_>>())
+    .bind(follows.iter().map(|(_, f)| f.expires_at).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
+}
+
+/// Remote ids of followed messages with no status check queued (one that failed for good,
+/// say on a rejected token). A check's dedupe key is `dedupe_prefix` and the remote id.
+pub async fn unchecked_deliveries(
+    conn: &mut PgConnection,
+    account: &str,
+    dedupe_prefix: &str,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT d.remote_id FROM threadsync.deliveries d
+          WHERE d.account_id = $1 AND d.outcome = 'pending' AND d.remote_id IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM threadsync.jobs j
+                             WHERE j.dedupe_key = $2 || d.remote_id
+                               AND j.status IN ('pending', 'running'))",
+    )
+    .bind(account)
+    .bind(dedupe_prefix)
+    .fetch_all(conn)
+    .await
+}
+
+/// A followed message as its last check left it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Followed {
+    pub message_id: String,
+    pub validity: String,
+    pub expires_at: DateTime<Utc>,
+    pub outcome: String,
+    pub checks: i32,
+}
+
+pub async fn followed(pool: &PgPool, account: &str, remote_id: i64) -> sqlx::Result<Option<Followed>> {
+    sqlx::query_as(
+        "SELECT message_id, validity, expires_at, outcome, checks FROM threadsync.deliveries
+          WHERE account_id = $1 AND remote_id = $2",
+    )
+    .bind(account)
+    .bind(remote_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records one check: the message's status (when visible) and where following stands.
+/// Returns whether the status changed.
+pub async fn record_check(
+    conn: &mut PgConnection,
+    account: &str,
+    message_id: &str,
+    status: Option<&str>,
+    outcome: &str,
+) -> sqlx::Result<bool> {
+    let changed = match status {
+        Some(s) => sqlx::query(
+            "UPDATE threadsync.messages SET status = $3, synced_at = now()
+              WHERE account_id = $1 AND message_id = $2 AND status IS DISTINCT FROM $3",
+        )
+        .bind(account)
+        .bind(message_id)
+        .bind(s)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected(),
+        None => 0,
+    };
+    sqlx::query(
+        "UPDATE threadsync.deliveries
+            SET checks = checks + 1, last_checked_at = now(), outcome = $3, last_error = NULL,
+                settled_at = CASE WHEN $3 <> 'pending' THEN now() END
+          WHERE account_id = $1 AND message_id = $2",
+    )
+    .bind(account)
+    .bind(message_id)
+    .bind(outcome)
+    .execute(conn)
+    .await?;
+    Ok(changed > 0)
+}
+
+/// Keeps the last provider failure of a check (cleared by the next answer).
+pub async fn record_check_failure(
+    conn: &mut PgConnection,
+    account: &str,
+    message_id: &str,
+    error: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE threadsync.deliveries SET last_error = $3 WHERE account_id = $1 AND message_id = $2",
+    )
+    .bind(account)
+    .bind(message_id)
+    .bind(error)
     .execute(conn)
     .await?;
     Ok(())

@@ -7,29 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-pub const FROM_MEMBERS: &str = "FROM_MEMBERS";
-pub const FROM_EBAY: &str = "FROM_EBAY";
-/// eBay's maximum page size for both list and detail.
-pub const PAGE_LIMIT: u32 = 50;
+use crate::providers::http::{self, Secret};
+use crate::sync::vocab::ProviderError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum EbayError {
-    /// HTTP 429 (errorId 2001): a burst limit or the daily quota; ask `quota()` which.
-    #[error("eBay answered 429 Too Many Requests (errorId 2001)")]
-    RateLimited,
-    #[error("eBay rejected the access token (HTTP {0})")]
-    Unauthorized(u16),
-    #[error("not found (HTTP 404)")]
-    NotFound,
-    #[error("eBay refused the request (HTTP {status}): {message}")]
-    Rejected { status: u16, message: String },
-    #[error("eBay server error (HTTP {0})")]
-    Server(u16),
-    #[error("request failed: {0}")]
-    Transport(String),
-    #[error("malformed response from eBay: {0}")]
-    Malformed(String),
-}
+use super::PAGE_LIMIT;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -79,19 +60,18 @@ pub struct ConversationsPage {
     pub total: Option<i64>,
     #[serde(default)]
     pub next: Option<String>,
+    /// Decoded one at a time: one bad row must not sink the page.
     #[serde(default)]
-    pub conversations: Vec<Conversation>,
+    pub conversations: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MessagesPage {
     #[serde(default)]
-    pub total: Option<i64>,
-    #[serde(default)]
     pub next: Option<String>,
     #[serde(default)]
-    pub messages: Vec<MessageDetail>,
+    pub messages: Vec<Value>,
 }
 
 /// The Analytics API's view of the Message API quota.
@@ -101,34 +81,20 @@ pub struct Quota {
     pub reset: Option<DateTime<Utc>>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct EbayClient {
     http: reqwest::Client,
     /// Host root, e.g. https://api.ebay.com (paths are appended).
     base: String,
-    token: String,
-}
-
-impl std::fmt::Debug for EbayClient {
-    // Never print the token.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EbayClient")
-            .field("base", &self.base)
-            .finish_non_exhaustive()
-    }
+    token: Secret,
 }
 
 impl EbayClient {
     pub fn new(base: &str, token: String, timeout: Duration) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(Duration::from_secs(5))
-            .pool_max_idle_per_host(64)
-            .build()?;
         Ok(EbayClient {
-            http,
+            http: http::client(timeout, 64)?,
             base: base.trim_end_matches('/').to_string(),
-            token,
+            token: Secret::new(token),
         })
     }
 
@@ -138,7 +104,7 @@ impl EbayClient {
         conversation_type: &str,
         offset: u32,
         start_time: Option<DateTime<Utc>>,
-    ) -> Result<ConversationsPage, EbayError> {
+    ) -> Result<ConversationsPage, ProviderError> {
         let mut q = vec![
             ("conversation_type", conversation_type.to_string()),
             ("limit", PAGE_LIMIT.to_string()),
@@ -151,12 +117,12 @@ impl EbayClient {
     }
 
     /// getConversation: one page of one conversation's messages.
-    pub async fn messages(
+    pub async fn conversation(
         &self,
         conversation_id: &str,
         conversation_type: &str,
         offset: u32,
-    ) -> Result<MessagesPage, EbayError> {
+    ) -> Result<MessagesPage, ProviderError> {
         let q = [
             ("conversation_type", conversation_type.to_string()),
             ("limit", PAGE_LIMIT.to_string()),
@@ -164,13 +130,13 @@ impl EbayClient {
         ];
         let path = format!(
             "/commerce/message/v1/conversation/{}",
-            urlencode(conversation_id)
+            http::path_segment(conversation_id)
         );
         self.get(&path, &q).await
     }
 
     /// Remaining Message API quota, from the Developer Analytics API.
-    pub async fn quota(&self) -> Result<Option<Quota>, EbayError> {
+    pub async fn quota(&self) -> Result<Option<Quota>, ProviderError> {
         let v: Value = self
             .get(
                 "/developer/analytics/v1_beta/rate_limit/",
@@ -204,63 +170,17 @@ impl EbayClient {
         &self,
         path: &str,
         query: &[(&str, String)],
-    ) -> Result<T, EbayError> {
-        let resp = self
+    ) -> Result<T, ProviderError> {
+        let req = self
             .http
             .get(format!("{}{path}", self.base))
             .query(query)
-            .bearer_auth(&self.token)
-            .header("Accept", "application/json")
-            .send()
-            .await
-            .map_err(|e| EbayError::Transport(describe(e)))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| EbayError::Transport(describe(e)))?;
-        match status {
-            200..=299 => {
-                serde_json::from_slice(&body).map_err(|e| EbayError::Malformed(e.to_string()))
-            }
-            429 => Err(EbayError::RateLimited),
-            401 => Err(EbayError::Unauthorized(status)),
-            404 => Err(EbayError::NotFound),
-            500..=599 => Err(EbayError::Server(status)),
-            _ => Err(EbayError::Rejected {
-                status,
-                message: error_message(&body),
-            }),
+            .bearer_auth(self.token.expose())
+            .header("Accept", "application/json");
+        let answer = http::send(req).await?;
+        if answer.is_success() {
+            return answer.json();
         }
+        Err(answer.error("eBay", answer.message(&["/errors/0/message"])))
     }
-}
-
-/// The first error's message from eBay's error envelope, or a snippet of the body.
-fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
-}
-
-/// reqwest errors without the URL (no secrets live there, but keep lines short).
-fn describe(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else {
-        e.without_url().to_string()
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

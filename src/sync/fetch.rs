@@ -1,0 +1,125 @@
+//! `<provider>.conversation`: every page of one thread's messages. It checkpoints its
+//! page after each one, in the same group commit as that page's messages, and upserts by
+//! message id. The same kind at priority 100 is the web app's refresh.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::queue::Finish;
+use crate::worker::{Handler, JobCtx, JobResult};
+
+use super::engine::Engine;
+use super::plan::FetchPayload;
+use super::store::{self, Progress};
+use super::vocab::{PageAt, ProviderError};
+
+pub struct FetchThread {
+    pub provider: &'static str,
+    pub engine: Arc<Engine>,
+}
+
+/// Where the fetch resumes: the page after the last one committed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    #[serde(default)]
+    offset: u32,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+impl Checkpoint {
+    fn at(&self) -> PageAt {
+        match &self.cursor {
+            Some(c) => PageAt::Cursor(c.clone()),
+            None => PageAt::Offset(self.offset),
+        }
+    }
+
+    fn of(at: &PageAt) -> Checkpoint {
+        match at {
+            PageAt::Offset(o) => Checkpoint {
+                offset: *o,
+                cursor: None,
+            },
+            PageAt::Cursor(c) => Checkpoint {
+                offset: 0,
+                cursor: Some(c.clone()),
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for FetchThread {
+    async fn run(&self, job: &JobCtx) -> JobResult {
+        let p: FetchPayload = job.payload()?;
+        let account = self.engine.get(self.provider, &p.account)?;
+        let source = account.threads()?;
+        let a = &account.cfg;
+        let run_id = job.run_id;
+        let list = match p.list {
+            Some(l) => Some(l),
+            None => store::thread_list(&job.pool, &a.id, &p.thread_id).await?,
+        };
+        let mut at = job
+            .checkpoint
+            .as_ref()
+            .and_then(|c| serde_json::from_value::<Checkpoint>(c.clone()).ok())
+            .unwrap_or_default()
+            .at();
+        loop {
+            account.pace(&self.engine, &job.pool).await?;
+            let page = match source.messages(&p.thread_id, list.as_deref(), &at).await {
+                Ok(page) => page,
+                Err(ProviderError::NotFound) => {
+                    // Deleted between list and fetch: not an error for the run.
+                    let mut tx = job.begin(Finish::Done).await?;
+                    store::mark_deleted(&mut tx, &a.id, &p.thread_id).await?;
+                    let progress = Progress {
+                        threads_deleted: 1,
+                        http_calls: 1,
+                        ..Progress::default()
+                    };
+                    store::add_progress(&mut tx, run_id, None, &progress).await?;
+                    return job.commit(tx).await;
+                }
+                Err(e) => return Err(account.classify(&self.engine, &job.pool, e).await),
+            };
+            let listed = page.messages.len();
+            let mut progress = Progress::default();
+            let rows = progress.take_good(page.messages);
+            // An offset page with no rows is the end, whatever `next` says; a cursor page
+            // may be empty while more follow.
+            let next = match page.next {
+                Some(PageAt::Offset(_)) if listed == 0 => None,
+                next => next.filter(|n| *n != at),
+            };
+            let finish = match &next {
+                Some(n) => Finish::Checkpoint(json!(Checkpoint::of(n))),
+                None => Finish::Done,
+            };
+            let commit = store::ConversationPage {
+                account: a.id.clone(),
+                provider: a.provider,
+                thread_id: p.thread_id.clone(),
+                rows,
+                complete: next.is_none(),
+                run_id,
+                bad_rows: progress.bad_rows,
+                bad_row: progress.bad_row,
+            };
+            job.commit_grouped(&self.engine.pages, finish, commit)
+                .await?;
+            match next {
+                Some(n) => at = n,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn after(&self, job: &JobCtx) {
+        super::start::advance_run(&self.engine, &job.pool, job.run_id).await
+    }
+}
