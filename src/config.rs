@@ -58,7 +58,10 @@ pub struct AccountKeys<'a> {
 
 impl AccountKeys<'_> {
     /// Takes `key` and decodes its value; absent is None.
-    pub fn take<T: serde::de::DeserializeOwned>(&mut self, key: &str) -> Result<Option<T>, ConfigError> {
+    pub fn take<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key: &str,
+    ) -> Result<Option<T>, ConfigError> {
         self.take_with(key, |_| Ok(()))
     }
 
@@ -72,10 +75,9 @@ impl AccountKeys<'_> {
             return Ok(None);
         };
         let span = v.span();
-        let value: T = v
-            .into_inner()
-            .try_into()
-            .map_err(|e: toml::de::Error| self.error_at(span.clone(), format!("{key}: {}", e.message().trim())))?;
+        let value: T = v.into_inner().try_into().map_err(|e: toml::de::Error| {
+            self.error_at(span.clone(), format!("{key}: {}", e.message().trim()))
+        })?;
         check(&value).map_err(|p| self.error_at(span, format!("{key} {p}")))?;
         Ok(Some(value))
     }

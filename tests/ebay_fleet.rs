@@ -24,7 +24,9 @@ impl Fleet {
         let config = write_config(&ebay_config(&sim.base_url(), rps, in_flight, ""));
         let token = sim.token("acct-0");
         let cfg = threadsync::config::Config::load(&config).unwrap();
-        sync::register_accounts(&db.pool, &cfg.accounts).await.unwrap();
+        sync::register_accounts(&db.pool, &cfg.accounts)
+            .await
+            .unwrap();
         Fleet {
             db,
             sim,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{ebay_config, TestDb};
 use serde_json::json;
 use threadsync::config::Config;
-use threadsync::sync::Tokens;
 use threadsync::sim::{self, Faults, RuleAction, SimConfig, SimHandle};
+use threadsync::sync::Tokens;
 use threadsync::sync::{self, Mode};
 use threadsync::worker::Worker;
 use tokio_util::sync::CancellationToken;
@@ -33,15 +33,23 @@ impl Rig {
             )
             .expect("config"),
         );
-        sync::register_accounts(&db.pool, &cfg.accounts).await.unwrap();
+        sync::register_accounts(&db.pool, &cfg.accounts)
+            .await
+            .unwrap();
         let tokens = Tokens::Given(HashMap::from([("acct-0".to_string(), sim.token("acct-0"))]));
         let stop = CancellationToken::new();
         let workers = (0..workers)
             .map(|i| {
                 let registry = threadsync::jobs::registry(&cfg, &tokens);
                 tokio::spawn(
-                    Worker::new(db.pool.clone(), Arc::new(cfg.queue.clone()), registry, &format!("w{i}"), 16)
-                        .run(stop.clone()),
+                    Worker::new(
+                        db.pool.clone(),
+                        Arc::new(cfg.queue.clone()),
+                        registry,
+                        &format!("w{i}"),
+                        16,
+                    )
+                    .run(stop.clone()),
                 )
             })
             .collect();
@@ -305,7 +313,9 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
 async fn refresh_thread_rejects_bad_ids_and_accounts_in_the_callers_transaction() {
     let db = TestDb::new().await;
     let cfg = Config::parse(&ebay_config("http://127.0.0.1:9", 0.0, 7, ""), "test.toml").unwrap();
-    sync::register_accounts(&db.pool, &cfg.accounts).await.unwrap();
+    sync::register_accounts(&db.pool, &cfg.accounts)
+        .await
+        .unwrap();
     sqlx::query("INSERT INTO threadsync.accounts (id, provider) VALUES ('sms-0', 'smseagle')")
         .execute(&db.pool)
         .await
@@ -562,7 +572,7 @@ async fn a_thread_pushed_onto_a_page_already_read_is_caught_by_the_catch_up() {
             sqlx::query_as::<_, (i32, chrono::DateTime<chrono::Utc>)>(
                 "SELECT attempts, finished_at FROM threadsync.jobs
                   WHERE run_id = $1 AND kind = 'ebay.list_page' AND payload->>'walk' = 'planned'
-                    AND payload->>'conversation_type' = 'FROM_MEMBERS' AND (payload->>'offset')::int = $2",
+                    AND payload->>'list' = 'FROM_MEMBERS' AND (payload->>'offset')::int = $2",
             )
             .bind(id)
             .bind(offset as i32)

@@ -27,7 +27,13 @@ fn start_worker(
 ) {
     let stop = CancellationToken::new();
     let registry = threadsync::jobs::registry(&cfg, &threadsync::sync::Tokens::Env);
-    let w = Worker::new(db.pool.clone(), Arc::new(cfg.queue.clone()), registry, name, 8);
+    let w = Worker::new(
+        db.pool.clone(),
+        Arc::new(cfg.queue.clone()),
+        registry,
+        name,
+        8,
+    );
     (stop.clone(), tokio::spawn(w.run(stop)))
 }
 
@@ -407,7 +413,9 @@ async fn cron_fires_a_missed_tick_once() {
     );
     let now = Utc::now();
     assert_eq!(
-        cron::fire_due(&db.pool, &cfg.queue.schedules, now).await.unwrap(),
+        cron::fire_due(&db.pool, &cfg.queue.schedules, now)
+            .await
+            .unwrap(),
         0,
         "first sight only records the schedule"
     );
@@ -417,11 +425,15 @@ async fn cron_fires_a_missed_tick_once() {
         .await
         .unwrap();
     assert_eq!(
-        cron::fire_due(&db.pool, &cfg.queue.schedules, now).await.unwrap(),
+        cron::fire_due(&db.pool, &cfg.queue.schedules, now)
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(
-        cron::fire_due(&db.pool, &cfg.queue.schedules, now).await.unwrap(),
+        cron::fire_due(&db.pool, &cfg.queue.schedules, now)
+            .await
+            .unwrap(),
         0
     );
     assert_eq!(

@@ -12,9 +12,9 @@ use common::{TestDb, WorkerProc};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use threadsync::config::Config;
-use threadsync::sync::Tokens;
 use threadsync::providers::smseagle::{is_final, normalize_status};
 use threadsync::sim::{self, Faults, Provider, SimConfig, SimHandle};
+use threadsync::sync::Tokens;
 use threadsync::sync::{self, Mode, RunStatus};
 use threadsync::worker::Worker;
 use tokio_util::sync::CancellationToken;
@@ -59,12 +59,21 @@ impl Rig {
         let cfg = Arc::new(
             Config::parse(&sms_config(&sim.base_url(), extra), "test.toml").expect("config"),
         );
-        sync::register_accounts(&db.pool, &cfg.accounts).await.unwrap();
+        sync::register_accounts(&db.pool, &cfg.accounts)
+            .await
+            .unwrap();
         let tokens = Tokens::Given(HashMap::from([("acct-0".to_string(), sim.token("acct-0"))]));
         let stop = CancellationToken::new();
         let registry = threadsync::jobs::registry(&cfg, &tokens);
         let workers = vec![tokio::spawn(
-            Worker::new(db.pool.clone(), Arc::new(cfg.queue.clone()), registry, "w0", 16).run(stop.clone()),
+            Worker::new(
+                db.pool.clone(),
+                Arc::new(cfg.queue.clone()),
+                registry,
+                "w0",
+                16,
+            )
+            .run(stop.clone()),
         )];
         Rig {
             db,
@@ -460,7 +469,9 @@ async fn sigkill_during_a_folder_batch_keeps_cursor_and_rows_consistent() {
     .unwrap();
     let text = sms_config(&sim.base_url(), "batch_size = 25\n");
     let cfg = Config::parse(&text, "test.toml").unwrap();
-    sync::register_accounts(&db.pool, &cfg.accounts).await.unwrap();
+    sync::register_accounts(&db.pool, &cfg.accounts)
+        .await
+        .unwrap();
     let path = common::write_config(&text);
     let token = sim.token("acct-0");
     let env = [(TOKEN_ENV, token.as_str())];

@@ -135,8 +135,13 @@ impl Lab {
             let tasks = (0..2)
                 .map(|i| {
                     let registry = crate::jobs::registry(&cfg, &tokens);
-                    let w =
-                        Worker::new(pool.clone(), settings.clone(), registry, &format!("lab-{i}"), 48);
+                    let w = Worker::new(
+                        pool.clone(),
+                        settings.clone(),
+                        registry,
+                        &format!("lab-{i}"),
+                        48,
+                    );
                     tokio::spawn(w.run(stop.clone()))
                 })
                 .collect();

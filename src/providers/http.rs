@@ -79,11 +79,12 @@ impl Answer {
                 until: None,
                 detail: format!("{provider} answered 429 Too Many Requests"),
             },
-            500..=599 => ProviderError::Transient(format!(
-                "{provider} server error (HTTP {})",
-                self.status
+            500..=599 => {
+                ProviderError::Transient(format!("{provider} server error (HTTP {})", self.status))
+            }
+            s => ProviderError::Rejected(format!(
+                "{provider} refused the request (HTTP {s}): {message}"
             )),
-            s => ProviderError::Rejected(format!("{provider} refused the request (HTTP {s}): {message}")),
         }
     }
 }

@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{enqueue, NewJob};
 use super::Schedule;
+use super::{enqueue, NewJob};
 
 /// Fires every schedule whose next tick is due. Returns the number of jobs enqueued.
 pub async fn fire_due(

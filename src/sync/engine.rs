@@ -175,9 +175,10 @@ impl Account {
                 at,
                 reason: format!("{provider}: {detail}"),
             },
-            ProviderError::Throttled { until: None, detail } => {
-                JobError::Transient(anyhow::anyhow!("{provider}: {detail}"))
-            }
+            ProviderError::Throttled {
+                until: None,
+                detail,
+            } => JobError::Transient(anyhow::anyhow!("{provider}: {detail}")),
             ProviderError::QuotaSpent { until, detail } => {
                 let reason = format!("{provider}: {detail}; resets at {until}");
                 if let Err(e) = engine.flow.pause(pool, &self.cfg.id, until, &reason).await {

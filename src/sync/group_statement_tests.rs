@@ -1,19 +1,18 @@
 //! The group statement conversation pages commit with, against a real database: each
 //! job keeps its own fence, and one job's bad data fails only that job.
 
-
 use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::store::{ConversationPage, ConversationPages};
+use super::vocab::MessageRow;
+use crate::db::{self, Scratch};
+use crate::pg::Durability;
 use crate::queue::{Fence, Finish};
 use crate::worker::group_commit::{Attempt, Entry, GroupCommit, GroupStatement};
 use crate::worker::tx_pool::{self, TxPool};
-use crate::db::{self, Scratch};
-use crate::pg::Durability;
-use super::store::{ConversationPage, ConversationPages};
-use super::vocab::MessageRow;
 
 async fn running_job(pool: &PgPool) -> Fence {
     let (id, token): (i64, Uuid) = sqlx::query_as(

@@ -232,7 +232,7 @@ mod tests {
             jobs.last().map(|j| j.walk),
             Some(Walk::Planned { last: true, .. })
         ));
-        let last = jobs.last().map(|j| j.clone()).unwrap_or_else(|| head(Walk::Fanout));
+        let last = jobs.last().cloned().expect("planned pages");
         let more = next_pages(
             &last,
             &PageSeen {

@@ -5,9 +5,9 @@
 
 pub mod engine;
 pub mod fetch;
+pub mod flow;
 #[cfg(test)]
 mod group_statement_tests;
-pub mod flow;
 pub mod keys;
 pub mod list;
 pub mod plan;
@@ -25,8 +25,8 @@ use std::sync::Arc;
 pub use engine::{Engine, Tokens};
 pub use provider::{Connect, Provider};
 pub use runs::{
-    account_status, latest_run, register_accounts, retry_run, run_status, start_run,
-    AccountStatus, Mode, RunStatus,
+    account_status, latest_run, register_accounts, retry_run, run_status, start_run, AccountStatus,
+    Mode, RunStatus,
 };
 pub use vocab::Shape;
 

@@ -107,7 +107,12 @@ pub fn list_job(a: &AccountConfig, run_id: i64, p: ListPayload) -> NewJob {
     .run(run_id)
 }
 
-pub fn list_head(a: &AccountConfig, list: &str, since: Option<DateTime<Utc>>, walk: Walk) -> ListPayload {
+pub fn list_head(
+    a: &AccountConfig,
+    list: &str,
+    since: Option<DateTime<Utc>>,
+    walk: Walk,
+) -> ListPayload {
     ListPayload {
         account: a.id.clone(),
         list: list.to_string(),
@@ -118,7 +123,12 @@ pub fn list_head(a: &AccountConfig, list: &str, since: Option<DateTime<Utc>>, wa
     }
 }
 
-pub fn fetch_job(a: &AccountConfig, run_id: Option<i64>, thread_id: &str, list: Option<&str>) -> NewJob {
+pub fn fetch_job(
+    a: &AccountConfig,
+    run_id: Option<i64>,
+    thread_id: &str,
+    list: Option<&str>,
+) -> NewJob {
     let mut job = NewJob::new(
         keys::fetch_kind(a.provider),
         json!({"account": a.id, "thread_id": thread_id, "list": list}),

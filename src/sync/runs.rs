@@ -185,7 +185,8 @@ pub async fn advance_if_idle(
                 .execute(&mut *tx)
                 .await?;
                 if reconcile && walked_whole_lists {
-                    let gone = super::store::reconcile_deleted(&mut tx, &account, started_at).await?;
+                    let gone =
+                        super::store::reconcile_deleted(&mut tx, &account, started_at).await?;
                     let counted = super::store::Progress {
                         threads_deleted: i32::try_from(gone).unwrap_or(i32::MAX),
                         ..Default::default()

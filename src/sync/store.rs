@@ -448,7 +448,11 @@ pub async fn upsert_threads_from_messages(
 }
 
 /// The list a thread was last seen in (passed back to the provider when fetching it).
-pub async fn thread_list(pool: &PgPool, account: &str, thread_id: &str) -> sqlx::Result<Option<String>> {
+pub async fn thread_list(
+    pool: &PgPool,
+    account: &str,
+    thread_id: &str,
+) -> sqlx::Result<Option<String>> {
     Ok(sqlx::query_scalar::<_, Option<String>>(
         "SELECT conversation_type FROM threadsync.threads WHERE account_id = $1 AND thread_id = $2",
     )
@@ -574,7 +578,11 @@ pub struct Followed {
     pub checks: i32,
 }
 
-pub async fn followed(pool: &PgPool, account: &str, remote_id: i64) -> sqlx::Result<Option<Followed>> {
+pub async fn followed(
+    pool: &PgPool,
+    account: &str,
+    remote_id: i64,
+) -> sqlx::Result<Option<Followed>> {
     sqlx::query_as(
         "SELECT message_id, validity, expires_at, outcome, checks FROM threadsync.deliveries
           WHERE account_id = $1 AND remote_id = $2",

@@ -10,7 +10,7 @@ use serde_json::Value;
 #[derive(Debug, Clone, Default)]
 pub struct ThreadRow {
     pub thread_id: String,
-    /// The provider list the thread was found in (eBay's conversation type); a fetch
+    /// The provider list the thread was found in (a conversation type); a fetch
     /// passes it back.
     pub conversation_type: Option<String>,
     pub title: Option<String>,
@@ -126,7 +126,7 @@ pub struct ListSpec {
     pub incremental: Incremental,
 }
 
-/// "List threads, then fetch each thread": eBay's shape.
+/// "List threads, then fetch each thread": providers whose threads are listed and fetched.
 #[async_trait::async_trait]
 pub trait ThreadSource: Send + Sync + 'static {
     /// The lists a run walks.
@@ -203,7 +203,8 @@ pub struct DeliveryCheck {
     pub outcome: Delivery,
 }
 
-/// "Stream messages by cursor": SMSEagle's folders, read by ascending message id.
+/// "Stream messages by cursor": providers whose messages come in ascending positions
+/// (SMS folders by message id), with delivery statuses to follow.
 #[async_trait::async_trait]
 pub trait MessageStream: Send + Sync + 'static {
     /// The streams a run reads, one at a time in this order.

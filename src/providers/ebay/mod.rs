@@ -123,7 +123,9 @@ impl ThreadSource for EbayClient {
             .checked(self.conversations(list, offset, since).await)
             .await?;
         Ok(ThreadPage {
-            total: page.total.map(|t| u32::try_from(t.max(0)).unwrap_or(u32::MAX)),
+            total: page
+                .total
+                .map(|t| u32::try_from(t.max(0)).unwrap_or(u32::MAX)),
             next: next(offset, &page.next),
             threads: page
                 .conversations

@@ -118,7 +118,10 @@ impl SmsEagleClient {
     ) -> Result<Reply<Vec<Value>>, ProviderError> {
         let mut q = vec![(self.api.limit_param.as_str(), limit.to_string())];
         if let Some(id) = after_id {
-            q.push((self.api.id_from_param.as_str(), id.saturating_add(1).to_string()));
+            q.push((
+                self.api.id_from_param.as_str(),
+                id.saturating_add(1).to_string(),
+            ));
         } else if let Some(d) = date_from {
             q.push((
                 self.api.date_from_param.as_str(),
@@ -152,9 +155,12 @@ impl SmsEagleClient {
         query: &[(&str, String)],
     ) -> Result<Reply<Vec<Value>>, ProviderError> {
         let path = self.api.folder_path.replace("{folder}", folder);
-        let mut token = reqwest::header::HeaderValue::from_str(self.token.expose()).map_err(|_| {
-            ProviderError::Rejected("the token holds characters an HTTP header cannot carry".into())
-        })?;
+        let mut token =
+            reqwest::header::HeaderValue::from_str(self.token.expose()).map_err(|_| {
+                ProviderError::Rejected(
+                    "the token holds characters an HTTP header cannot carry".into(),
+                )
+            })?;
         token.set_sensitive(true);
         let req = self
             .http
@@ -176,7 +182,9 @@ impl SmsEagleClient {
             });
         }
         Err(match answer.status {
-            403 => ProviderError::Unauthorized("SMSEagle rejected the access token (HTTP 403)".into()),
+            403 => {
+                ProviderError::Unauthorized("SMSEagle rejected the access token (HTTP 403)".into())
+            }
             _ => answer.error("SMSEagle", answer.message(&["/message", "/error"])),
         })
     }

@@ -98,7 +98,7 @@ impl Settings {
             })?
             .unwrap_or(500);
         let cold_days: f64 = keys
-            .take_with("cold_start_days", secs(3650.0))?
+            .take_with("cold_start_days", secs(100_000.0))?
             .unwrap_or(7.0);
         let check_interval: f64 = keys
             .take_with("status_check_interval_secs", secs(86_400.0))?
@@ -107,9 +107,9 @@ impl Settings {
             .take_with("status_check_first_secs", secs(86_400.0))?
             .unwrap_or(30.0);
         if check_first > check_interval {
-            return Err(keys.invalid(
-                "status_check_first_secs must not exceed status_check_interval_secs",
-            ));
+            return Err(
+                keys.invalid("status_check_first_secs must not exceed status_check_interval_secs")
+            );
         }
         let api: ReadApi = keys
             .take_with("api", |api: &ReadApi| {
@@ -123,7 +123,7 @@ impl Settings {
         Ok(Settings {
             folders,
             batch_size,
-            // Bounded above: 3650 days fits.
+            // Bounded above: 100,000 days fits in a chrono duration.
             cold_start: chrono::Duration::seconds((cold_days * 86_400.0) as i64),
             check_first: Duration::from_secs_f64(check_first),
             check_interval: Duration::from_secs_f64(check_interval),
@@ -310,7 +310,12 @@ impl MessageStream for Gateway {
             .as_ref()
             .and_then(|m| m.status.as_deref())
             .map(normalize_status);
-        let outcome = outcome(status.as_deref(), validity_text, expires_at, answer.gateway_now);
+        let outcome = outcome(
+            status.as_deref(),
+            validity_text,
+            expires_at,
+            answer.gateway_now,
+        );
         Ok(DeliveryCheck { status, outcome })
     }
 }
@@ -326,7 +331,10 @@ mod tests {
         let t0 = Utc::now();
         let exp = t0 + Span::minutes(5);
         assert_eq!(outcome(Some("delivery_ok"), "5m", exp, t0), Delivery::Final);
-        assert_eq!(outcome(Some("sending_ok"), "5m", exp, t0), Delivery::Pending);
+        assert_eq!(
+            outcome(Some("sending_ok"), "5m", exp, t0),
+            Delivery::Pending
+        );
         assert_eq!(outcome(None, "5m", exp, t0), Delivery::Pending);
         assert_eq!(
             outcome(Some("sending_ok"), "5m", exp, exp + Span::minutes(3)),
@@ -338,26 +346,35 @@ mod tests {
 
     #[test]
     fn a_huge_validity_is_max_not_a_panic() {
+        let now = Utc::now();
         let raw = serde_json::json!({"id": 7, "folder": "outbox", "number": "+1", "text": "x",
-                                     "status": "reserved", "date": "2026-11-30 10:00:00",
+                                     "status": "reserved", "date": now.format("%Y-%m-%d %H:%M:%S").to_string(),
                                      "validity": "100000000w"});
         let m: Sms = serde_json::from_value(raw).unwrap();
-        let s = stream_message(m, "outbox", Utc::now()).unwrap();
+        let s = stream_message(m, "outbox", now).unwrap();
         let f = s.follow.unwrap();
         assert_eq!(f.validity, "max");
-        assert_eq!(outcome(Some("sending_ok"), "100000000w", f.expires_at, Utc::now()), Delivery::Pending);
+        assert!(f.expires_at > now, "followed while it sits in the outbox");
+        assert_eq!(
+            outcome(Some("sending_ok"), &f.validity, f.expires_at, now),
+            Delivery::Sent
+        );
     }
 
     const SMS: &str = "[[accounts]]\nid = \"gw\"\nprovider = \"smseagle\"\nbase_url = \"http://gw\"\ntoken_env = \"T\"\n";
 
     fn settings(extra: &str) -> Result<String, crate::config::ConfigError> {
-        Config::parse(&format!("{SMS}{extra}"), "jobs.toml").map(|c| format!("{:?}", c.accounts[0].settings))
+        Config::parse(&format!("{SMS}{extra}"), "jobs.toml")
+            .map(|c| format!("{:?}", c.accounts[0].settings))
     }
 
     #[test]
     fn defaults() {
         let s = settings("").unwrap();
-        assert!(s.contains("folders: [\"inbox\", \"outbox\", \"sentitems\"]"), "{s}");
+        assert!(
+            s.contains("folders: [\"inbox\", \"outbox\", \"sentitems\"]"),
+            "{s}"
+        );
         assert!(s.contains("batch_size: 500"), "{s}");
         assert!(s.contains("/api/v2/messages/{folder}"), "{s}");
     }
