@@ -1,0 +1,505 @@
+//! The provider contract: every property below holds for every provider the engine syncs.
+//! Each property is one test body; `contract!` instantiates it per provider over one rig
+//! (a fresh database, the provider's simulator over loopback HTTP, real workers).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{TestDb, WorkerProc};
+use nix::sys::signal::Signal;
+use serde_json::{json, Value};
+use threadsync::config::Config;
+use threadsync::sim::{self, Faults, SimConfig, SimHandle};
+use threadsync::sync::{self, Mode, RunStatus, Tokens};
+use threadsync::verify::{self, Comparison};
+use threadsync::worker::Worker;
+use tokio_util::sync::CancellationToken;
+
+const ACCOUNT: &str = "acct-0";
+const TOKEN_ENV: &str = "CONTRACT_TOKEN";
+
+/// What the rig needs to know of a provider: how to configure it, its simulator, its
+/// job kinds, and how to make the provider's data change.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum P {
+    Ebay,
+    SmsEagle,
+}
+
+impl P {
+    fn name(self) -> &'static str {
+        match self {
+            P::Ebay => "ebay",
+            P::SmsEagle => "smseagle",
+        }
+    }
+
+    /// A dataset of about `threads` threads.
+    fn sim(self, threads: usize, seed: u64) -> SimConfig {
+        match self {
+            P::Ebay => SimConfig {
+                threads,
+                messages: 6,
+                seed,
+                ..SimConfig::default()
+            },
+            P::SmsEagle => SimConfig {
+                provider: sim::Provider::Smseagle,
+                threads: threads / 4,
+                messages: 24,
+                seed,
+                id_gap_rate: 0.05,
+                ..SimConfig::default()
+            },
+        }
+    }
+
+    /// Keys of the provider's own; SMS: the seeded history is months old, so the first
+    /// sync reads it all.
+    fn account_keys(self) -> &'static str {
+        match self {
+            P::Ebay => "",
+            P::SmsEagle => "cold_start_days = 36500\nbatch_size = 50\n",
+        }
+    }
+
+    /// The kind of the jobs that do most of a run's calls.
+    fn bulk_kind(self) -> String {
+        match self {
+            P::Ebay => "ebay.conversation".into(),
+            P::SmsEagle => "smseagle.folder".into(),
+        }
+    }
+
+    /// Makes `n` new messages at the provider; returns the threads they went to.
+    fn add_messages(self, sim: &SimHandle, n: usize) -> Vec<String> {
+        let body = match self {
+            P::Ebay => json!({"account": ACCOUNT, "new_messages": n, "direction": "inbound"}),
+            P::SmsEagle => json!({"account": ACCOUNT, "inbox": n}),
+        };
+        let changed = sim.mutate(&body).expect("mutate");
+        match self {
+            P::Ebay => ids(&changed["newMessages"], "conversationId"),
+            P::SmsEagle => ids(&changed["inbox_ids"], ""),
+        }
+    }
+
+    /// Calls an incremental run may make after `changed` new messages: the provider's
+    /// list heads or stream reads, plus one fetch per changed thread.
+    fn incremental_budget(self, changed: usize) -> u64 {
+        match self {
+            // Two lists, a head page each, a catch-up head each, one extra page of slack
+            // each; plus the fetches.
+            P::Ebay => 6 + changed as u64,
+            // One read per folder (none full), and the folders' reads in catch-up: none.
+            P::SmsEagle => 3,
+        }
+    }
+}
+
+fn ids(v: &Value, field: &str) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| {
+            let x = if field.is_empty() { x } else { &x[field] };
+            x.as_str().map(String::from).or_else(|| x.as_u64().map(|n| n.to_string()))
+        })
+        .collect()
+}
+
+struct Rig {
+    p: P,
+    db: TestDb,
+    sim: SimHandle,
+    cfg: Arc<Config>,
+    config_path: PathBuf,
+    stop: CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+fn config_text(p: P, base_url: &str, extra: &str) -> String {
+    format!(
+        "[queue]\nlease_secs = 3\npoll_ms = 50\n\
+         [kinds.\"{n}.list_page\"]\nmax_attempts = 20\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n\
+         [kinds.\"{n}.conversation\"]\nmax_attempts = 20\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n\
+         [kinds.\"{n}.folder\"]\nmax_attempts = 20\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n\
+         [kinds.\"{n}.status_check\"]\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n\
+         {extra}\n\
+         [[accounts]]\nid = \"{ACCOUNT}\"\nprovider = \"{n}\"\nbase_url = \"{base_url}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
+         requests_per_second = 0\nmax_in_flight = 8\nrequest_timeout_secs = 2\n{keys}",
+        n = p.name(),
+        keys = p.account_keys(),
+    )
+}
+
+impl Rig {
+    /// A rig with `in_process` worker runtimes in this process (0: none; start
+    /// worker processes with [`Rig::process`]).
+    async fn new(p: P, sim_cfg: SimConfig, in_process: usize) -> Rig {
+        let db = TestDb::new().await;
+        let sim = sim::start(sim_cfg).await.expect("simulator");
+        let text = config_text(p, &sim.base_url(), "");
+        let cfg = Arc::new(Config::parse(&text, "contract.toml").expect("config"));
+        sync::register_accounts(&db.pool, &cfg.accounts)
+            .await
+            .expect("register");
+        let tokens = Tokens::Given(HashMap::from([(ACCOUNT.to_string(), sim.token(ACCOUNT))]));
+        let stop = CancellationToken::new();
+        let workers = (0..in_process)
+            .map(|i| {
+                let registry = threadsync::jobs::registry(&cfg, &tokens);
+                let w = Worker::new(
+                    db.pool.clone(),
+                    Arc::new(cfg.queue.clone()),
+                    registry,
+                    &format!("w{i}"),
+                    16,
+                );
+                tokio::spawn(w.run(stop.clone()))
+            })
+            .collect();
+        Rig {
+            p,
+            db,
+            config_path: common::write_config(&text),
+            sim,
+            cfg,
+            stop,
+            workers,
+        }
+    }
+
+    fn process(&self, name: &str) -> WorkerProc {
+        let token = self.sim.token(ACCOUNT);
+        WorkerProc::start_with_env(
+            &self.db.url,
+            &self.config_path,
+            name,
+            8,
+            &[(TOKEN_ENV, token.as_str())],
+        )
+    }
+
+    async fn start(&self, mode: Mode) -> i64 {
+        let mut tx = self.db.pool.begin().await.expect("begin");
+        let (id, created) = sync::start_run(&mut tx, ACCOUNT, mode)
+            .await
+            .expect("start");
+        tx.commit().await.expect("commit");
+        assert!(created, "one run at a time");
+        id
+    }
+
+    async fn status(&self, id: i64) -> RunStatus {
+        sync::run_status(&self.db.pool, id)
+            .await
+            .expect("status")
+            .expect("run")
+    }
+
+    /// Waits for the run to end (done or failed) and returns its status.
+    async fn finish(&self, id: i64, limit: Duration) -> RunStatus {
+        let t = Instant::now();
+        loop {
+            let s = self.status(id).await;
+            if s.state == "done" || s.state == "failed" {
+                return s;
+            }
+            assert!(
+                t.elapsed() < limit,
+                "{} run {id} still {} after {limit:?}: {s:?}",
+                self.p.name(),
+                s.state
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn run(&self, mode: Mode) -> RunStatus {
+        let id = self.start(mode).await;
+        let s = self.finish(id, Duration::from_secs(60)).await;
+        assert_eq!(s.state, "done", "{s:?}");
+        s
+    }
+
+    async fn compare(&self) -> Comparison {
+        let expected = self.sim.expected(ACCOUNT).expect("expected rows");
+        verify::compare(&self.db.pool, ACCOUNT, &expected)
+            .await
+            .expect("compare")
+    }
+
+    async fn assert_exact(&self) {
+        let c = self.compare().await;
+        assert!(c.is_exact(), "{}: {}", self.p.name(), c.summary());
+        assert!(c.truth_messages > 0, "a dataset to compare");
+    }
+
+    fn calls(&self) -> u64 {
+        self.sim
+            .stats()
+            .accounts
+            .get(ACCOUNT)
+            .map_or(0, |a| a.total)
+    }
+
+    async fn close(self) {
+        self.stop.cancel();
+        for w in self.workers {
+            let _ = w.await;
+        }
+        let _ = self.cfg;
+        self.sim.shutdown().await;
+        self.db.close().await;
+    }
+}
+
+async fn full_resync_equals_the_truth_both_ways(p: P) {
+    let rig = Rig::new(p, p.sim(240, 1), 2).await;
+    let s = rig.run(Mode::Full).await;
+    assert_eq!(s.bad_rows, 0, "{s:?}");
+    rig.assert_exact().await;
+    rig.close().await;
+}
+
+async fn faults_lose_nothing(p: P) {
+    let mut cfg = p.sim(200, 2);
+    cfg.faults = Faults {
+        error_5xx: 0.10,
+        burst_429: 0.05,
+        timeout: 0.01,
+        malformed: 0.01,
+        timeout_ms: 2500,
+        ..Faults::default()
+    };
+    let rig = Rig::new(p, cfg, 2).await;
+    let id = rig.start(Mode::Full).await;
+    let s = rig.finish(id, Duration::from_secs(90)).await;
+    assert_eq!(s.state, "done", "{s:?}");
+    rig.assert_exact().await;
+    let retried = rig
+        .db
+        .count(&format!(
+            "SELECT count(*) FROM threadsync.jobs WHERE run_id = {id} AND attempts > 1"
+        ))
+        .await;
+    assert!(retried > 0, "faults were injected: some jobs must have retried");
+    rig.close().await;
+}
+
+async fn incremental_fetches_only_what_changed(p: P) {
+    let rig = Rig::new(p, p.sim(200, 3), 2).await;
+    rig.run(Mode::Full).await;
+    rig.assert_exact().await;
+    let touched = p.add_messages(&rig.sim, 5);
+    assert!(!touched.is_empty());
+    let mut distinct = touched.clone();
+    distinct.sort();
+    distinct.dedup();
+    rig.sim.reset_stats();
+    let s = rig.run(Mode::Incremental).await;
+    let calls = rig.calls();
+    let budget = p.incremental_budget(distinct.len());
+    assert!(
+        calls <= budget && calls > 0,
+        "{}: {calls} calls for {} changed threads (budget {budget}): {s:?}",
+        p.name(),
+        distinct.len()
+    );
+    assert!(s.messages_written >= 5, "{s:?}");
+    rig.assert_exact().await;
+    rig.close().await;
+}
+
+async fn a_thread_deleted_between_full_runs_is_marked_deleted(p: P) {
+    let rig = Rig::new(p, p.sim(120, 4), 2).await;
+    rig.run(Mode::Full).await;
+    let gone = rig
+        .sim
+        .mutate(&json!({"account": ACCOUNT, "delete_threads": 4}))
+        .expect("delete");
+    let gone = ids(&gone["deletedThreadIds"], "");
+    assert_eq!(gone.len(), 4, "{gone:?}");
+    // A thread wrongly marked deleted comes back when the provider lists it again.
+    let back: String = sqlx::query_scalar(
+        "UPDATE threadsync.threads SET deleted_at = now()
+          WHERE thread_id = (SELECT min(thread_id) FROM threadsync.threads WHERE deleted_at IS NULL
+                              AND NOT thread_id = ANY($1))
+      RETURNING thread_id",
+    )
+    .bind(&gone)
+    .fetch_one(&rig.db.pool)
+    .await
+    .expect("mark one");
+    let s = rig.run(Mode::Full).await;
+    let deleted: Vec<String> = sqlx::query_scalar(
+        "SELECT thread_id FROM threadsync.threads WHERE deleted_at IS NOT NULL ORDER BY 1",
+    )
+    .fetch_all(&rig.db.pool)
+    .await
+    .expect("deleted");
+    let mut want = gone.clone();
+    want.sort();
+    assert_eq!(deleted, want, "exactly the threads the provider dropped");
+    assert!(!deleted.contains(&back), "a relisted thread is live again");
+    assert!(s.threads_deleted >= 4, "{s:?}");
+    rig.assert_exact().await;
+    rig.close().await;
+}
+
+async fn a_worker_killed_mid_run_loses_nothing(p: P) {
+    let mut cfg = p.sim(300, 5);
+    cfg.latency_ms = 5;
+    let rig = Rig::new(p, cfg, 0).await;
+    let mut first = rig.process(&format!("{}-kill-1", p.name()));
+    let id = rig.start(Mode::Full).await;
+    let t = Instant::now();
+    while rig.db.count("SELECT count(*) FROM threadsync.messages").await < 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no progress: {}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.signal(Signal::SIGKILL);
+    assert!(first.wait_exit(Duration::from_secs(5)));
+    let in_flight = rig
+        .db
+        .count(&format!(
+            "SELECT count(*) FROM threadsync.jobs WHERE run_id = {id} AND status IN ('pending', 'running')"
+        ))
+        .await;
+    assert!(in_flight > 0, "killed mid-run, with work left");
+    let _second = rig.process(&format!("{}-kill-2", p.name()));
+    let s = rig.finish(id, Duration::from_secs(60)).await;
+    assert_eq!(s.state, "done", "{s:?}");
+    rig.assert_exact().await;
+    rig.close().await;
+}
+
+/// Cancelled jobs fail the run (it never stays open); `runs retry` reopens it, and it
+/// ends done once they succeed.
+async fn a_run_with_cancelled_jobs_ends_and_retries_to_done(p: P) {
+    let mut cfg = p.sim(200, 6);
+    cfg.latency_ms = 20;
+    let rig = Rig::new(p, cfg, 1).await;
+    let id = rig.start(Mode::Full).await;
+    let kind = p.bulk_kind();
+    let t = Instant::now();
+    let cancelled = loop {
+        let n: Vec<i64> = sqlx::query_scalar(
+            "UPDATE threadsync.jobs SET status = 'cancelled', finished_at = now()
+              WHERE run_id = $1 AND kind = $2 AND status = 'pending' RETURNING id",
+        )
+        .bind(id)
+        .bind(&kind)
+        .fetch_all(&rig.db.pool)
+        .await
+        .expect("cancel");
+        if !n.is_empty() {
+            break n;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no {kind} job ever pending");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let s = rig.finish(id, Duration::from_secs(60)).await;
+    assert_eq!(s.state, "failed", "cancelled jobs fail the run: {s:?}");
+    assert!(
+        s.last_error.as_deref().is_some_and(|e| e.contains("cancelled")),
+        "{s:?}"
+    );
+    let retried = sync::retry_run(&rig.db.pool, id).await.expect("retry");
+    assert!(retried as usize >= cancelled.len(), "{retried} < {}", cancelled.len());
+    let s = rig.finish(id, Duration::from_secs(60)).await;
+    assert_eq!(s.state, "done", "{s:?}");
+    rig.assert_exact().await;
+    rig.close().await;
+}
+
+/// A job the reaper fails (its worker died on its last attempt) has no end hook to close
+/// the run: the workers' periodic sweep does.
+async fn a_run_whose_job_the_reaper_fails_still_ends(p: P) {
+    let mut cfg = p.sim(200, 7);
+    cfg.latency_ms = 20;
+    let rig = Rig::new(p, cfg, 1).await;
+    let id = rig.start(Mode::Full).await;
+    let kind = p.bulk_kind();
+    let t = Instant::now();
+    loop {
+        // As if a worker had claimed it on its last attempt and died.
+        let n = sqlx::query(
+            "UPDATE threadsync.jobs SET status = 'running', attempts = 1, max_attempts = 1,
+                    lease_owner = 'dead-worker', lease_token = gen_random_uuid(),
+                    lease_expires_at = now() - interval '1 second'
+              WHERE id = (SELECT id FROM threadsync.jobs
+                           WHERE run_id = $1 AND kind = $2 AND status = 'pending' LIMIT 1)",
+        )
+        .bind(id)
+        .bind(&kind)
+        .execute(&rig.db.pool)
+        .await
+        .expect("orphan a job")
+        .rows_affected();
+        if n == 1 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no {kind} job ever pending");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let s = rig.finish(id, Duration::from_secs(60)).await;
+    assert_eq!(s.state, "failed", "{s:?}");
+    assert!(
+        s.last_error.as_deref().is_some_and(|e| e.contains("lease expired")),
+        "{s:?}"
+    );
+    rig.close().await;
+}
+
+macro_rules! contract {
+    ($provider:ident, $p:expr, [$($property:ident),* $(,)?]) => {
+        mod $provider {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $property() {
+                    super::$property($p).await
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    ebay,
+    P::Ebay,
+    [
+        full_resync_equals_the_truth_both_ways,
+        faults_lose_nothing,
+        incremental_fetches_only_what_changed,
+        a_thread_deleted_between_full_runs_is_marked_deleted,
+        a_worker_killed_mid_run_loses_nothing,
+        a_run_with_cancelled_jobs_ends_and_retries_to_done,
+        a_run_whose_job_the_reaper_fails_still_ends,
+    ]
+);
+
+// A stream provider has no thread list to reconcile deletions against: a message deleted
+// on an SMS gateway stays in the copy (docs/smseagle.md), so that property is not part of
+// its contract.
+contract!(
+    smseagle,
+    P::SmsEagle,
+    [
+        full_resync_equals_the_truth_both_ways,
+        faults_lose_nothing,
+        incremental_fetches_only_what_changed,
+        a_worker_killed_mid_run_loses_nothing,
+        a_run_with_cancelled_jobs_ends_and_retries_to_done,
+        a_run_whose_job_the_reaper_fails_still_ends,
+    ]
+);
