@@ -81,19 +81,23 @@ async fn demo(lab: &Lab) -> anyhow::Result<()> {
     summary(&inc, inc_wall, calls2 - calls1);
 
     let c = lab.compare().await?;
-    println!("\ncompared with the simulator's truth:");
+    println!("\ncompared with the simulator's data, both ways and field by field:");
     println!(
-        "  threads   {} of {}   missing {}",
-        c.db_threads, c.truth_threads, c.missing_threads
+        "  threads   {} of {}   missing {}   extra {}   differing {}",
+        c.db_threads, c.truth_threads, c.missing_threads, c.extra_threads, c.differing_threads
     );
     println!(
-        "  messages  {} of {}   missing {}",
-        c.db_messages, c.truth_messages, c.missing_messages
+        "  messages  {} of {}   missing {}   extra {}   misfiled {}   differing {}",
+        c.db_messages,
+        c.truth_messages,
+        c.missing_messages,
+        c.extra_messages,
+        c.misfiled_messages,
+        c.differing_messages
     );
-    println!("  duplicated {}   stale {}", c.duplicated, c.stale);
     anyhow::ensure!(
         c.is_exact(),
-        "the synced copy differs from the provider's data"
+        "the synced copy differs from the provider's data: {c}"
     );
     println!("\nthe local copy equals eBay's data.");
     Ok(())

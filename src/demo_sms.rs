@@ -8,7 +8,6 @@ use serde_json::json;
 
 use crate::bench::sync::{Lab, LabOptions};
 use crate::pg::Durability;
-use crate::providers::smseagle::normalize_status;
 use crate::sim::{Provider, SimConfig};
 use crate::sync::{Mode, RunStatus};
 
@@ -89,39 +88,24 @@ async fn demo(lab: &Lab) -> anyhow::Result<()> {
         }
     }
 
-    let truth = lab.sim.truth(Some("acct-0"));
-    let messages = truth["accounts"][0]["messages"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let held: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM threadsync.messages WHERE account_id = 'acct-0'")
-            .fetch_one(&lab.pool)
-            .await?;
-    let stale: i64 = {
-        let mut n = 0;
-        for m in &messages {
-            let dir = if m["folder"] == "inbox" { "in" } else { "out" };
-            let id = format!("{dir}:{}", m["id"]);
-            let want = m["status"].as_str().map(normalize_status);
-            let ours: Option<Option<String>> = sqlx::query_scalar(
-                "SELECT status FROM threadsync.messages WHERE account_id = 'acct-0' AND message_id = $1",
-            )
-            .bind(&id)
-            .fetch_optional(&lab.pool)
-            .await?;
-            n += i64::from(ours != Some(want));
-        }
-        n
-    };
-    println!("\ncompared with the simulator's truth:");
+    let c = lab.compare().await?;
+    println!("\ncompared with the simulator's data, both ways and field by field:");
     println!(
-        "  messages  {held} of {}   missing or stale {stale}",
-        messages.len()
+        "  threads   {} of {}   missing {}   extra {}   differing {}",
+        c.db_threads, c.truth_threads, c.missing_threads, c.extra_threads, c.differing_threads
+    );
+    println!(
+        "  messages  {} of {}   missing {}   extra {}   misfiled {}   differing {} (statuses included)",
+        c.db_messages,
+        c.truth_messages,
+        c.missing_messages,
+        c.extra_messages,
+        c.misfiled_messages,
+        c.differing_messages
     );
     anyhow::ensure!(
-        held == messages.len() as i64 && stale == 0,
-        "the synced copy differs from the gateway's data"
+        c.is_exact(),
+        "the synced copy differs from the gateway's data: {c}"
     );
     println!("\nthe local copy equals the gateway's data, statuses included.");
     Ok(())

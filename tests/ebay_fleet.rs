@@ -71,11 +71,11 @@ impl Fleet {
     }
 
     async fn assert_exact(&self) {
-        let truth = self.sim.truth(Some("acct-0"));
-        let c = threadsync::verify::compare(&self.db.pool, "acct-0", &truth["accounts"][0])
+        let expected = self.sim.expected("acct-0").unwrap();
+        let c = threadsync::verify::compare(&self.db.pool, "acct-0", &expected)
             .await
             .unwrap();
-        assert!(c.is_exact(), "{c:?}");
+        assert!(c.is_exact(), "{c}");
     }
 
     fn calls(&self) -> u64 {

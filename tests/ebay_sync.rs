@@ -98,8 +98,8 @@ impl Rig {
     }
 
     async fn compare(&self) -> threadsync::verify::Comparison {
-        let truth = self.sim.truth(Some("acct-0"));
-        threadsync::verify::compare(&self.db.pool, "acct-0", &truth["accounts"][0])
+        let expected = self.sim.expected("acct-0").unwrap();
+        threadsync::verify::compare(&self.db.pool, "acct-0", &expected)
             .await
             .unwrap()
     }
@@ -143,8 +143,9 @@ async fn full_resync_equals_the_truth() {
     let s = sync::run_status(&rig.db.pool, id).await.unwrap().unwrap();
     assert_eq!(s.state, "done", "{s:?}");
     let c = rig.compare().await;
-    assert!(c.is_exact(), "{c:?}");
+    assert!(c.is_exact(), "{c}");
     assert_eq!(c.db_threads, c.truth_threads);
+    assert_eq!(c.db_messages, c.truth_messages);
     assert_eq!(
         s.threads_fetched as usize, c.truth_threads,
         "every thread fetched once: {s:?}"
@@ -179,7 +180,7 @@ async fn faults_do_not_lose_or_duplicate_anything() {
     let s = sync::run_status(&rig.db.pool, id).await.unwrap().unwrap();
     assert_eq!(s.state, "done", "{s:?}");
     let c = rig.compare().await;
-    assert!(c.is_exact(), "{c:?}");
+    assert!(c.is_exact(), "{c}");
     // Malformed answers and 5xx failed their attempt with the reason kept, then succeeded.
     let retried: i64 = rig.db.count(&format!("SELECT count(*) FROM threadsync.jobs WHERE run_id = {id} AND attempts > 1 AND status = 'done'")).await;
     assert!(
@@ -204,7 +205,8 @@ async fn incremental_fetches_only_what_changed() {
     )
     .await;
     rig.run(Mode::Full).await;
-    assert!(rig.compare().await.is_exact());
+    let c = rig.compare().await;
+    assert!(c.is_exact(), "{c}");
 
     // Nothing changed: only list calls.
     rig.sim.reset_stats();
@@ -244,7 +246,8 @@ async fn incremental_fetches_only_what_changed() {
         "{fetches} fetches for {} changed threads ({changed})",
         touched.len()
     );
-    assert!(rig.compare().await.is_exact());
+    let c = rig.compare().await;
+    assert!(c.is_exact(), "{c}");
     rig.close().await;
 }
 
@@ -267,7 +270,9 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(rig.compare().await.missing_messages, 1);
+    // The reply, and its thread's latest message.
+    let c = rig.compare().await;
+    assert_eq!(counts(&c), [0, 0, 1, 0, 0, 1, 0], "{c}");
 
     // What the web app does right after it sends: one SQL call in its own transaction.
     // Asked twice before it runs, it is one job.
@@ -291,7 +296,8 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
             Duration::from_secs(20),
         )
         .await;
-    assert!(rig.compare().await.is_exact());
+    let c = rig.compare().await;
+    assert!(c.is_exact(), "{c}");
 
     // Without a refresh, an incremental sync still catches a hidden reply: after its
     // start_time pass it re-reads the head of the recency-ordered list.
@@ -300,7 +306,8 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
         .unwrap();
     rig.sim.reset_stats();
     rig.run(Mode::Incremental).await;
-    assert!(rig.compare().await.is_exact());
+    let c = rig.compare().await;
+    assert!(c.is_exact(), "{c}");
     assert_eq!(
         rig.calls("conversation/"),
         1,
@@ -405,7 +412,8 @@ async fn daily_quota_pauses_the_account_until_reset_without_burning_attempts() {
     // Quotas are daily: give the simulator a fresh one as eBay would at reset.
     let s = rig.wait_run(id, Duration::from_secs(60)).await;
     assert_eq!(s.state, "done", "{s:?}");
-    assert!(rig.compare().await.is_exact());
+    let c = rig.compare().await;
+    assert!(c.is_exact(), "{c}");
     let max_attempts: i64 = rig
         .db
         .count(&format!(
@@ -463,7 +471,8 @@ async fn a_thread_deleted_between_list_and_fetch_does_not_fail_the_run() {
     let s = rig.wait_run(id, Duration::from_secs(60)).await;
     assert_eq!(s.state, "done", "{s:?}");
     assert!(s.threads_deleted >= 1, "{s:?}");
-    assert!(rig.compare().await.is_exact());
+    let c = rig.compare().await;
+    assert!(c.is_exact(), "{c}");
     let deleted = rig
         .db
         .count("SELECT count(*) FROM threadsync.threads WHERE deleted_at IS NOT NULL")
@@ -536,7 +545,20 @@ async fn new_messages_during_a_full_resync_are_not_missed() {
         }
     }
     assert!(checked > 0);
-    assert_eq!(rig.compare().await.duplicated, 0);
+    // Nothing we hold is wrong: no row the provider lacks, none under the wrong thread, no
+    // message whose fields differ. (Threads changed after the catch-up read their list page
+    // may still show an older latest message or unread count.)
+    let c = rig.compare().await;
+    assert_eq!(
+        (
+            c.extra_threads,
+            c.extra_messages,
+            c.misfiled_messages,
+            c.differing_messages
+        ),
+        (0, 0, 0, 0),
+        "{c}"
+    );
     rig.close().await;
 }
 
@@ -586,7 +608,7 @@ async fn a_thread_pushed_onto_a_page_already_read_is_caught_by_the_catch_up() {
     assert_eq!(attempts_100, 2, "offset 100 failed once");
     assert!(at_100 > at_150, "offset 100 was read after offset 150");
     let c = rig.compare().await;
-    assert!(c.is_exact(), "{c:?}");
+    assert!(c.is_exact(), "{c}");
     rig.close().await;
 }
 
@@ -625,6 +647,243 @@ async fn a_scheduled_start_closes_a_run_left_open() {
     .unwrap();
     let s = rig.wait_run(stuck, Duration::from_secs(30)).await;
     assert_eq!(s.state, "done", "{s:?}");
-    assert!(rig.compare().await.is_exact());
+    let c = rig.compare().await;
+    assert!(c.is_exact(), "{c}");
+    rig.close().await;
+}
+
+/// Difference counts in a fixed order: missing threads, extra threads, missing messages,
+/// extra messages, misfiled messages, differing threads, differing messages.
+fn counts(c: &threadsync::verify::Comparison) -> [usize; 7] {
+    [
+        c.missing_threads,
+        c.extra_threads,
+        c.missing_messages,
+        c.extra_messages,
+        c.misfiled_messages,
+        c.differing_threads,
+        c.differing_messages,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_comparison_fails_both_ways_and_on_every_field() {
+    let rig = Rig::new(
+        SimConfig {
+            threads: 40,
+            messages: 4,
+            seed: 37,
+            ..SimConfig::default()
+        },
+        0.0,
+        10,
+        1,
+    )
+    .await;
+    rig.run(Mode::Full).await;
+    let c = rig.compare().await;
+    assert!(c.is_exact(), "{c}");
+    assert_eq!((c.db_threads, c.db_messages), (40, c.truth_messages));
+
+    // Two threads of at least two messages; `m` is a message of `a` other than its latest.
+    let expected = rig.sim.expected("acct-0").unwrap();
+    let mut long = expected.threads.iter().filter(|t| t.messages.len() >= 2);
+    let a = long.next().expect("a thread of two messages").clone();
+    let b = long.next().expect("another one").thread_id.clone();
+    let m = a.messages[0].message_id.clone();
+    let pool = &rig.db.pool;
+    let exec = |sql: String| async move {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .unwrap();
+    };
+    for table in ["threads", "messages"] {
+        exec(format!(
+            "CREATE TABLE public.saved_{table} AS SELECT * FROM threadsync.{table} WHERE account_id = 'acct-0'"
+        ))
+        .await;
+    }
+    let restore = || async {
+        for table in ["threads", "messages"] {
+            exec(format!(
+                "DELETE FROM threadsync.{table} WHERE account_id = 'acct-0'"
+            ))
+            .await;
+            exec(format!(
+                "INSERT INTO threadsync.{table} SELECT * FROM public.saved_{table}"
+            ))
+            .await;
+        }
+    };
+
+    let msg = |set: &str| format!("UPDATE threadsync.messages SET {set} WHERE message_id = '{m}'");
+    let thread = |set: &str| {
+        format!(
+            "UPDATE threadsync.threads SET {set} WHERE thread_id = '{}'",
+            a.thread_id
+        )
+    };
+    let cases: Vec<(&str, String, [usize; 7])> = vec![
+        (
+            "a message deleted",
+            format!("DELETE FROM threadsync.messages WHERE message_id = '{m}'"),
+            [0, 0, 1, 0, 0, 0, 0],
+        ),
+        (
+            "an extra message",
+            format!(
+                "INSERT INTO threadsync.messages (account_id, message_id, thread_id, sent_at, body)
+                 VALUES ('acct-0', 'not-on-ebay', '{}', now(), 'hello')",
+                a.thread_id
+            ),
+            [0, 0, 0, 1, 0, 0, 0],
+        ),
+        (
+            "a message moved to another thread",
+            msg(&format!("thread_id = '{b}'")),
+            [0, 0, 0, 0, 1, 0, 0],
+        ),
+        (
+            "an extra thread",
+            "INSERT INTO threadsync.threads (account_id, thread_id, provider)
+             VALUES ('acct-0', 'not-on-ebay', 'ebay')"
+                .into(),
+            [0, 1, 0, 0, 0, 0, 0],
+        ),
+        (
+            "a thread row deleted",
+            format!(
+                "DELETE FROM threadsync.threads WHERE thread_id = '{}'",
+                a.thread_id
+            ),
+            [1, 0, 0, 0, 0, 0, 0],
+        ),
+        (
+            "a live thread marked deleted",
+            thread("deleted_at = now()"),
+            [1, 0, 0, 0, 0, 0, 0],
+        ),
+        (
+            "sender",
+            msg("sender = 'someone_else'"),
+            [0, 0, 0, 0, 0, 0, 1],
+        ),
+        ("recipient", msg("recipient = NULL"), [0, 0, 0, 0, 0, 0, 1]),
+        (
+            "subject",
+            msg("subject = subject || '!'"),
+            [0, 0, 0, 0, 0, 0, 1],
+        ),
+        ("body", msg("body = body || '!'"), [0, 0, 0, 0, 0, 0, 1]),
+        (
+            "is_read",
+            msg("is_read = NOT is_read"),
+            [0, 0, 0, 0, 0, 0, 1],
+        ),
+        (
+            "media",
+            msg("media = CASE WHEN media IS NULL THEN '[]'::jsonb END"),
+            [0, 0, 0, 0, 0, 0, 1],
+        ),
+        (
+            "sent_at",
+            msg("sent_at = sent_at + interval '1 millisecond'"),
+            [0, 0, 0, 0, 0, 0, 1],
+        ),
+        (
+            "status",
+            msg("status = 'delivery_ok'"),
+            [0, 0, 0, 0, 0, 0, 1],
+        ),
+        (
+            "title",
+            thread("title = title || '!'"),
+            [0, 0, 0, 0, 0, 1, 0],
+        ),
+        (
+            "thread status",
+            thread("status = CASE WHEN status = 'ACTIVE' THEN 'ARCHIVE' ELSE 'ACTIVE' END"),
+            [0, 0, 0, 0, 0, 1, 0],
+        ),
+        (
+            "unread_count",
+            thread("unread_count = unread_count + 1"),
+            [0, 0, 0, 0, 0, 1, 0],
+        ),
+        (
+            "latest_message_id",
+            thread(&format!("latest_message_id = '{m}'")),
+            [0, 0, 0, 0, 0, 1, 0],
+        ),
+        (
+            "latest_message_at",
+            thread("latest_message_at = latest_message_at - interval '1 second'"),
+            [0, 0, 0, 0, 0, 1, 0],
+        ),
+        (
+            "conversation_type",
+            thread("conversation_type = 'FROM_NOBODY'"),
+            [0, 0, 0, 0, 0, 1, 0],
+        ),
+        (
+            "reference_id",
+            thread("reference_id = coalesce(reference_id, '') || '9'"),
+            [0, 0, 0, 0, 0, 1, 0],
+        ),
+        (
+            "reference_type",
+            thread("reference_type = CASE WHEN reference_type IS NULL THEN 'LISTING' END"),
+            [0, 0, 0, 0, 0, 1, 0],
+        ),
+        (
+            "created_at",
+            thread("created_at = created_at - interval '1 second'"),
+            [0, 0, 0, 0, 0, 1, 0],
+        ),
+    ];
+    for (what, sql, want) in cases {
+        exec(sql).await;
+        let c = rig.compare().await;
+        assert_eq!(counts(&c), want, "{what}: {c}");
+        assert!(!c.is_exact(), "{what}");
+        restore().await;
+        let c = rig.compare().await;
+        assert!(c.is_exact(), "restored after {what}: {c}");
+    }
+
+    // The provider side moves too: a thread read on eBay clears its unread count and the
+    // read flags of its unread messages, which our copy still shows.
+    let unread = expected
+        .threads
+        .iter()
+        .find(|t| t.unread_count > 0 && t.thread_id != a.thread_id)
+        .expect("a thread with unread messages");
+    let flags = unread
+        .messages
+        .iter()
+        .filter(|m| m.is_read == Some(false))
+        .count();
+    assert!(flags > 0);
+    rig.sim
+        .mutate(&json!({"account": "acct-0", "set_status": {unread.thread_id.clone(): "READ"}}))
+        .unwrap();
+    let c = rig.compare().await;
+    assert_eq!(counts(&c), [0, 0, 0, 0, 0, 1, flags], "{c}");
+
+    // A thread deleted on eBay is extra here, with its messages, until we mark it deleted;
+    // then its messages are kept and no longer compared.
+    rig.sim
+        .mutate(&json!({"account": "acct-0", "delete_ids": [a.thread_id.clone()]}))
+        .unwrap();
+    let c = rig.compare().await;
+    let n = a.messages.len();
+    assert_eq!(counts(&c), [0, 1, 0, n, 0, 1, flags], "{c}");
+    assert_eq!(c.samples.extra_threads, std::slice::from_ref(&a.thread_id));
+    exec(thread("deleted_at = now()")).await;
+    let c = rig.compare().await;
+    assert_eq!(counts(&c), [0, 0, 0, 0, 0, 1, flags], "{c}");
+    assert_eq!(c.kept_of_deleted, n);
+    assert_eq!((c.truth_threads, c.db_threads), (39, 39));
     rig.close().await;
 }

@@ -462,12 +462,12 @@ async fn a_run_whose_job_the_reaper_fails_still_ends(p: P) {
 }
 
 macro_rules! contract {
-    ($provider:ident, $p:expr, [$($property:ident),* $(,)?]) => {
+    ($provider:ident, $p:ident, [$($property:ident),* $(,)?]) => {
         mod $provider {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $property() {
-                    super::$property($p).await
+                    super::$property(super::P::$p).await
                 }
             )*
         }
@@ -476,7 +476,7 @@ macro_rules! contract {
 
 contract!(
     ebay,
-    P::Ebay,
+    Ebay,
     [
         full_resync_equals_the_truth_both_ways,
         faults_lose_nothing,
@@ -493,7 +493,7 @@ contract!(
 // its contract.
 contract!(
     smseagle,
-    P::SmsEagle,
+    SmsEagle,
     [
         full_resync_equals_the_truth_both_ways,
         faults_lose_nothing,

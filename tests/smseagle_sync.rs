@@ -12,10 +12,11 @@ use common::{TestDb, WorkerProc};
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 use threadsync::config::Config;
-use threadsync::providers::smseagle::{is_final, normalize_status};
+use threadsync::providers::smseagle::is_final;
 use threadsync::sim::{self, Faults, Provider, SimConfig, SimHandle};
 use threadsync::sync::Tokens;
 use threadsync::sync::{self, Mode, RunStatus};
+use threadsync::verify::{self, Comparison};
 use threadsync::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -35,13 +36,17 @@ fn sim_cfg(threads: usize, messages: usize) -> SimConfig {
 /// jobs.toml for SMSEagle account `acct-0`; the seeded history is months old, so the
 /// cold-start window reaches back far enough to include it.
 fn sms_config(base_url: &str, extra_account_keys: &str) -> String {
+    sms_config_window(base_url, 36500.0, extra_account_keys)
+}
+
+fn sms_config_window(base_url: &str, cold_start_days: f64, extra_account_keys: &str) -> String {
     format!(
         "[queue]\nlease_secs = 2\npoll_ms = 50\n\
          [kinds.\"smseagle.folder\"]\nmax_attempts = 20\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n\
          [kinds.\"smseagle.status_check\"]\nbackoff_base_ms = 100\nbackoff_cap_ms = 1000\n\
          [[accounts]]\nid = \"acct-0\"\nprovider = \"smseagle\"\nbase_url = \"{base_url}\"\n\
          token_env = \"{TOKEN_ENV}\"\nrequests_per_second = 0\nrequest_timeout_secs = 1\n\
-         cold_start_days = 36500\n{extra_account_keys}"
+         cold_start_days = {cold_start_days:?}\n{extra_account_keys}"
     )
 }
 
@@ -54,10 +59,18 @@ struct Rig {
 
 impl Rig {
     async fn new(sim_cfg: SimConfig, extra: &str) -> Rig {
+        Self::with_window(sim_cfg, 36500.0, extra).await
+    }
+
+    async fn with_window(sim_cfg: SimConfig, cold_start_days: f64, extra: &str) -> Rig {
         let db = TestDb::new().await;
         let sim = sim::start(sim_cfg).await.expect("simulator");
         let cfg = Arc::new(
-            Config::parse(&sms_config(&sim.base_url(), extra), "test.toml").expect("config"),
+            Config::parse(
+                &sms_config_window(&sim.base_url(), cold_start_days, extra),
+                "test.toml",
+            )
+            .expect("config"),
         );
         sync::register_accounts(&db.pool, &cfg.accounts)
             .await
@@ -91,6 +104,12 @@ impl Rig {
         wait_run(&self.db, id, Duration::from_secs(30)).await
     }
 
+    /// The database against everything the gateway holds (the window reaches back past
+    /// the seeded history).
+    async fn compare(&self) -> Comparison {
+        compare(&self.db, &self.sim).await
+    }
+
     async fn close(self) {
         self.stop.cancel();
         for w in self.workers {
@@ -114,17 +133,18 @@ async fn wait_run(db: &TestDb, id: i64, limit: Duration) -> RunStatus {
     }
 }
 
+async fn compare(db: &TestDb, sim: &SimHandle) -> Comparison {
+    let expected = sim.expected("acct-0").unwrap();
+    verify::compare(&db.pool, "acct-0", &expected)
+        .await
+        .unwrap()
+}
+
 fn truth_messages(sim: &SimHandle) -> Vec<Value> {
     sim.truth(Some("acct-0"))["accounts"][0]["messages"]
         .as_array()
         .unwrap()
         .clone()
-}
-
-/// Our message id for a truth row.
-fn our_id(m: &Value) -> String {
-    let dir = if m["folder"] == "inbox" { "in" } else { "out" };
-    format!("{dir}:{}", m["id"].as_u64().unwrap())
 }
 
 async fn db_ids(db: &TestDb) -> BTreeSet<String> {
@@ -170,24 +190,22 @@ async fn incremental_reads_only_new_ids_per_folder() {
     let rig = Rig::new(sim_cfg(10, 20), "").await;
     let first = rig.run(Mode::Incremental).await;
     let truth = truth_messages(&rig.sim);
-    let want: BTreeSet<String> = truth.iter().map(our_id).collect();
-    assert_eq!(db_ids(&rig.db).await, want);
-    assert_eq!(first.messages_written as usize, want.len());
+    // Every message, field by field, statuses included, filed under its remote number (the
+    // thread, as for any provider), and nothing else.
+    let cmp = rig.compare().await;
+    assert!(cmp.is_exact(), "{cmp}");
+    assert_eq!(cmp.truth_messages, truth.len());
+    assert_eq!(first.messages_written as usize, truth.len());
     let c = cursors(&rig.db).await;
     assert_eq!(c.get("inbox").copied(), max_id(&truth, "inbox"));
     assert_eq!(c.get("sentitems").copied(), max_id(&truth, "sentitems"));
-    // Threads are the remote numbers, as for any provider.
-    let numbers: BTreeSet<String> = truth
-        .iter()
-        .map(|m| m["number"].as_str().unwrap().to_string())
-        .collect();
-    let threads: Vec<String> = sqlx::query_scalar(
-        "SELECT thread_id FROM threadsync.threads WHERE account_id = 'acct-0' AND provider = 'smseagle' ORDER BY 1",
+    let providers: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT provider FROM threadsync.threads WHERE account_id = 'acct-0'",
     )
     .fetch_all(&rig.db.pool)
     .await
     .unwrap();
-    assert_eq!(threads, numbers.into_iter().collect::<Vec<_>>());
+    assert_eq!(providers, ["smseagle"]);
 
     // Nothing new: one request per folder, nothing written.
     let snapshot = "SELECT (SELECT count(*) FROM threadsync.messages WHERE synced_at > r.started_at)
@@ -203,6 +221,8 @@ async fn incremental_reads_only_new_ids_per_folder() {
         "an idle sync writes nothing"
     );
     assert_eq!(idle.messages_written, 0);
+    let cmp = rig.compare().await;
+    assert!(cmp.is_exact(), "{cmp}");
 
     // n new messages: exactly those are inserted; each cursor is the highest id seen.
     let added = rig
@@ -240,6 +260,109 @@ async fn incremental_reads_only_new_ids_per_folder() {
         .filter_map(Value::as_i64)
         .max();
     assert_eq!(c.get("outbox").copied(), top_sent);
+    // All there, under the right numbers. Only the statuses of the sends can differ: the
+    // modem may have picked them up since the outbox was read.
+    let cmp = rig.compare().await;
+    let [missing_t, extra_t, missing_m, extra_m, misfiled, differing_t] = [
+        cmp.missing_threads,
+        cmp.extra_threads,
+        cmp.missing_messages,
+        cmp.extra_messages,
+        cmp.misfiled_messages,
+        cmp.differing_threads,
+    ];
+    assert_eq!(
+        [
+            missing_t,
+            extra_t,
+            missing_m,
+            extra_m,
+            misfiled,
+            differing_t
+        ],
+        [0; 6],
+        "{cmp}"
+    );
+    assert!(cmp.differing_messages <= 3, "{cmp}");
+    // Once the modem took them and the sent folder is read, the copy is exact.
+    rig.sim.advance_clock(10.0);
+    rig.run(Mode::Incremental).await;
+    let cmp = rig.compare().await;
+    assert!(cmp.is_exact(), "{cmp}");
+    rig.close().await;
+}
+
+/// The copy against what a first sync whose window started between `before` and `after`
+/// holds. Messages are minutes apart: at most one falls between the two bounds, so the copy
+/// equals what one of them expects.
+async fn exact_within(
+    rig: &Rig,
+    before: chrono::DateTime<chrono::Utc>,
+    after: chrono::DateTime<chrono::Utc>,
+) -> Comparison {
+    let mut seen = Vec::new();
+    for since in [before, after] {
+        let expected = rig.sim.expected_since("acct-0", since).unwrap();
+        let c = verify::compare(&rig.db.pool, "acct-0", &expected)
+            .await
+            .unwrap();
+        if c.is_exact() {
+            return c;
+        }
+        seen.push(c.to_string());
+    }
+    panic!("the copy equals neither window: {}", seen.join("\n"));
+}
+
+#[tokio::test]
+async fn a_first_sync_holds_exactly_the_cold_start_window() {
+    let sim_cfg = sim_cfg(10, 40);
+    // Start the window in the middle of the seeded history.
+    let probe = sim::start(sim_cfg.clone()).await.unwrap();
+    let mut dates: Vec<chrono::DateTime<chrono::Utc>> = probe
+        .expected("acct-0")
+        .unwrap()
+        .threads
+        .iter()
+        .flat_map(|t| t.messages.iter().map(|m| m.sent_at))
+        .collect();
+    probe.shutdown().await;
+    dates.sort();
+    let middle = dates[dates.len() / 2];
+    let days = (chrono::Utc::now() - middle).num_seconds() as f64 / 86_400.0;
+    let rig = Rig::with_window(sim_cfg, days, "").await;
+
+    // The worker's window starts `days` before the moment each folder job ran (the same
+    // arithmetic as the config's).
+    let window = chrono::Duration::from_std(Duration::from_secs_f64(days * 86_400.0)).unwrap();
+    let before = chrono::Utc::now() - window;
+    rig.run(Mode::Incremental).await;
+    let after = chrono::Utc::now() - window;
+    let first = exact_within(&rig, before, after).await;
+    let all = rig.compare().await;
+    assert!(
+        first.truth_messages > 0 && first.truth_messages < all.truth_messages,
+        "the window cuts the history: {first}\n{all}"
+    );
+    // Against the whole history, what lies before the window is missing, and only that.
+    assert_eq!(
+        all.missing_messages,
+        all.truth_messages - first.truth_messages,
+        "{all}"
+    );
+    assert_eq!(
+        all.extra_threads + all.extra_messages + all.misfiled_messages + all.differing_messages,
+        0,
+        "{all}"
+    );
+
+    // Later messages are read by id, whatever the window.
+    rig.sim
+        .mutate(&json!({"account": "acct-0", "inbox": 4}))
+        .unwrap();
+    rig.run(Mode::Incremental).await;
+    let second = exact_within(&rig, before, after).await;
+    assert_eq!(second.truth_messages, first.truth_messages + 4, "{second}");
     rig.close().await;
 }
 
@@ -255,10 +378,10 @@ async fn id_gaps_lose_nothing() {
     let skipped = truth["accounts"][0]["skipped_ids"].as_array().unwrap();
     assert!(skipped.len() > 10, "the gateway must skip ids");
     let msgs = truth_messages(&rig.sim);
-    let want: BTreeSet<String> = msgs.iter().map(our_id).collect();
-    assert_eq!(db_ids(&rig.db).await, want);
+    let cmp = rig.compare().await;
+    assert!(cmp.is_exact(), "{cmp}");
     assert!(
-        folder_requests(&rig.sim) as usize > want.len() / 7,
+        folder_requests(&rig.sim) as usize > msgs.len() / 7,
         "read in batches of 7"
     );
     assert_eq!(
@@ -299,17 +422,22 @@ async fn wait_settled(db: &TestDb, limit: Duration) {
     .await;
 }
 
-/// Every followed message ended as the simulator says: its final status, or expired
-/// with the last status the gateway showed. Returns (final, expired).
+/// The copy equals the gateway's data, statuses included, and every followed message
+/// ended as the simulator says: its final status, or expired with the last status the
+/// gateway showed. Returns (final, expired).
 async fn assert_matches_truth(rig: &Rig, followed: &[u64]) -> (usize, usize) {
-    let truth: HashMap<u64, String> = truth_messages(&rig.sim)
+    let cmp = rig.compare().await;
+    assert!(cmp.is_exact(), "{cmp}");
+    let truth: HashMap<u64, String> = rig
+        .sim
+        .expected("acct-0")
+        .unwrap()
+        .threads
         .iter()
-        .filter(|m| m["folder"] != "inbox")
-        .map(|m| {
-            (
-                m["id"].as_u64().unwrap(),
-                normalize_status(m["status"].as_str().unwrap()),
-            )
+        .flat_map(|t| t.messages.iter())
+        .filter_map(|m| {
+            let id = m.message_id.strip_prefix("out:")?.parse().ok()?;
+            Some((id, m.status.clone()?))
         })
         .collect();
     let (mut finals, mut expired) = (0, 0);
@@ -499,15 +627,21 @@ async fn sigkill_during_a_folder_batch_keeps_cursor_and_rows_consistent() {
     wait_run(&db, run_id, Duration::from_secs(40)).await;
 
     let truth = truth_messages(&sim);
-    let want: BTreeSet<String> = truth.iter().map(our_id).collect();
-    assert!((at_kill as usize) < want.len(), "killed before the end");
-    assert_eq!(db_ids(&db).await, want, "no gap, no extra row");
+    let cmp = compare(&db, &sim).await;
+    assert!(
+        (at_kill as usize) < cmp.truth_messages,
+        "killed before the end"
+    );
+    assert!(
+        cmp.is_exact(),
+        "no gap, no extra row, no stale field: {cmp}"
+    );
     let c = cursors(&db).await;
     assert_eq!(c.get("inbox").copied(), max_id(&truth, "inbox"));
     assert_eq!(c.get("sentitems").copied(), max_id(&truth, "sentitems"));
     let status = sync::run_status(&db.pool, run_id).await.unwrap().unwrap();
     // Each message counted once as new, whatever the kill interrupted.
-    assert_eq!(status.messages_written as usize, want.len(), "{status:?}");
+    assert_eq!(status.messages_written as usize, truth.len(), "{status:?}");
     sim.shutdown().await;
     db.close().await;
 }

@@ -64,8 +64,12 @@ pub struct SyncBenchReport {
     pub max_rps_1s: u64,
     /// Rate-limited runs: wall time over (calls / rate), the floor no client can beat.
     pub floor_ratio: Option<f64>,
+    /// Differences from the simulator's data: threads plus messages we lack, hold that it
+    /// does not, hold under the wrong thread, or hold with other fields.
     pub missing: usize,
-    pub duplicated: usize,
+    pub extra: usize,
+    pub misfiled: usize,
+    pub differing: usize,
 }
 
 pub struct LabOptions {
@@ -210,9 +214,10 @@ impl Lab {
         Ok((status, t.elapsed()))
     }
 
+    /// The database against what the simulator's account holds now.
     pub async fn compare(&self) -> anyhow::Result<Comparison> {
-        let truth = self.sim.truth(Some(SIM_ACCOUNT));
-        verify::compare(&self.pool, &self.account, &truth["accounts"][0]).await
+        let expected = self.sim.expected(SIM_ACCOUNT)?;
+        verify::compare(&self.pool, &self.account, &expected).await
     }
 
     /// Fewest requests any client needs for the current dataset: one per list page of
@@ -320,7 +325,9 @@ pub async fn run(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
             max_rps_1s: stats.max_rps_1s,
             floor_ratio: args.rate_limit.map(|r| wall_s / (stats.total as f64 / r)),
             missing: c.missing_threads + c.missing_messages,
-            duplicated: c.duplicated,
+            extra: c.extra_threads + c.extra_messages,
+            misfiled: c.misfiled_messages,
+            differing: c.differing_threads + c.differing_messages,
         })
     }
     .await;
@@ -349,8 +356,8 @@ pub fn print(r: &SyncBenchReport, json: bool) -> anyhow::Result<()> {
         println!("floor ratio: {f:.3} (wall time / (calls / rate limit))");
     }
     println!(
-        "vs truth:    missing {}, duplicated {}",
-        r.missing, r.duplicated
+        "vs truth:    missing {}, extra {}, misfiled {}, differing {}",
+        r.missing, r.extra, r.misfiled, r.differing
     );
     Ok(())
 }

@@ -21,6 +21,7 @@ pub fn routes(p: P) -> Router {
         .route("/_sim/stats", get(stats))
         .route("/_sim/stats/reset", post(stats_reset))
         .route("/_sim/truth", get(truth))
+        .route("/_sim/expected", get(expected))
         .route("/_sim/faults", get(faults_get).post(faults_post))
         .route("/_sim/mutate", post(mutate))
         .route("/_sim/clock", get(clock_get))
@@ -52,6 +53,25 @@ async fn stats_reset(State(p): State<P>) -> Response {
 async fn truth(State(p): State<P>, RawQuery(q): RawQuery) -> Response {
     let q = Query::parse(q.as_deref());
     json(StatusCode::OK, &p.truth(q.get(&["account"])))
+}
+
+/// `?account=A[&since=RFC3339]`: what a synced copy of A should hold.
+async fn expected(State(p): State<P>, RawQuery(q): RawQuery) -> Response {
+    let q = Query::parse(q.as_deref());
+    let Some(account) = q.get(&["account"]).filter(|a| !a.is_empty()) else {
+        return bad_request("account is required");
+    };
+    let since = match q.get(&["since"]).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => match chrono::DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+            Err(e) => return bad_request(format!("since must be RFC 3339 ({e})")),
+        },
+    };
+    match p.expected(account, since) {
+        Ok(e) => json(StatusCode::OK, &e),
+        Err(e) => bad_request(e),
+    }
 }
 
 #[derive(Serialize)]

@@ -11,6 +11,7 @@ mod bench;
 pub mod clock;
 mod control;
 pub mod ebay;
+pub mod expected;
 pub mod facebook;
 pub mod faults;
 pub mod hostaway;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use bench::{bench_cli, SimBenchArgs};
+pub use expected::{Expected, ExpectedMessage, ExpectedThread};
 pub use faults::Faults;
 pub use stats::{AccountStats, StatsSnapshot, Totals};
 
@@ -305,6 +307,20 @@ pub trait SimProvider: Send + Sync + 'static {
     fn token(&self, account: &str) -> String;
     /// Current dataset, optionally for one account.
     fn truth(&self, account: Option<&str>) -> serde_json::Value;
+    /// The threads and messages of `account` exactly as a synced copy should hold them now
+    /// (see [`Expected`]). `since`: only what a sync reading from that instant on holds, for
+    /// providers whose first sync reads a window (SMSEagle's cold start).
+    fn expected(
+        &self,
+        account: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Expected, String> {
+        let _ = (account, since);
+        Err(format!(
+            "expected rows are not supported yet for the {:?} simulator",
+            self.harness().config.provider
+        ))
+    }
     /// Apply a `/_sim/mutate` request now and describe what changed.
     fn mutate(&self, body: &serde_json::Value) -> Result<serde_json::Value, String>;
     /// One step of the background workload (one new message, sometimes a new thread).
@@ -345,6 +361,22 @@ impl SimHandle {
     }
     pub fn truth(&self, account: Option<&str>) -> serde_json::Value {
         self.provider.truth(account)
+    }
+    /// What a synced copy of `account` should hold now.
+    pub fn expected(&self, account: &str) -> anyhow::Result<Expected> {
+        self.provider
+            .expected(account, None)
+            .map_err(anyhow::Error::msg)
+    }
+    /// What a synced copy of `account` should hold when its first sync read from `since`.
+    pub fn expected_since(
+        &self,
+        account: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<Expected> {
+        self.provider
+            .expected(account, Some(since))
+            .map_err(anyhow::Error::msg)
     }
     pub fn faults(&self) -> Faults {
         self.provider.harness().faults.get()

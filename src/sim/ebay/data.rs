@@ -63,6 +63,13 @@ impl ConvStatus {
             _ => None,
         }
     }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Archive => "ARCHIVE",
+            Self::Delete => "DELETE",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -10,6 +10,7 @@ mod render;
 mod routes;
 
 use super::clock::next_utc_midnight;
+use super::expected::{utc_ms, Expected, ExpectedMessage, ExpectedThread};
 use super::faults::mix;
 use super::http::json;
 use super::stats::SlidingWindow;
@@ -315,6 +316,56 @@ impl EbaySim {
         })
     }
 
+    /// The rows a synced copy holds: every live thread the default conversation list shows
+    /// (deleted threads and threads in eBay's trash, status DELETE, are not listed), with
+    /// its list fields, and all of its messages as the detail shows them.
+    fn expected_of(a: &AccountData) -> Expected {
+        let threads = a
+            .threads
+            .iter()
+            .filter(|t| !t.deleted && t.status != data::ConvStatus::Delete)
+            .map(|t| {
+                let messages = t
+                    .messages
+                    .iter()
+                    .map(|m| {
+                        let (sender, recipient) = a.parties(t, m);
+                        ExpectedMessage {
+                            message_id: m.id.clone(),
+                            sender: Some(sender.to_string()),
+                            recipient: Some(recipient.to_string()),
+                            subject: Some(m.subject.clone()),
+                            body: Some(m.body.clone()),
+                            is_read: Some(m.read),
+                            sent_at: utc_ms(m.created_ms),
+                            // The detail omits `messageMedia` when a message has none.
+                            media: (!m.media.is_empty())
+                                .then(|| serde_json::to_value(&m.media).ok())
+                                .flatten(),
+                            status: None,
+                        }
+                    })
+                    .collect();
+                ExpectedThread {
+                    thread_id: t.id.clone(),
+                    conversation_type: Some(t.ctype.as_str().to_string()),
+                    title: Some(t.title.clone()),
+                    status: Some(t.status.as_str().to_string()),
+                    reference_id: t.reference_id.clone(),
+                    reference_type: t.reference_id.as_ref().map(|_| "LISTING".to_string()),
+                    unread_count: i32::try_from(t.unread).unwrap_or(i32::MAX),
+                    latest_message_id: t.latest().map(|m| m.id.clone()),
+                    latest_message_at: t.latest().map(|m| utc_ms(m.created_ms)),
+                    created_at: chrono::DateTime::parse_from_rfc3339(&t.created)
+                        .ok()
+                        .map(|d| d.with_timezone(&chrono::Utc)),
+                    messages,
+                }
+            })
+            .collect();
+        Expected { threads }
+    }
+
     fn mutate_account(&self, i: usize, req: &MutateRequest) -> Result<Value, String> {
         let now = self.h.clock.now_ms();
         let Ok(mut a) = self.accounts[i].write() else {
@@ -551,6 +602,23 @@ impl SimProvider for EbaySim {
             .map(|a| self.truth_of(&a))
             .collect();
         json!({ "provider": "ebay", "accounts": accounts })
+    }
+
+    fn expected(
+        &self,
+        account: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Expected, String> {
+        if since.is_some() {
+            return Err("eBay threads are synced whole: since is not supported".into());
+        }
+        let i = self
+            .account_index(account)
+            .ok_or_else(|| format!("unknown account {account}"))?;
+        let a = self.accounts[i]
+            .read()
+            .map_err(|_| "account store poisoned".to_string())?;
+        Ok(Self::expected_of(&a))
     }
 
     fn mutate(&self, body: &Value) -> Result<Value, String> {

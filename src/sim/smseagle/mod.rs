@@ -12,6 +12,7 @@ mod routes;
 mod v1;
 
 use super::clock::parse_iso;
+use super::expected::{utc_ms, Expected, ExpectedMessage, ExpectedThread};
 use routes::*;
 
 use super::faults::mix;
@@ -30,7 +31,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 const ANCHOR_MS: i64 = super::ebay::data::ANCHOR_MS;
@@ -471,6 +472,76 @@ impl SimProvider for SmsEagleSim {
             })
             .collect();
         json!({"provider": "smseagle", "now": fmt_date(now), "accounts": accounts})
+    }
+
+    /// One thread per remote number ("unknown" when empty), holding the rows a folder sync
+    /// reads: every message dated from `since` on (to the whole second, as the gateway's
+    /// `date_from` filter compares), with its status as the gateway shows it now in
+    /// snake_case. Ids are `in:ID` / `out:ID` (the simulator sends no multipart messages).
+    /// Threads carry no title, status or unread count; the latest message is the newest by
+    /// (date, id).
+    fn expected(&self, account: &str, since: Option<DateTime<Utc>>) -> Result<Expected, String> {
+        let i = self
+            .account_index(account)
+            .ok_or_else(|| format!("unknown account {account}"))?;
+        let now = self.h.clock.now_ms();
+        let from = since.map(|t| {
+            let ms = t.timestamp_millis();
+            ms - ms.rem_euclid(1000)
+        });
+        let d = self.devices[i]
+            .read()
+            .map_err(|_| "device store poisoned".to_string())?;
+        let mut threads: BTreeMap<String, Vec<ExpectedMessage>> = BTreeMap::new();
+        for m in d
+            .messages
+            .iter()
+            .filter(|m| from.is_none_or(|f| m.created_ms >= f))
+        {
+            let number = if m.number.is_empty() {
+                "unknown".to_string()
+            } else {
+                m.number.clone()
+            };
+            let dir = if m.inbound { "in" } else { "out" };
+            threads
+                .entry(number.clone())
+                .or_default()
+                .push(ExpectedMessage {
+                    message_id: format!("{dir}:{}", m.id),
+                    sender: m.inbound.then(|| number.clone()),
+                    recipient: (!m.inbound).then(|| number.clone()),
+                    subject: None,
+                    body: Some(m.text.clone()),
+                    is_read: Some(m.read),
+                    // The gateway's dates have whole seconds.
+                    sent_at: utc_ms(m.created_ms - m.created_ms.rem_euclid(1000)),
+                    media: None,
+                    status: Some(m.view(now).status.name(StatusStyle::Snake).to_string()),
+                });
+        }
+        let threads = threads
+            .into_iter()
+            .map(|(number, messages)| {
+                let latest = messages
+                    .iter()
+                    .max_by(|a, b| (a.sent_at, &a.message_id).cmp(&(b.sent_at, &b.message_id)));
+                ExpectedThread {
+                    thread_id: number,
+                    conversation_type: None,
+                    title: None,
+                    status: None,
+                    reference_id: None,
+                    reference_type: None,
+                    unread_count: 0,
+                    latest_message_id: latest.map(|m| m.message_id.clone()),
+                    latest_message_at: latest.map(|m| m.sent_at),
+                    created_at: None,
+                    messages,
+                }
+            })
+            .collect();
+        Ok(Expected { threads })
     }
 
     fn mutate(&self, body: &Value) -> Result<Value, String> {
