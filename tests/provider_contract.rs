@@ -88,6 +88,34 @@ impl P {
         }
     }
 
+    /// Makes the provider serve `n` rows the sync cannot decode; returns their ids and
+    /// how many messages they hide (a poisoned eBay thread hides all of its messages).
+    fn poison(self, sim: &SimHandle, n: usize) -> (Vec<String>, usize) {
+        let body = match self {
+            P::Ebay => json!({"account": ACCOUNT, "poison_threads": n}),
+            P::SmsEagle => json!({"account": ACCOUNT, "poison": n}),
+        };
+        let changed = sim.mutate(&body).expect("mutate");
+        match self {
+            P::Ebay => {
+                let ids = ids(&changed["poisonedThreadIds"], "");
+                let expected = sim.expected(ACCOUNT).expect("expected");
+                let hidden = expected
+                    .threads
+                    .iter()
+                    .filter(|t| ids.contains(&t.thread_id))
+                    .map(|t| t.messages.len())
+                    .sum();
+                (ids, hidden)
+            }
+            P::SmsEagle => {
+                let ids = ids(&changed["poisoned_ids"], "");
+                let n = ids.len();
+                (ids, n)
+            }
+        }
+    }
+
     /// Calls an incremental run may make after `changed` new messages: the provider's
     /// list heads or stream reads, plus one fetch per changed thread.
     fn incremental_budget(self, changed: usize) -> u64 {
@@ -393,6 +421,54 @@ async fn a_worker_killed_mid_run_loses_nothing(p: P) {
     rig.close().await;
 }
 
+/// A row the provider sends that cannot be decoded is skipped and counted with its
+/// reason; the rest of its page or batch syncs, and later runs move past it.
+async fn a_poison_row_is_skipped_and_recorded(p: P) {
+    let rig = Rig::new(p, p.sim(120, 8), 1).await;
+    let (poisoned, hidden) = p.poison(&rig.sim, 3);
+    assert_eq!(poisoned.len(), 3, "{poisoned:?}");
+    let s = rig.run(Mode::Full).await;
+    // Counted each time the run reads them (an eBay catch-up reads the lists again).
+    assert!(s.bad_rows >= 3, "{s:?}");
+    assert!(s.first_bad_row.is_some(), "{s:?}");
+    let c = rig.compare().await;
+    let (missing_threads, missing_messages) = match p {
+        P::Ebay => (3, hidden),
+        P::SmsEagle => (0, 3),
+    };
+    assert_eq!(
+        (c.missing_threads, c.missing_messages),
+        (missing_threads, missing_messages),
+        "only the poison is missing: {}",
+        c.summary()
+    );
+    assert_eq!(
+        (
+            c.extra_threads,
+            c.extra_messages,
+            c.misfiled_messages,
+            c.differing_messages
+        ),
+        (0, 0, 0, 0),
+        "{}",
+        c.summary()
+    );
+    // A stream thread whose newest message is the poison shows an older latest message.
+    assert!(c.differing_threads <= missing_messages, "{}", c.summary());
+    // Later rows sync; the poison never stalls a later run.
+    p.add_messages(&rig.sim, 4);
+    let s = rig.run(Mode::Incremental).await;
+    assert!(s.messages_written >= 4, "{s:?}");
+    let after = rig.compare().await;
+    assert_eq!(
+        (after.missing_messages, after.extra_messages),
+        (c.missing_messages, 0),
+        "{}",
+        after.summary()
+    );
+    rig.close().await;
+}
+
 /// Takes one pending job of the run's bulk kind and applies `sql` to it ($1: its id);
 /// returns the id.
 async fn grab_pending(rig: &Rig, run: i64, sql: &str) -> i64 {
@@ -536,6 +612,7 @@ contract!(
         faults_lose_nothing,
         incremental_fetches_only_what_changed,
         a_thread_deleted_between_full_runs_is_marked_deleted,
+        a_poison_row_is_skipped_and_recorded,
         a_worker_killed_mid_run_loses_nothing,
         a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
         a_run_whose_last_job_the_reaper_fails_still_ends,
@@ -552,6 +629,7 @@ contract!(
         full_resync_equals_the_truth_both_ways,
         faults_lose_nothing,
         incremental_fetches_only_what_changed,
+        a_poison_row_is_skipped_and_recorded,
         a_worker_killed_mid_run_loses_nothing,
         a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
         a_run_whose_last_job_the_reaper_fails_still_ends,

@@ -415,7 +415,8 @@ pub async fn add_progress(
 
 /// Creates or moves forward the threads of messages just written (threads whose
 /// messages arrive without a thread list, like SMS conversations keyed by number), in
-/// thread id order so concurrent writers lock rows in the same order.
+/// thread id order so concurrent writers lock rows in the same order. `created_at` is the
+/// oldest message held, whichever stream brought it.
 pub async fn upsert_threads_from_messages(
     conn: &mut PgConnection,
     account: &str,
@@ -429,7 +430,8 @@ pub async fn upsert_threads_from_messages(
         "INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, latest_message_id,
                 latest_message_at, created_at)
          SELECT * FROM (
-             SELECT DISTINCT ON (thread_id) account_id, $2, thread_id, message_id, sent_at, sent_at
+             SELECT DISTINCT ON (thread_id) account_id, $2, thread_id, message_id, sent_at,
+                    min(sent_at) OVER (PARTITION BY thread_id)
                FROM threadsync.messages WHERE account_id = $1 AND thread_id = ANY($3)
               ORDER BY thread_id, sent_at DESC, message_id DESC) newest
          ON CONFLICT (account_id, thread_id) DO UPDATE SET
@@ -437,7 +439,8 @@ pub async fn upsert_threads_from_messages(
                 latest_message_at = excluded.latest_message_at,
                 created_at = least(t.created_at, excluded.created_at),
                 deleted_at = NULL, synced_at = now()
-          WHERE t.latest_message_id IS DISTINCT FROM excluded.latest_message_id OR t.deleted_at IS NOT NULL",
+          WHERE t.latest_message_id IS DISTINCT FROM excluded.latest_message_id OR t.deleted_at IS NOT NULL
+             OR t.created_at IS NULL OR excluded.created_at < t.created_at",
     )
     .bind(account)
     .bind(provider)

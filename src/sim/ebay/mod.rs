@@ -497,12 +497,27 @@ impl EbaySim {
                 }
             }
         });
+        let mut poisoned = Vec::new();
+        self.with_rng(|rng| {
+            for _ in 0..req.poison_threads {
+                let live: Vec<usize> = a.order.iter().flatten().copied().collect();
+                if live.is_empty() {
+                    break;
+                }
+                let idx = live[rng.gen_range(0..live.len())];
+                a.threads[idx].created = "not a date".into();
+                let len = a.threads[idx].messages.len();
+                a.rerender(idx, len);
+                poisoned.push(a.threads[idx].id.clone());
+            }
+        });
         Ok(json!({
             "account": a.name,
             "newMessages": new_messages,
             "newThreads": new_threads,
             "deletedThreadIds": deleted,
             "statusChangedIds": status_changed,
+            "poisonedThreadIds": poisoned,
         }))
     }
 }
@@ -539,6 +554,10 @@ struct MutateRequest {
     /// Delete the FROM_MEMBERS threads now at these offsets.
     #[serde(default)]
     delete_offsets: Vec<usize>,
+    /// Serve this many random live threads with an unreadable `createdDate` in the lists
+    /// (rows a client cannot decode).
+    #[serde(default)]
+    poison_threads: usize,
     /// conversationId -> ACTIVE | ARCHIVE | DELETE | READ | UNREAD
     /// (moves threads in or out of filtered lists).
     #[serde(default)]
@@ -657,6 +676,7 @@ impl SimProvider for EbaySim {
             delete_ids: vec![],
             bump_offsets: vec![],
             delete_offsets: vec![],
+            poison_threads: 0,
             set_status: Default::default(),
             direction: Some(if inbound { "inbound" } else { "outbound" }.into()),
         };

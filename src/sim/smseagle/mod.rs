@@ -86,6 +86,8 @@ struct Sms {
     /// Status after pickup until a report arrives.
     sent_status: St,
     report: Option<(i64, St)>,
+    /// Served without its `date`: a row a client cannot read.
+    poison: bool,
 }
 
 /// What a reader sees at `now`.
@@ -188,6 +190,7 @@ impl Device {
             pickup_ms: at,
             sent_status: St::Received,
             report: None,
+            poison: false,
         });
         id
     }
@@ -237,6 +240,7 @@ impl Device {
             pickup_ms: pickup,
             sent_status,
             report,
+            poison: false,
         });
         id
     }
@@ -335,7 +339,7 @@ impl SmsEagleSim {
     fn render(&self, m: &Sms, now: i64) -> Value {
         let v = m.view(now);
         let style = self.h.config.status_style;
-        json!({
+        let mut row = json!({
             "id": m.id,
             "folder": v.folder,
             "number": m.number,
@@ -348,7 +352,13 @@ impl SmsEagleSim {
             "read": m.read,
             "modem_no": 1,
             "sequence_position": 1,
-        })
+        });
+        if m.poison {
+            if let Some(o) = row.as_object_mut() {
+                o.remove("date");
+            }
+        }
+        row
     }
 }
 
@@ -401,6 +411,9 @@ struct MutateBody {
     send: usize,
     /// Optional validity for the sends (default max).
     validity: Option<String>,
+    /// Received messages served without their `date` (rows a client cannot read).
+    #[serde(default)]
+    poison: usize,
 }
 
 fn acct0() -> String {
@@ -536,7 +549,8 @@ impl SimProvider for SmsEagleSim {
                     unread_count: 0,
                     latest_message_id: latest.map(|m| m.message_id.clone()),
                     latest_message_at: latest.map(|m| m.sent_at),
-                    created_at: None,
+                    // The first message the copy holds of the number.
+                    created_at: messages.iter().map(|m| m.sent_at).min(),
                     messages,
                 }
             })
@@ -571,7 +585,18 @@ impl SimProvider for SmsEagleSim {
                 sent.push(d.send(r, &self.h.config, n, text, validity, now));
             }
         });
-        Ok(json!({"account": d.name, "inbox_ids": inbox, "sent_ids": sent}))
+        let mut poisoned = Vec::new();
+        for _ in 0..req.poison {
+            let n = self.with_rng(|r| d.numbers[r.gen_range(0..d.numbers.len())].clone());
+            let id = d.receive(n, "unreadable".into(), now);
+            if let Some(m) = d.messages.last_mut() {
+                m.poison = true;
+            }
+            poisoned.push(id);
+        }
+        Ok(
+            json!({"account": d.name, "inbox_ids": inbox, "sent_ids": sent, "poisoned_ids": poisoned}),
+        )
     }
 
     fn background_step(&self) {
