@@ -5,98 +5,32 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ebay_config, write_config, TestDb, WorkerProc};
+use common::rig::{Opts, Rig, ACCOUNT};
+use common::WorkerProc;
 use nix::sys::signal::Signal;
-use threadsync::sim::{self, SimConfig, SimHandle};
-use threadsync::sync::{self, Mode};
+use threadsync::sim::SimConfig;
+use threadsync::sync::Mode;
 
-struct Fleet {
-    db: TestDb,
-    sim: SimHandle,
-    config: std::path::PathBuf,
-    token: String,
-}
-
-impl Fleet {
-    async fn new(sim_cfg: SimConfig, rps: f64, in_flight: i32) -> Fleet {
-        let db = TestDb::new().await;
-        let sim = sim::start(sim_cfg).await.expect("simulator");
-        let config = write_config(&ebay_config(&sim.base_url(), rps, in_flight, ""));
-        let token = sim.token("acct-0");
-        let cfg = threadsync::config::Config::load(&config).unwrap();
-        sync::register_accounts(&db.pool, &cfg.accounts)
-            .await
-            .unwrap();
-        Fleet {
-            db,
-            sim,
-            config,
-            token,
-        }
-    }
-
-    fn worker(&self, name: &str) -> WorkerProc {
-        WorkerProc::start_with_env(
-            &self.db.url,
-            &self.config,
-            name,
-            16,
-            &[("EBAY_TOKEN_ACCT0", &self.token)],
-        )
-    }
-
-    async fn start_run(&self) -> i64 {
-        let mut tx = self.db.pool.begin().await.unwrap();
-        let (id, _) = sync::start_run(&mut tx, "acct-0", Mode::Full)
-            .await
-            .unwrap();
-        tx.commit().await.unwrap();
-        id
-    }
-
-    async fn state(&self, id: i64) -> sync::RunStatus {
-        sync::run_status(&self.db.pool, id).await.unwrap().unwrap()
-    }
-
-    async fn wait_done(&self, id: i64, limit: Duration) -> sync::RunStatus {
-        let t = Instant::now();
-        loop {
-            let s = self.state(id).await;
-            if s.state == "done" || s.state == "failed" {
-                return s;
-            }
-            assert!(t.elapsed() < limit, "run did not finish: {s:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn assert_exact(&self) {
-        let expected = self.sim.expected("acct-0").unwrap();
-        let c = threadsync::verify::compare(&self.db.pool, "acct-0", &expected)
-            .await
-            .unwrap();
-        assert!(c.is_exact(), "{c}");
-    }
-
-    fn calls(&self) -> u64 {
-        self.sim
-            .stats()
-            .accounts
-            .get("acct-0")
-            .map_or(0, |a| a.total)
-    }
-
-    async fn close(self) {
-        self.sim.shutdown().await;
-        self.db.close().await;
-    }
+/// A rig for worker processes of 16 slots each (none in this process), the account paced
+/// at `rps` (0: unpaced) with `in_flight` requests at most; leases last 10 s.
+async fn new_fleet(sim: SimConfig, rps: f64, in_flight: i32) -> Rig {
+    Rig::new(Opts {
+        sim,
+        requests_per_second: rps,
+        max_in_flight: in_flight,
+        workers: 0,
+        slots: 16,
+        lease_secs: 10,
+        ..Opts::default()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_killed_repeatedly_mid_run_lose_and_duplicate_nothing() {
     // A 250 requests/s limit makes the run's ~1,530 calls last at least six seconds on
     // any machine, so every kill below lands mid-run however fast the workers are.
-    let fleet = Fleet::new(
+    let fleet = new_fleet(
         SimConfig {
             threads: 1500,
             messages: 12,
@@ -108,11 +42,11 @@ async fn workers_killed_repeatedly_mid_run_lose_and_duplicate_nothing() {
         16,
     )
     .await;
-    let id = fleet.start_run().await;
-    let mut workers = vec![fleet.worker("k0"), fleet.worker("k1")];
+    let id = fleet.start(Mode::Full).await;
+    let mut workers = vec![fleet.process("k0"), fleet.process("k1")];
     let mut kills = 0;
     let t = Instant::now();
-    while fleet.state(id).await.state != "done" {
+    while fleet.status(id).await.state != "done" {
         assert!(
             t.elapsed() < Duration::from_secs(180),
             "run did not finish under kills"
@@ -124,12 +58,12 @@ async fn workers_killed_repeatedly_mid_run_lose_and_duplicate_nothing() {
             let victim = kills % workers.len();
             workers[victim].signal(Signal::SIGKILL);
             assert!(workers[victim].wait_exit(Duration::from_secs(5)));
-            workers[victim] = fleet.worker(&format!("k{victim}-{kills}"));
+            workers[victim] = fleet.process(&format!("k{victim}-{kills}"));
             kills += 1;
         }
     }
     assert_eq!(kills, 6, "the run finished before every kill landed");
-    let s = fleet.state(id).await;
+    let s = fleet.status(id).await;
     assert_eq!(s.state, "done", "{s:?}");
     fleet.assert_exact().await;
     drop(workers);
@@ -147,20 +81,21 @@ async fn restarting_all_workers_after_a_kill_costs_at_most_two_percent_more_call
     };
 
     // Uninterrupted reference run.
-    let reference = Fleet::new(dataset.clone(), 0.0, 16).await;
-    let id = reference.start_run().await;
-    let workers = vec![reference.worker("r0"), reference.worker("r1")];
-    reference.wait_done(id, Duration::from_secs(120)).await;
+    let reference = new_fleet(dataset.clone(), 0.0, 16).await;
+    let id = reference.start(Mode::Full).await;
+    let workers = vec![reference.process("r0"), reference.process("r1")];
+    let s = reference.finish(id, Duration::from_secs(120)).await;
+    assert_eq!(s.state, "done", "{s:?}");
     let baseline = reference.calls();
     drop(workers);
     reference.close().await;
 
     // Same data; every worker is SIGKILLed about halfway, then all restart.
-    let fleet = Fleet::new(dataset, 0.0, 16).await;
-    let id = fleet.start_run().await;
-    let mut workers = vec![fleet.worker("a0"), fleet.worker("a1")];
+    let fleet = new_fleet(dataset, 0.0, 16).await;
+    let id = fleet.start(Mode::Full).await;
+    let mut workers = vec![fleet.process("a0"), fleet.process("a1")];
     let t = Instant::now();
-    while fleet.state(id).await.threads_fetched < 500 {
+    while fleet.status(id).await.threads_fetched < 500 {
         assert!(t.elapsed() < Duration::from_secs(60));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -168,11 +103,11 @@ async fn restarting_all_workers_after_a_kill_costs_at_most_two_percent_more_call
         w.signal(Signal::SIGKILL);
         assert!(w.wait_exit(Duration::from_secs(5)));
     }
-    let at_kill = fleet.state(id).await;
+    let at_kill = fleet.status(id).await;
     assert_eq!(at_kill.state, "running", "killed mid-run");
     // Restart after the leases expire (10 s in this config).
-    let workers = vec![fleet.worker("b0"), fleet.worker("b1")];
-    let s = fleet.wait_done(id, Duration::from_secs(120)).await;
+    let workers = vec![fleet.process("b0"), fleet.process("b1")];
+    let s = fleet.finish(id, Duration::from_secs(120)).await;
     assert_eq!(s.state, "done");
     fleet.assert_exact().await;
     let calls = fleet.calls();
@@ -187,7 +122,7 @@ async fn restarting_all_workers_after_a_kill_costs_at_most_two_percent_more_call
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_share_one_rate_limit_without_a_single_429() {
     let limit = 50.0;
-    let fleet = Fleet::new(
+    let fleet = new_fleet(
         SimConfig {
             threads: 500,
             messages: 5,
@@ -199,13 +134,13 @@ async fn four_processes_share_one_rate_limit_without_a_single_429() {
         10,
     )
     .await;
-    let id = fleet.start_run().await;
-    let workers: Vec<WorkerProc> = (0..4).map(|i| fleet.worker(&format!("f{i}"))).collect();
-    let s = fleet.wait_done(id, Duration::from_secs(120)).await;
+    let id = fleet.start(Mode::Full).await;
+    let workers: Vec<WorkerProc> = (0..4).map(|i| fleet.process(&format!("f{i}"))).collect();
+    let s = fleet.finish(id, Duration::from_secs(120)).await;
     assert_eq!(s.state, "done");
     fleet.assert_exact().await;
     let stats = fleet.sim.stats();
-    let a = &stats.accounts["acct-0"];
+    let a = &stats.accounts[ACCOUNT];
     assert_eq!(a.throttled_429, 0, "the simulator saw 429s: {a:?}");
     let peak = a.max_rps_1s as f64;
     assert!(

@@ -2,221 +2,49 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ebay_config, TestDb};
+use common::rig::{Opts, Rig};
 use serde_json::json;
-use threadsync::config::Config;
-use threadsync::sim::{self, Faults, RuleAction, SimConfig, SimHandle};
-use threadsync::sync::Tokens;
+use threadsync::sim::{self, RuleAction, SimConfig};
 use threadsync::sync::{self, Mode};
-use threadsync::worker::Worker;
-use tokio_util::sync::CancellationToken;
 
-struct Rig {
-    db: TestDb,
-    sim: SimHandle,
-    stop: CancellationToken,
-    workers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Rig {
-    async fn new(sim_cfg: SimConfig, rps: f64, in_flight: i32, workers: usize) -> Rig {
-        let db = TestDb::new().await;
-        let sim = sim::start(sim_cfg).await.expect("simulator");
-        let cfg = Arc::new(
-            Config::parse(
-                &ebay_config(&sim.base_url(), rps, in_flight, ""),
-                "test.toml",
-            )
-            .expect("config"),
-        );
-        sync::register_accounts(&db.pool, &cfg.accounts)
-            .await
-            .unwrap();
-        let tokens = Tokens::Given(HashMap::from([("acct-0".to_string(), sim.token("acct-0"))]));
-        let stop = CancellationToken::new();
-        let workers = (0..workers)
-            .map(|i| {
-                let registry = threadsync::jobs::registry(&cfg, &tokens);
-                tokio::spawn(
-                    Worker::new(
-                        db.pool.clone(),
-                        Arc::new(cfg.queue.clone()),
-                        registry,
-                        &format!("w{i}"),
-                        16,
-                    )
-                    .run(stop.clone()),
-                )
-            })
-            .collect();
-        Rig {
-            db,
-            sim,
-            stop,
-            workers,
-        }
-    }
-
-    /// Starts a run as `threadsync resync`/`sync` would; returns its id.
-    async fn start(&self, mode: Mode) -> i64 {
-        let mut tx = self.db.pool.begin().await.unwrap();
-        let (id, created) = sync::start_run(&mut tx, "acct-0", mode).await.unwrap();
-        tx.commit().await.unwrap();
-        assert!(created);
-        id
-    }
-
-    async fn run(&self, mode: Mode) -> i64 {
-        let id = self.start(mode).await;
-        self.wait_run(id, Duration::from_secs(60)).await;
-        id
-    }
-
-    async fn wait_run(&self, id: i64, limit: Duration) -> sync::RunStatus {
-        let t = std::time::Instant::now();
-        loop {
-            let s = sync::run_status(&self.db.pool, id).await.unwrap().unwrap();
-            if s.state == "done" || s.state == "failed" {
-                return s;
-            }
-            if t.elapsed() > limit {
-                let errors: Vec<(String, Option<String>)> = sqlx::query_as(
-                    "SELECT kind, last_error FROM threadsync.jobs WHERE run_id = $1 AND last_error IS NOT NULL LIMIT 5",
-                )
-                .bind(id)
-                .fetch_all(&self.db.pool)
-                .await
-                .unwrap();
-                panic!("run {id} did not finish: {s:?}; job errors: {errors:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn compare(&self) -> threadsync::verify::Comparison {
-        let expected = self.sim.expected("acct-0").unwrap();
-        threadsync::verify::compare(&self.db.pool, "acct-0", &expected)
-            .await
-            .unwrap()
-    }
-
-    fn calls(&self, route: &str) -> u64 {
-        let stats = self.sim.stats();
-        stats.accounts.get("acct-0").map_or(0, |a| {
-            a.by_route
-                .iter()
-                .filter(|(r, _)| r.contains(route))
-                .flat_map(|(_, by)| by.values())
-                .sum()
-        })
-    }
-
-    async fn close(self) {
-        self.stop.cancel();
-        for w in self.workers {
-            w.await.unwrap().unwrap();
-        }
-        self.sim.shutdown().await;
-        self.db.close().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_resync_equals_the_truth() {
-    let rig = Rig::new(
-        SimConfig {
-            threads: 300,
-            messages: 20,
-            seed: 7,
-            ..SimConfig::default()
-        },
-        0.0,
-        10,
-        2,
-    )
-    .await;
-    let id = rig.run(Mode::Full).await;
-    let s = sync::run_status(&rig.db.pool, id).await.unwrap().unwrap();
-    assert_eq!(s.state, "done", "{s:?}");
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
-    assert_eq!(c.db_threads, c.truth_threads);
-    assert_eq!(c.db_messages, c.truth_messages);
-    assert_eq!(
-        s.threads_fetched as usize, c.truth_threads,
-        "every thread fetched once: {s:?}"
-    );
-    rig.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_do_not_lose_or_duplicate_anything() {
-    let faults = Faults {
-        error_5xx: 0.10,
-        burst_429: 0.05,
-        timeout: 0.01,
-        malformed: 0.02,
-        timeout_ms: 2500,
-        ..Faults::default()
-    };
-    let rig = Rig::new(
-        SimConfig {
-            threads: 200,
-            messages: 15,
-            seed: 11,
-            faults,
-            ..SimConfig::default()
-        },
-        0.0,
-        10,
-        2,
-    )
-    .await;
-    let id = rig.run(Mode::Full).await;
-    let s = sync::run_status(&rig.db.pool, id).await.unwrap().unwrap();
-    assert_eq!(s.state, "done", "{s:?}");
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
-    // Malformed answers and 5xx failed their attempt with the reason kept, then succeeded.
-    let retried: i64 = rig.db.count(&format!("SELECT count(*) FROM threadsync.jobs WHERE run_id = {id} AND attempts > 1 AND status = 'done'")).await;
-    assert!(
-        retried > 0,
-        "faults were injected, some jobs must have retried"
-    );
-    rig.close().await;
+/// A rig of `workers` worker runtimes, the account capped at `in_flight` requests.
+async fn rig(sim: SimConfig, in_flight: i32, workers: usize) -> Rig {
+    Rig::new(Opts {
+        sim,
+        max_in_flight: in_flight,
+        workers,
+        ..Opts::default()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_fetches_only_what_changed() {
-    let rig = Rig::new(
+    let rig = rig(
         SimConfig {
             threads: 200,
             messages: 10,
             seed: 3,
             ..SimConfig::default()
         },
-        0.0,
         10,
         2,
     )
     .await;
     rig.run(Mode::Full).await;
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
+    rig.assert_exact().await;
 
     // Nothing changed: only list calls.
     rig.sim.reset_stats();
     rig.run(Mode::Incremental).await;
     assert_eq!(
-        rig.calls("conversation/"),
+        rig.calls_to("conversation/"),
         0,
         "no conversation fetch when nothing changed"
     );
-    let lists = rig.calls("GET /commerce/message/v1/conversation");
+    let lists = rig.calls_to("GET /commerce/message/v1/conversation");
     eprintln!("list calls with nothing changed: {lists}");
     assert!((2..=4).contains(&lists), "only the list heads: {lists}");
 
@@ -237,8 +65,8 @@ async fn incremental_fetches_only_what_changed() {
     assert!(!touched.is_empty());
     rig.sim.reset_stats();
     rig.run(Mode::Incremental).await;
-    let fetches = rig.calls("conversation/");
-    let lists = rig.calls("GET /commerce/message/v1/conversation") - fetches;
+    let fetches = rig.calls_to("conversation/");
+    let lists = rig.calls_to("GET /commerce/message/v1/conversation") - fetches;
     eprintln!("after {k} changes: {lists} list calls, {fetches} fetches");
     assert!(lists <= 6, "{lists} list calls");
     assert!(
@@ -246,8 +74,7 @@ async fn incremental_fetches_only_what_changed() {
         "{fetches} fetches for {} changed threads ({changed})",
         touched.len()
     );
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
+    rig.assert_exact().await;
     rig.close().await;
 }
 
@@ -260,7 +87,7 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
         start_time_semantics: sim::StartTimeSemantics::InboundOnly,
         ..SimConfig::default()
     };
-    let rig = Rig::new(sim_cfg, 0.0, 10, 1).await;
+    let rig = rig(sim_cfg, 10, 1).await;
     rig.run(Mode::Full).await;
     let reply = rig
         .sim
@@ -296,8 +123,7 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
             Duration::from_secs(20),
         )
         .await;
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
+    rig.assert_exact().await;
 
     // Without a refresh, an incremental sync still catches a hidden reply: after its
     // start_time pass it re-reads the head of the recency-ordered list.
@@ -306,10 +132,9 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
         .unwrap();
     rig.sim.reset_stats();
     rig.run(Mode::Incremental).await;
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
+    rig.assert_exact().await;
     assert_eq!(
-        rig.calls("conversation/"),
+        rig.calls_to("conversation/"),
         1,
         "exactly the one changed thread is fetched"
     );
@@ -318,11 +143,17 @@ async fn a_seller_reply_hidden_from_start_time_is_caught_by_the_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_thread_rejects_bad_ids_and_accounts_in_the_callers_transaction() {
-    let db = TestDb::new().await;
-    let cfg = Config::parse(&ebay_config("http://127.0.0.1:9", 0.0, 7, ""), "test.toml").unwrap();
-    sync::register_accounts(&db.pool, &cfg.accounts)
-        .await
-        .unwrap();
+    // No workers: the jobs it makes stay pending.
+    let rig = rig(
+        SimConfig {
+            threads: 1,
+            ..SimConfig::default()
+        },
+        7,
+        0,
+    )
+    .await;
+    let db = &rig.db;
     sqlx::query("INSERT INTO threadsync.accounts (id, provider) VALUES ('sms-0', 'smseagle')")
         .execute(&db.pool)
         .await
@@ -376,7 +207,7 @@ async fn refresh_thread_rejects_bad_ids_and_accounts_in_the_callers_transaction(
         (7, "ebay:acct-0"),
         "the account's own in-flight cap"
     );
-    db.close().await;
+    rig.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,7 +221,7 @@ async fn daily_quota_pauses_the_account_until_reset_without_burning_attempts() {
         quota_reset_at_ms: Some(reset),
         ..SimConfig::default()
     };
-    let rig = Rig::new(sim_cfg, 0.0, 4, 1).await;
+    let rig = rig(sim_cfg, 4, 1).await;
     let id = rig.start(Mode::Full).await;
     // The quota runs out; the account is paused with the reason shown in status.
     rig.db
@@ -410,10 +241,9 @@ async fn daily_quota_pauses_the_account_until_reset_without_burning_attempts() {
     );
     // The quota resets (the simulator's clock passes its reset instant); the run finishes.
     // Quotas are daily: give the simulator a fresh one as eBay would at reset.
-    let s = rig.wait_run(id, Duration::from_secs(60)).await;
+    let s = rig.finish(id, Duration::from_secs(60)).await;
     assert_eq!(s.state, "done", "{s:?}");
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
+    rig.assert_exact().await;
     let max_attempts: i64 = rig
         .db
         .count(&format!(
@@ -435,7 +265,7 @@ async fn daily_quota_pauses_the_account_until_reset_without_burning_attempts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thread_deleted_between_list_and_fetch_does_not_fail_the_run() {
     // One request in flight: fetches trail the list, leaving time to delete listed threads.
-    let rig = Rig::new(
+    let rig = rig(
         SimConfig {
             threads: 120,
             messages: 5,
@@ -443,7 +273,6 @@ async fn a_thread_deleted_between_list_and_fetch_does_not_fail_the_run() {
             latency_ms: 5,
             ..SimConfig::default()
         },
-        0.0,
         1,
         1,
     )
@@ -468,11 +297,10 @@ async fn a_thread_deleted_between_list_and_fetch_does_not_fail_the_run() {
     rig.sim
         .mutate(&json!({"account": "acct-0", "delete_ids": victims}))
         .unwrap();
-    let s = rig.wait_run(id, Duration::from_secs(60)).await;
+    let s = rig.finish(id, Duration::from_secs(60)).await;
     assert_eq!(s.state, "done", "{s:?}");
     assert!(s.threads_deleted >= 1, "{s:?}");
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
+    rig.assert_exact().await;
     let deleted = rig
         .db
         .count("SELECT count(*) FROM threadsync.threads WHERE deleted_at IS NOT NULL")
@@ -483,7 +311,7 @@ async fn a_thread_deleted_between_list_and_fetch_does_not_fail_the_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_messages_during_a_full_resync_are_not_missed() {
-    let rig = Rig::new(
+    let rig = rig(
         SimConfig {
             threads: 600,
             messages: 8,
@@ -491,7 +319,6 @@ async fn new_messages_during_a_full_resync_are_not_missed() {
             latency_ms: 2,
             ..SimConfig::default()
         },
-        0.0,
         6,
         2,
     )
@@ -501,7 +328,7 @@ async fn new_messages_during_a_full_resync_are_not_missed() {
     // shifting offsets) and new threads appear.
     let mut mutations = 0;
     loop {
-        let s = sync::run_status(&rig.db.pool, id).await.unwrap().unwrap();
+        let s = rig.status(id).await;
         if s.state != "running" {
             break;
         }
@@ -513,7 +340,7 @@ async fn new_messages_during_a_full_resync_are_not_missed() {
         mutations >= 3,
         "the run ended before the list could shift ({mutations} rounds)"
     );
-    let s = rig.wait_run(id, Duration::from_secs(60)).await;
+    let s = rig.finish(id, Duration::from_secs(60)).await;
     assert_eq!(s.state, "done");
     // Everything that happened before the catch-up pass began is in the database. (A change
     // racing the catch-up's first page is the next run's business.)
@@ -565,14 +392,13 @@ async fn new_messages_during_a_full_resync_are_not_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thread_pushed_onto_a_page_already_read_is_caught_by_the_catch_up() {
     // One request at a time, so list pages are read in offset order unless one fails.
-    let rig = Rig::new(
+    let rig = rig(
         SimConfig {
             threads: 300,
             messages: 2,
             seed: 23,
             ..SimConfig::default()
         },
-        0.0,
         1,
         1,
     )
@@ -586,7 +412,7 @@ async fn a_thread_pushed_onto_a_page_already_read_is_caught_by_the_catch_up() {
         &page(150),
         RuleAction::MutateAfter(json!({"account": "acct-0", "bump_offsets": [250]})),
     );
-    let id = rig.run(Mode::Full).await;
+    let id = rig.run(Mode::Full).await.run_id;
 
     let finished = |offset: u32| {
         let pool = rig.db.pool.clone();
@@ -607,21 +433,19 @@ async fn a_thread_pushed_onto_a_page_already_read_is_caught_by_the_catch_up() {
     let (_, at_150) = finished(150).await;
     assert_eq!(attempts_100, 2, "offset 100 failed once");
     assert!(at_100 > at_150, "offset 100 was read after offset 150");
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
+    rig.assert_exact().await;
     rig.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scheduled_start_closes_a_run_left_open() {
-    let rig = Rig::new(
+    let rig = rig(
         SimConfig {
             threads: 50,
             messages: 3,
             seed: 31,
             ..SimConfig::default()
         },
-        0.0,
         10,
         1,
     )
@@ -645,10 +469,9 @@ async fn a_scheduled_start_closes_a_run_left_open() {
     )
     .await
     .unwrap();
-    let s = rig.wait_run(stuck, Duration::from_secs(30)).await;
+    let s = rig.finish(stuck, Duration::from_secs(30)).await;
     assert_eq!(s.state, "done", "{s:?}");
-    let c = rig.compare().await;
-    assert!(c.is_exact(), "{c}");
+    rig.assert_exact().await;
     rig.close().await;
 }
 
@@ -668,14 +491,13 @@ fn counts(c: &threadsync::verify::Comparison) -> [usize; 7] {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_comparison_fails_both_ways_and_on_every_field() {
-    let rig = Rig::new(
+    let rig = rig(
         SimConfig {
             threads: 40,
             messages: 4,
             seed: 37,
             ..SimConfig::default()
         },
-        0.0,
         10,
         1,
     )

@@ -5,26 +5,20 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestDb, WorkerProc};
+use common::rig::{Opts, Provider, Rig};
+use common::TestDb;
 use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use threadsync::config::Config;
 use threadsync::providers::smseagle::is_final;
-use threadsync::sim::{self, Faults, Provider, SimConfig, SimHandle};
-use threadsync::sync::Tokens;
-use threadsync::sync::{self, Mode, RunStatus};
+use threadsync::sim::{self, Faults, SimConfig, SimHandle};
+use threadsync::sync::{self, Mode};
 use threadsync::verify::{self, Comparison};
-use threadsync::worker::Worker;
-use tokio_util::sync::CancellationToken;
-
-const TOKEN_ENV: &str = "SMSEAGLE_TOKEN_ACCT0";
 
 fn sim_cfg(threads: usize, messages: usize) -> SimConfig {
     SimConfig {
-        provider: Provider::Smseagle,
+        provider: sim::Provider::Smseagle,
         threads,
         messages,
         seed: 7,
@@ -33,111 +27,23 @@ fn sim_cfg(threads: usize, messages: usize) -> SimConfig {
     }
 }
 
-/// jobs.toml for SMSEagle account `acct-0`; the seeded history is months old, so the
-/// cold-start window reaches back far enough to include it.
-fn sms_config(base_url: &str, extra_account_keys: &str) -> String {
-    sms_config_window(base_url, 36500.0, extra_account_keys)
+/// A rig for SMSEagle account `acct-0`, one worker runtime; the seeded history is months
+/// old, so the cold-start window reaches back far enough to include it.
+fn sms(sim: SimConfig, extra_account_keys: &str) -> Opts {
+    sms_window(sim, 36500.0, extra_account_keys)
 }
 
-fn sms_config_window(base_url: &str, cold_start_days: f64, extra_account_keys: &str) -> String {
-    format!(
-        "[queue]\nlease_secs = 2\npoll_ms = 50\n\
-         [kinds.\"smseagle.folder\"]\nmax_attempts = 20\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n\
-         [kinds.\"smseagle.status_check\"]\nbackoff_base_ms = 100\nbackoff_cap_ms = 1000\n\
-         [[accounts]]\nid = \"acct-0\"\nprovider = \"smseagle\"\nbase_url = \"{base_url}\"\n\
-         token_env = \"{TOKEN_ENV}\"\nrequests_per_second = 0\nrequest_timeout_secs = 1\n\
-         cold_start_days = {cold_start_days:?}\n{extra_account_keys}"
-    )
-}
-
-struct Rig {
-    db: TestDb,
-    sim: SimHandle,
-    stop: CancellationToken,
-    workers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Rig {
-    async fn new(sim_cfg: SimConfig, extra: &str) -> Rig {
-        Self::with_window(sim_cfg, 36500.0, extra).await
+fn sms_window(sim: SimConfig, cold_start_days: f64, extra_account_keys: &str) -> Opts {
+    Opts {
+        provider: Provider::SmsEagle,
+        sim,
+        lease_secs: 2,
+        account_keys: format!("cold_start_days = {cold_start_days:?}\n{extra_account_keys}"),
+        // Checks back off from 100 ms.
+        extra: "[kinds.\"smseagle.status_check\"]\nbackoff_base_ms = 100\nbackoff_cap_ms = 1000\n"
+            .into(),
+        ..Opts::default()
     }
-
-    async fn with_window(sim_cfg: SimConfig, cold_start_days: f64, extra: &str) -> Rig {
-        let db = TestDb::new().await;
-        let sim = sim::start(sim_cfg).await.expect("simulator");
-        let cfg = Arc::new(
-            Config::parse(
-                &sms_config_window(&sim.base_url(), cold_start_days, extra),
-                "test.toml",
-            )
-            .expect("config"),
-        );
-        sync::register_accounts(&db.pool, &cfg.accounts)
-            .await
-            .unwrap();
-        let tokens = Tokens::Given(HashMap::from([("acct-0".to_string(), sim.token("acct-0"))]));
-        let stop = CancellationToken::new();
-        let registry = threadsync::jobs::registry(&cfg, &tokens);
-        let workers = vec![tokio::spawn(
-            Worker::new(
-                db.pool.clone(),
-                Arc::new(cfg.queue.clone()),
-                registry,
-                "w0",
-                16,
-            )
-            .run(stop.clone()),
-        )];
-        Rig {
-            db,
-            sim,
-            stop,
-            workers,
-        }
-    }
-
-    async fn run(&self, mode: Mode) -> RunStatus {
-        let mut tx = self.db.pool.begin().await.unwrap();
-        let (id, created) = sync::start_run(&mut tx, "acct-0", mode).await.unwrap();
-        tx.commit().await.unwrap();
-        assert!(created);
-        wait_run(&self.db, id, Duration::from_secs(30)).await
-    }
-
-    /// The database against everything the gateway holds (the window reaches back past
-    /// the seeded history).
-    async fn compare(&self) -> Comparison {
-        compare(&self.db, &self.sim).await
-    }
-
-    async fn close(self) {
-        self.stop.cancel();
-        for w in self.workers {
-            w.await.unwrap().unwrap();
-        }
-        self.sim.shutdown().await;
-        self.db.close().await;
-    }
-}
-
-async fn wait_run(db: &TestDb, id: i64, limit: Duration) -> RunStatus {
-    let t = Instant::now();
-    loop {
-        let s = sync::run_status(&db.pool, id).await.unwrap().unwrap();
-        if s.state == "done" || s.state == "failed" {
-            assert_eq!(s.state, "done", "{s:?}");
-            return s;
-        }
-        assert!(t.elapsed() < limit, "run {id} did not finish: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn compare(db: &TestDb, sim: &SimHandle) -> Comparison {
-    let expected = sim.expected("acct-0").unwrap();
-    verify::compare(&db.pool, "acct-0", &expected)
-        .await
-        .unwrap()
 }
 
 fn truth_messages(sim: &SimHandle) -> Vec<Value> {
@@ -175,19 +81,13 @@ fn max_id(truth: &[Value], folder: &str) -> Option<i64> {
         .max()
 }
 
-fn folder_requests(sim: &SimHandle) -> u64 {
-    sim.stats().accounts.get("acct-0").map_or(0, |a| {
-        a.by_route
-            .iter()
-            .filter(|(r, _)| r.contains("/api/v2/messages/{folder}"))
-            .flat_map(|(_, by)| by.values())
-            .sum()
-    })
+fn folder_requests(rig: &Rig) -> u64 {
+    rig.calls_to("/api/v2/messages/{folder}")
 }
 
 #[tokio::test]
 async fn incremental_reads_only_new_ids_per_folder() {
-    let rig = Rig::new(sim_cfg(10, 20), "").await;
+    let rig = Rig::new(sms(sim_cfg(10, 20), "")).await;
     let first = rig.run(Mode::Incremental).await;
     let truth = truth_messages(&rig.sim);
     // Every message, field by field, statuses included, filed under its remote number (the
@@ -214,15 +114,14 @@ async fn incremental_reads_only_new_ids_per_folder() {
                       FROM threadsync.sync_runs r WHERE r.id = (SELECT max(id) FROM threadsync.sync_runs)";
     rig.sim.reset_stats();
     let idle = rig.run(Mode::Incremental).await;
-    assert_eq!(folder_requests(&rig.sim), 3, "inbox, outbox, sentitems");
+    assert_eq!(folder_requests(&rig), 3, "inbox, outbox, sentitems");
     assert_eq!(
         rig.db.count(snapshot).await,
         0,
         "an idle sync writes nothing"
     );
     assert_eq!(idle.messages_written, 0);
-    let cmp = rig.compare().await;
-    assert!(cmp.is_exact(), "{cmp}");
+    rig.assert_exact().await;
 
     // n new messages: exactly those are inserted; each cursor is the highest id seen.
     let added = rig
@@ -287,8 +186,7 @@ async fn incremental_reads_only_new_ids_per_folder() {
     // Once the modem took them and the sent folder is read, the copy is exact.
     rig.sim.advance_clock(10.0);
     rig.run(Mode::Incremental).await;
-    let cmp = rig.compare().await;
-    assert!(cmp.is_exact(), "{cmp}");
+    rig.assert_exact().await;
     rig.close().await;
 }
 
@@ -330,7 +228,7 @@ async fn a_first_sync_holds_exactly_the_cold_start_window() {
     dates.sort();
     let middle = dates[dates.len() / 2];
     let days = (chrono::Utc::now() - middle).num_seconds() as f64 / 86_400.0;
-    let rig = Rig::with_window(sim_cfg, days, "").await;
+    let rig = Rig::new(sms_window(sim_cfg, days, "")).await;
 
     // The worker's window starts `days` before the moment each folder job ran (the same
     // arithmetic as the config's).
@@ -372,16 +270,15 @@ async fn id_gaps_lose_nothing() {
         id_gap_rate: 0.3,
         ..sim_cfg(10, 20)
     };
-    let rig = Rig::new(cfg, "batch_size = 7\n").await;
+    let rig = Rig::new(sms(cfg, "batch_size = 7\n")).await;
     rig.run(Mode::Incremental).await;
     let truth = rig.sim.truth(Some("acct-0"));
     let skipped = truth["accounts"][0]["skipped_ids"].as_array().unwrap();
     assert!(skipped.len() > 10, "the gateway must skip ids");
     let msgs = truth_messages(&rig.sim);
-    let cmp = rig.compare().await;
-    assert!(cmp.is_exact(), "{cmp}");
+    rig.assert_exact().await;
     assert!(
-        folder_requests(&rig.sim) as usize > msgs.len() / 7,
+        folder_requests(&rig) as usize > msgs.len() / 7,
         "read in batches of 7"
     );
     assert_eq!(
@@ -426,8 +323,7 @@ async fn wait_settled(db: &TestDb, limit: Duration) {
 /// ended as the simulator says: its final status, or expired with the last status the
 /// gateway showed. Returns (final, expired).
 async fn assert_matches_truth(rig: &Rig, followed: &[u64]) -> (usize, usize) {
-    let cmp = rig.compare().await;
-    assert!(cmp.is_exact(), "{cmp}");
+    rig.assert_exact().await;
     let truth: HashMap<u64, String> = rig
         .sim
         .expected("acct-0")
@@ -480,7 +376,7 @@ async fn pending_statuses_settle_or_expire_and_checks_stop() {
         no_report_rate: 0.35,
         ..sim_cfg(5, 2)
     };
-    let rig = Rig::new(cfg, FAST_CHECKS).await;
+    let rig = Rig::new(sms(cfg, FAST_CHECKS)).await;
     rig.run(Mode::Incremental).await;
     let followed = send_and_follow(&rig, 6).await;
     assert!(followed.len() >= 20, "{followed:?}");
@@ -542,11 +438,10 @@ async fn gateway_outage_delays_checks_without_dropping_them() {
         no_report_rate: 0.3,
         ..sim_cfg(5, 2)
     };
-    let rig = Rig::new(cfg, FAST_CHECKS).await;
+    let rig = Rig::new(sms(cfg, FAST_CHECKS)).await;
     rig.run(Mode::Incremental).await;
     let followed = send_and_follow(&rig, 4).await;
     assert!(!followed.is_empty());
-    let route_total = |sim: &SimHandle| sim.stats().accounts.get("acct-0").map_or(0, |a| a.total);
 
     // The gateway fails every request: half 5xx, half dropped connections.
     rig.sim.set_faults(Faults {
@@ -556,10 +451,10 @@ async fn gateway_outage_delays_checks_without_dropping_them() {
         ..Faults::default()
     });
     rig.sim.advance_clock(7200.0);
-    let t0 = route_total(&rig.sim);
+    let t0 = rig.calls();
     let outage = Duration::from_secs(3);
     tokio::time::sleep(outage).await;
-    let during = route_total(&rig.sim) - t0;
+    let during = rig.calls() - t0;
     // Backoff (100 ms doubling, capped at the 0.3 s interval) allows about ten tries per
     // check in 3 s; a hot loop would make hundreds.
     assert!(during > 0, "checks kept trying");
@@ -587,32 +482,30 @@ async fn gateway_outage_delays_checks_without_dropping_them() {
 
 #[tokio::test]
 async fn sigkill_during_a_folder_batch_keeps_cursor_and_rows_consistent() {
-    let db = TestDb::new().await;
-    let sim = sim::start(SimConfig {
-        latency_ms: 15,
-        id_gap_rate: 0.1,
-        ..sim_cfg(40, 50)
+    let rig = Rig::new(Opts {
+        workers: 0,
+        slots: 8,
+        ..sms(
+            SimConfig {
+                latency_ms: 15,
+                id_gap_rate: 0.1,
+                ..sim_cfg(40, 50)
+            },
+            "batch_size = 25\n",
+        )
     })
-    .await
-    .unwrap();
-    let text = sms_config(&sim.base_url(), "batch_size = 25\n");
-    let cfg = Config::parse(&text, "test.toml").unwrap();
-    sync::register_accounts(&db.pool, &cfg.accounts)
-        .await
-        .unwrap();
-    let path = common::write_config(&text);
-    let token = sim.token("acct-0");
-    let env = [(TOKEN_ENV, token.as_str())];
-    let mut w1 = WorkerProc::start_with_env(&db.url, &path, "sms-kill-1", 8, &env);
+    .await;
+    let mut w1 = rig.process("sms-kill-1");
 
-    let mut tx = db.pool.begin().await.unwrap();
-    let (run_id, _) = sync::start_run(&mut tx, "acct-0", Mode::Incremental)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let run_id = rig.start(Mode::Incremental).await;
     // Kill once some batches committed, in the middle of the next one.
     let t = Instant::now();
-    while db.count("SELECT count(*) FROM threadsync.messages").await < 300 {
+    while rig
+        .db
+        .count("SELECT count(*) FROM threadsync.messages")
+        .await
+        < 300
+    {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "no progress: {}",
@@ -622,12 +515,16 @@ async fn sigkill_during_a_folder_batch_keeps_cursor_and_rows_consistent() {
     }
     w1.signal(Signal::SIGKILL);
     assert!(w1.wait_exit(Duration::from_secs(5)));
-    let at_kill = db.count("SELECT count(*) FROM threadsync.messages").await;
-    let _w2 = WorkerProc::start_with_env(&db.url, &path, "sms-kill-2", 8, &env);
-    wait_run(&db, run_id, Duration::from_secs(40)).await;
+    let at_kill = rig
+        .db
+        .count("SELECT count(*) FROM threadsync.messages")
+        .await;
+    let _w2 = rig.process("sms-kill-2");
+    let status = rig.finish(run_id, Duration::from_secs(40)).await;
+    assert_eq!(status.state, "done", "{status:?}");
 
-    let truth = truth_messages(&sim);
-    let cmp = compare(&db, &sim).await;
+    let truth = truth_messages(&rig.sim);
+    let cmp = rig.compare().await;
     assert!(
         (at_kill as usize) < cmp.truth_messages,
         "killed before the end"
@@ -636,12 +533,10 @@ async fn sigkill_during_a_folder_batch_keeps_cursor_and_rows_consistent() {
         cmp.is_exact(),
         "no gap, no extra row, no stale field: {cmp}"
     );
-    let c = cursors(&db).await;
+    let c = cursors(&rig.db).await;
     assert_eq!(c.get("inbox").copied(), max_id(&truth, "inbox"));
     assert_eq!(c.get("sentitems").copied(), max_id(&truth, "sentitems"));
-    let status = sync::run_status(&db.pool, run_id).await.unwrap().unwrap();
     // Each message counted once as new, whatever the kill interrupted.
     assert_eq!(status.messages_written as usize, truth.len(), "{status:?}");
-    sim.shutdown().await;
-    db.close().await;
+    rig.close().await;
 }

@@ -1,6 +1,9 @@
 //! Shared test support: a fresh database per test (on DATABASE_URL's server, or on one
-//! private server per test process), worker processes, and polling helpers.
+//! private server per test process), worker processes, polling helpers, and the sync
+//! tests' rig ([`rig`]).
 #![allow(dead_code)]
+
+pub mod rig;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -193,21 +196,4 @@ impl Drop for WorkerProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// jobs.toml text for one eBay account `acct-0` served by a simulator at `base_url`.
-pub fn ebay_config(
-    base_url: &str,
-    requests_per_second: f64,
-    max_in_flight: i32,
-    extra: &str,
-) -> String {
-    format!(
-        "[queue]\nlease_secs = 10\npoll_ms = 100\n\
-         [kinds.\"ebay.list_page\"]\nmax_attempts = 10\nbackoff_base_ms = 50\nbackoff_cap_ms = 1000\n\
-         [kinds.\"ebay.conversation\"]\nmax_attempts = 10\nbackoff_base_ms = 50\nbackoff_cap_ms = 1000\n\
-         {extra}\n\
-         [[accounts]]\nid = \"acct-0\"\nprovider = \"ebay\"\nbase_url = \"{base_url}\"\ntoken_env = \"EBAY_TOKEN_ACCT0\"\n\
-         requests_per_second = {requests_per_second}\nmax_in_flight = {max_in_flight}\nrequest_timeout_secs = 2\n"
-    )
 }

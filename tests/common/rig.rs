@@ -1,0 +1,310 @@
+//! One rig for the sync tests: a fresh database, a provider's simulator over loopback
+//! HTTP, account `acct-0` registered against it, and real workers (runtimes in this
+//! process, or `threadsync worker` processes from [`Rig::process`]).
+//!
+//! ```ignore
+//! let rig = Rig::new(Opts {
+//!     provider: Provider::SmsEagle,
+//!     account_keys: "cold_start_days = 36500\n".into(),
+//!     ..Opts::default()
+//! })
+//! .await;
+//! rig.run(Mode::Full).await;
+//! rig.assert_exact().await;
+//! rig.close().await;
+//! ```
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use threadsync::config::Config;
+use threadsync::sim::{self, SimConfig, SimHandle};
+use threadsync::sync::{self, Mode, RunStatus, Tokens};
+use threadsync::verify::{self, Comparison};
+use threadsync::worker::Worker;
+use tokio_util::sync::CancellationToken;
+
+use super::{TestDb, WorkerProc};
+
+/// The one account every rig syncs.
+pub const ACCOUNT: &str = "acct-0";
+
+/// The providers the engine syncs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Provider {
+    #[default]
+    Ebay,
+    SmsEagle,
+}
+
+impl Provider {
+    /// The name jobs.toml and the job kinds use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Ebay => "ebay",
+            Provider::SmsEagle => "smseagle",
+        }
+    }
+
+    fn simulator(self) -> sim::Provider {
+        match self {
+            Provider::Ebay => sim::Provider::Ebay,
+            Provider::SmsEagle => sim::Provider::Smseagle,
+        }
+    }
+
+    /// The variable worker processes read the account's token from.
+    pub fn token_env(self) -> &'static str {
+        match self {
+            Provider::Ebay => "EBAY_TOKEN_ACCT0",
+            Provider::SmsEagle => "SMSEAGLE_TOKEN_ACCT0",
+        }
+    }
+
+    /// The provider's job kinds and the retry tuning the rig gives them: quick backoff,
+    /// and attempts enough to outlast injected faults.
+    fn kinds(self) -> &'static [(&'static str, &'static str)] {
+        const DATA: &str = "max_attempts = 20\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n";
+        const CHECKS: &str = "backoff_base_ms = 50\nbackoff_cap_ms = 500\n";
+        match self {
+            Provider::Ebay => &[("list_page", DATA), ("conversation", DATA)],
+            Provider::SmsEagle => &[("folder", DATA), ("status_check", CHECKS)],
+        }
+    }
+}
+
+/// What a rig runs. Start from the default and change what the test needs:
+/// `Opts { max_in_flight: 1, ..Opts::default() }`.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub provider: Provider,
+    /// The simulator's dataset, faults and limits; its `provider` is set from `provider`.
+    pub sim: SimConfig,
+    /// Worker runtimes in this process (0: none; start processes with [`Rig::process`]).
+    pub workers: usize,
+    /// Job slots of each worker runtime and each worker process.
+    pub slots: usize,
+    /// The account's pacing (0: unpaced) and in-flight cap.
+    pub requests_per_second: f64,
+    pub max_in_flight: i32,
+    /// More keys of the account, the provider's own (SMSEagle: `cold_start_days`,
+    /// `batch_size`, ...), one `key = value` a line.
+    pub account_keys: String,
+    /// More jobs.toml text before the account (`[kinds."..."]`, `[retry]`, ...). A
+    /// `[kinds."<kind>"]` table here replaces the rig's own for that kind.
+    pub extra: String,
+    pub lease_secs: u64,
+}
+
+impl Default for Opts {
+    fn default() -> Opts {
+        Opts {
+            provider: Provider::Ebay,
+            sim: SimConfig::default(),
+            workers: 1,
+            slots: 16,
+            requests_per_second: 0.0,
+            max_in_flight: 10,
+            account_keys: String::new(),
+            extra: String::new(),
+            lease_secs: 3,
+        }
+    }
+}
+
+/// jobs.toml text for account [`ACCOUNT`] of `opts.provider` served at `base_url`.
+pub fn config_text(opts: &Opts, base_url: &str) -> String {
+    let p = opts.provider;
+    let n = p.name();
+    let mut text = format!("[queue]\nlease_secs = {}\npoll_ms = 50\n", opts.lease_secs);
+    for (kind, tuning) in p.kinds() {
+        let header = format!("[kinds.\"{n}.{kind}\"]\n");
+        if !opts.extra.contains(header.trim_end()) {
+            text += &header;
+            text += tuning;
+        }
+    }
+    text += &opts.extra;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text += &format!(
+        "[[accounts]]\nid = \"{ACCOUNT}\"\nprovider = \"{n}\"\nbase_url = \"{base_url}\"\n\
+         token_env = \"{}\"\nrequests_per_second = {:?}\nmax_in_flight = {}\n\
+         request_timeout_secs = 2\n{}",
+        p.token_env(),
+        opts.requests_per_second,
+        opts.max_in_flight,
+        opts.account_keys,
+    );
+    text
+}
+
+pub struct Rig {
+    pub provider: Provider,
+    pub db: TestDb,
+    pub sim: SimHandle,
+    pub cfg: Arc<Config>,
+    /// The jobs.toml worker processes load.
+    pub config_path: PathBuf,
+    slots: usize,
+    stop: CancellationToken,
+    workers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Rig {
+    pub async fn new(opts: Opts) -> Rig {
+        let db = TestDb::new().await;
+        let sim = sim::start(SimConfig {
+            provider: opts.provider.simulator(),
+            ..opts.sim.clone()
+        })
+        .await
+        .expect("simulator");
+        let text = config_text(&opts, &sim.base_url());
+        let cfg = Arc::new(Config::parse(&text, "rig.toml").expect("config"));
+        sync::register_accounts(&db.pool, &cfg.accounts)
+            .await
+            .expect("register");
+        let tokens = Tokens::Given(HashMap::from([(ACCOUNT.to_string(), sim.token(ACCOUNT))]));
+        let stop = CancellationToken::new();
+        let workers = (0..opts.workers)
+            .map(|i| {
+                let registry = threadsync::jobs::registry(&cfg, &tokens);
+                let w = Worker::new(
+                    db.pool.clone(),
+                    Arc::new(cfg.queue.clone()),
+                    registry,
+                    &format!("w{i}"),
+                    opts.slots,
+                );
+                tokio::spawn(w.run(stop.clone()))
+            })
+            .collect();
+        Rig {
+            provider: opts.provider,
+            config_path: super::write_config(&text),
+            db,
+            sim,
+            cfg,
+            slots: opts.slots,
+            stop,
+            workers,
+        }
+    }
+
+    /// A `threadsync worker` process on the rig's database and config, with the
+    /// account's token in its environment.
+    pub fn process(&self, name: &str) -> WorkerProc {
+        let token = self.sim.token(ACCOUNT);
+        WorkerProc::start_with_env(
+            &self.db.url,
+            &self.config_path,
+            name,
+            self.slots,
+            &[(self.provider.token_env(), token.as_str())],
+        )
+    }
+
+    /// Starts a run as `threadsync resync`/`sync` would; returns its id.
+    pub async fn start(&self, mode: Mode) -> i64 {
+        let mut tx = self.db.pool.begin().await.expect("begin");
+        let (id, created) = sync::start_run(&mut tx, ACCOUNT, mode)
+            .await
+            .expect("start");
+        tx.commit().await.expect("commit");
+        assert!(created, "one run at a time");
+        id
+    }
+
+    pub async fn status(&self, id: i64) -> RunStatus {
+        sync::run_status(&self.db.pool, id)
+            .await
+            .expect("status")
+            .expect("run")
+    }
+
+    /// Waits for the run to end (done or failed) and returns its status; panics, with
+    /// the jobs' errors, after `limit`.
+    pub async fn finish(&self, id: i64, limit: Duration) -> RunStatus {
+        let t = Instant::now();
+        loop {
+            let s = self.status(id).await;
+            if s.state == "done" || s.state == "failed" {
+                return s;
+            }
+            if t.elapsed() > limit {
+                let errors: Vec<(String, Option<String>)> = sqlx::query_as(
+                    "SELECT kind, last_error FROM threadsync.jobs
+                      WHERE run_id = $1 AND last_error IS NOT NULL LIMIT 5",
+                )
+                .bind(id)
+                .fetch_all(&self.db.pool)
+                .await
+                .expect("job errors");
+                panic!(
+                    "{} run {id} still {} after {limit:?}: {s:?}; job errors: {errors:?}",
+                    self.provider.name(),
+                    s.state
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a run and waits up to a minute for it to end done.
+    pub async fn run(&self, mode: Mode) -> RunStatus {
+        let id = self.start(mode).await;
+        let s = self.finish(id, Duration::from_secs(60)).await;
+        assert_eq!(s.state, "done", "{s:?}");
+        s
+    }
+
+    /// The database against the rows the simulator says a synced copy holds.
+    pub async fn compare(&self) -> Comparison {
+        let expected = self.sim.expected(ACCOUNT).expect("expected rows");
+        verify::compare(&self.db.pool, ACCOUNT, &expected)
+            .await
+            .expect("compare")
+    }
+
+    /// The copy equals the provider's data, both ways and on every field.
+    pub async fn assert_exact(&self) {
+        let c = self.compare().await;
+        assert!(c.is_exact(), "{}: {c}", self.provider.name());
+        assert!(c.truth_messages > 0, "a dataset to compare");
+    }
+
+    /// Requests the simulator served the account since it started or last reset.
+    pub fn calls(&self) -> u64 {
+        self.sim
+            .stats()
+            .accounts
+            .get(ACCOUNT)
+            .map_or(0, |a| a.total)
+    }
+
+    /// Requests the simulator served the account on routes containing `route`.
+    pub fn calls_to(&self, route: &str) -> u64 {
+        self.sim.stats().accounts.get(ACCOUNT).map_or(0, |a| {
+            a.by_route
+                .iter()
+                .filter(|(r, _)| r.contains(route))
+                .flat_map(|(_, by_status)| by_status.values())
+                .sum()
+        })
+    }
+
+    /// Stops the in-process workers (each must stop cleanly), the simulator and the
+    /// database.
+    pub async fn close(self) {
+        self.stop.cancel();
+        for w in self.workers {
+            w.await.expect("worker task").expect("worker");
+        }
+        self.sim.shutdown().await;
+        self.db.close().await;
+    }
+}
