@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod demo_sms;
+pub mod http;
 pub mod jobs;
 pub mod pg;
 pub mod progress;

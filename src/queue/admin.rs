@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct JobRow {
     pub id: i64,
     pub kind: String,
@@ -23,7 +23,9 @@ pub struct JobRow {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Object)]
     pub payload: Value,
+    #[schema(value_type = Option<Object>)]
     pub checkpoint: Option<Value>,
 }
 
@@ -37,24 +39,70 @@ macro_rules! columns {
 
 pub const STATUSES: [&str; 5] = ["pending", "running", "done", "failed", "cancelled"];
 
-pub async fn list(
-    pool: &PgPool,
-    status: Option<&str>,
-    kind: Option<&str>,
-    limit: i64,
-) -> sqlx::Result<Vec<JobRow>> {
+/// Which jobs a listing shows; every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    pub run_id: Option<i64>,
+    /// JSON the payload must contain (`payload @> match`).
+    pub payload: Option<Value>,
+    /// Keyset pagination: only ids below this one.
+    pub before_id: Option<i64>,
+    pub limit: i64,
+}
+
+/// Jobs matching `f`, newest first.
+pub async fn list(pool: &PgPool, f: &Filter) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as(concat!(
         "SELECT ",
         columns!(),
         " FROM threadsync.jobs
           WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR kind = $2)
-          ORDER BY id DESC LIMIT $3"
+            AND ($3::bigint IS NULL OR run_id = $3) AND ($4::jsonb IS NULL OR payload @> $4)
+            AND ($5::bigint IS NULL OR id < $5)
+          ORDER BY id DESC LIMIT $6"
     ))
-    .bind(status)
-    .bind(kind)
-    .bind(limit)
+    .bind(&f.status)
+    .bind(&f.kind)
+    .bind(f.run_id)
+    .bind(&f.payload)
+    .bind(f.before_id)
+    .bind(f.limit)
     .fetch_all(pool)
     .await
+}
+
+/// Jobs by kind and status, and the age of the oldest due pending job: the queue's health.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Depth {
+    pub by_kind: Vec<KindDepth>,
+    pub oldest_pending_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct KindDepth {
+    pub kind: String,
+    pub status: String,
+    pub jobs: i64,
+}
+
+pub async fn depth(pool: &PgPool) -> sqlx::Result<Depth> {
+    let by_kind = sqlx::query_as(
+        "SELECT kind, status, count(*) AS jobs FROM threadsync.jobs GROUP BY kind, status ORDER BY kind, status",
+    )
+    .fetch_all(pool)
+    .await?;
+    let oldest_pending_secs = sqlx::query_scalar(
+        "SELECT extract(epoch FROM now() - min(run_at))::float8 FROM threadsync.jobs
+          WHERE status = 'pending' AND run_at <= now()",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Depth {
+        by_kind,
+        oldest_pending_secs,
+    })
 }
 
 pub async fn show(pool: &PgPool, id: i64) -> sqlx::Result<Option<JobRow>> {

@@ -8,6 +8,7 @@ pub mod enqueue;
 pub mod fence;
 pub mod maintenance;
 pub mod settings;
+pub mod workers;
 
 pub use claim::{claim, ClaimedJob};
 pub use enqueue::{enqueue, enqueue_batch, NewJob};

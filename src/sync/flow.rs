@@ -104,6 +104,56 @@ impl Flow {
     }
 }
 
+/// How long an operator's pause lasts: until resumed.
+pub const OPERATOR_PAUSE_DAYS: i64 = 36_500;
+
+/// An operator pauses an account: its jobs park without using attempts until it resumes.
+/// Returns false for an unknown account.
+pub async fn pause_by_operator(pool: &PgPool, account: &str, reason: &str) -> sqlx::Result<bool> {
+    let n = sqlx::query(
+        "UPDATE threadsync.accounts
+            SET paused_until = now() + make_interval(days => $2), pause_reason = $3, updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(account)
+    .bind(OPERATOR_PAUSE_DAYS as i32)
+    .bind(reason)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Ends any pause of the account (an operator's, a quota's, a refused token's) and brings
+/// its parked jobs back to now. Returns false for an unknown account.
+pub async fn resume(pool: &PgPool, account: &str) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let until: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+        "UPDATE threadsync.accounts a SET paused_until = NULL, pause_reason = NULL, updated_at = now()
+           FROM threadsync.accounts old WHERE a.id = $1 AND old.id = a.id
+         RETURNING old.paused_until",
+    )
+    .bind(account)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(until) = until else {
+        return Ok(false);
+    };
+    if let Some(until) = until {
+        // Parked jobs wait until the pause's end (plus jitter): that is how they are found.
+        sqlx::query(
+            "UPDATE threadsync.jobs SET run_at = now()
+              WHERE status = 'pending' AND payload->>'account' = $1 AND run_at >= $2",
+        )
+        .bind(account)
+        .bind(until)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// Reserves the account's next send slot (slots 1/rate apart, shared by the fleet) and
 /// waits for it, unless the account is paused.
 async fn reserve_slot(

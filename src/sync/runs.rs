@@ -17,7 +17,17 @@ use crate::queue::{enqueue, NewJob};
 use super::keys::START_KIND;
 use super::vocab::Shape;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Walk every list and every changed thread: what an admin asks for.
@@ -90,6 +100,46 @@ pub async fn start_run(
     .fetch_one(&mut *conn)
     .await?;
     Ok((running, false))
+}
+
+/// What asking for a run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Requested {
+    /// A new run.
+    Started { run_id: i64 },
+    /// A run of the account was already active and covers what was asked.
+    Active { run_id: i64 },
+    /// A full resync was asked while an incremental run is active: it starts when that
+    /// run ends.
+    Queued { after_run: i64 },
+}
+
+/// What an operator's request for a run does: starts one, finds the active one, or (a full
+/// resync while an incremental run is active) queues the full one behind it.
+pub async fn request_run(
+    conn: &mut PgConnection,
+    account: &str,
+    mode: Mode,
+) -> sqlx::Result<Requested> {
+    let (id, created) = start_run(&mut *conn, account, mode).await?;
+    if created {
+        return Ok(Requested::Started { run_id: id });
+    }
+    let active: String = sqlx::query_scalar("SELECT mode FROM threadsync.sync_runs WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if mode == Mode::Full && active == Mode::Incremental.as_str() {
+        sqlx::query(
+            "UPDATE threadsync.accounts SET queued_mode = 'full', updated_at = now() WHERE id = $1",
+        )
+        .bind(account)
+        .execute(&mut *conn)
+        .await?;
+        return Ok(Requested::Queued { after_run: id });
+    }
+    Ok(Requested::Active { run_id: id })
 }
 
 /// What finishing a run's current phase should do next.
@@ -194,6 +244,22 @@ pub async fn advance_if_idle(
                     super::store::add_progress(&mut tx, Some(run_id), None, &counted).await?;
                 }
             }
+            // A run asked for while this one was active starts now.
+            let queued: Option<String> = sqlx::query_scalar(
+                "UPDATE threadsync.accounts a SET queued_mode = NULL FROM threadsync.accounts old
+                  WHERE a.id = $1 AND old.id = a.id AND old.queued_mode IS NOT NULL RETURNING old.queued_mode",
+            )
+            .bind(&account)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(mode) = queued {
+                let mode = if mode == Mode::Full.as_str() {
+                    Mode::Full
+                } else {
+                    Mode::Incremental
+                };
+                start_run(&mut tx, &account, mode).await?;
+            }
             tx.commit().await?;
             Ok(Phase::Finished)
         }
@@ -210,7 +276,7 @@ async fn active_jobs<'c>(db: impl sqlx::PgExecutor<'c>, run_id: i64) -> sqlx::Re
     .await
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RunStatus {
     pub run_id: i64,
     pub account_id: String,
@@ -236,6 +302,7 @@ pub struct RunStatus {
     pub bad_rows: i64,
     pub first_bad_row: Option<String>,
     /// Streams (SMS folders): messages written per stream.
+    #[schema(value_type = Object)]
     pub messages_by_stream: sqlx::types::Json<std::collections::BTreeMap<String, i64>>,
     /// Jobs of the run still pending or running.
     #[sqlx(default)]
@@ -393,4 +460,38 @@ impl RunEnds {
             }
         }
     }
+}
+
+/// An account as operators see it: its pause, watermark and last run.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct AccountRow {
+    pub id: String,
+    pub provider: String,
+    pub paused_until: Option<DateTime<Utc>>,
+    pub pause_reason: Option<String>,
+    pub synced_from: Option<DateTime<Utc>>,
+    /// A run asked for while another was active, which starts when that one ends.
+    pub queued_mode: Option<String>,
+    pub last_run_id: Option<i64>,
+    pub last_run_mode: Option<String>,
+    pub last_run_state: Option<String>,
+    pub last_run_started_at: Option<DateTime<Utc>>,
+    pub last_run_finished_at: Option<DateTime<Utc>>,
+}
+
+/// Every registered account, or one.
+pub async fn accounts(pool: &PgPool, id: Option<&str>) -> sqlx::Result<Vec<AccountRow>> {
+    sqlx::query_as(
+        "SELECT a.id, a.provider, a.paused_until, a.pause_reason, a.synced_from, a.queued_mode,
+                r.id AS last_run_id, r.mode AS last_run_mode, r.state AS last_run_state,
+                r.started_at AS last_run_started_at, r.finished_at AS last_run_finished_at
+           FROM threadsync.accounts a
+           LEFT JOIN LATERAL (SELECT * FROM threadsync.sync_runs s WHERE s.account_id = a.id
+                               ORDER BY s.id DESC LIMIT 1) r ON true
+          WHERE $1::text IS NULL OR a.id = $1
+          ORDER BY a.id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
 }

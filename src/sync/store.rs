@@ -649,3 +649,66 @@ pub async fn record_check_failure(
     .await?;
     Ok(())
 }
+
+/// A thread as the web app reads it, with its newest messages.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ThreadView {
+    pub account_id: String,
+    pub thread_id: String,
+    pub provider: String,
+    pub conversation_type: Option<String>,
+    pub title: Option<String>,
+    pub status: Option<String>,
+    pub unread_count: i32,
+    pub latest_message_id: Option<String>,
+    pub latest_message_at: Option<DateTime<Utc>>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub synced_at: DateTime<Utc>,
+    #[sqlx(skip)]
+    pub messages: Vec<MessageView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct MessageView {
+    pub message_id: String,
+    pub sender: Option<String>,
+    pub recipient: Option<String>,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    pub is_read: Option<bool>,
+    pub sent_at: DateTime<Utc>,
+    #[schema(value_type = Option<Object>)]
+    pub media: Option<serde_json::Value>,
+    pub status: Option<String>,
+}
+
+/// One thread and its newest `limit` messages, newest first.
+pub async fn thread_view(
+    pool: &PgPool,
+    account: &str,
+    thread_id: &str,
+    limit: i64,
+) -> sqlx::Result<Option<ThreadView>> {
+    let t: Option<ThreadView> = sqlx::query_as(
+        "SELECT account_id, thread_id, provider, conversation_type, title, status, unread_count,
+                latest_message_id, latest_message_at, created_at, deleted_at, synced_at
+           FROM threadsync.threads WHERE account_id = $1 AND thread_id = $2",
+    )
+    .bind(account)
+    .bind(thread_id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(mut t) = t else { return Ok(None) };
+    t.messages = sqlx::query_as(
+        "SELECT message_id, sender, recipient, subject, body, is_read, sent_at, media, status
+           FROM threadsync.messages WHERE account_id = $1 AND thread_id = $2
+          ORDER BY sent_at DESC, message_id DESC LIMIT $3",
+    )
+    .bind(account)
+    .bind(thread_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(t))
+}
