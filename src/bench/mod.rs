@@ -1,5 +1,6 @@
 //! Benchmarks (subcommands, not timed tests). Each compares figures measured in one run.
 
+pub mod api;
 pub mod queue;
 pub mod sync;
 
