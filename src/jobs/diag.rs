@@ -9,6 +9,15 @@ use serde::Deserialize;
 use crate::queue::Finish;
 use crate::worker::{Handler, JobCtx, JobError, JobResult, Registry};
 
+/// The kinds [`register`] registers.
+pub const KINDS: [&str; 5] = [
+    "diag.noop",
+    "diag.write",
+    "diag.sleep",
+    "diag.fail",
+    "diag.crash",
+];
+
 pub fn register(r: &mut Registry) {
     r.register("diag.noop", Noop)
         .register("diag.write", Write)

@@ -1,6 +1,8 @@
 //! Job kind names and the dedupe and concurrency keys the engine's jobs use. The formats
 //! are part of the stored state: queued jobs and `threadsync.refresh_thread` rely on them.
 
+use super::Shape;
+
 /// The job kind that opens and plans a run.
 pub const START_KIND: &str = "sync.start";
 
@@ -22,6 +24,14 @@ pub fn stream_kind(provider: &str) -> String {
 /// One delivery-status check of a followed message.
 pub fn check_kind(provider: &str) -> String {
     format!("{provider}.status_check")
+}
+
+/// The kinds a provider of `shape` runs: what `sync::register` registers for it.
+pub fn provider_kinds(provider: &str, shape: Shape) -> [String; 2] {
+    match shape {
+        Shape::Threads => [list_kind(provider), fetch_kind(provider)],
+        Shape::Stream => [stream_kind(provider), check_kind(provider)],
+    }
 }
 
 /// Caps the account's requests in flight across the fleet.

@@ -72,6 +72,10 @@ impl Registry {
     pub fn has(&self, kind: &str) -> bool {
         self.handlers.contains_key(kind)
     }
+    /// The kinds registered, in no particular order.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(String::as_str)
+    }
     pub fn periodic(&mut self, task: impl Periodic) -> &mut Self {
         self.periodic.push(Arc::new(task));
         self
