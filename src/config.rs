@@ -3,6 +3,7 @@
 //! queue's own types; each provider reads its own account keys.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,28 +119,22 @@ impl AccountKeys<'_> {
 
 // ---- raw file shape -------------------------------------------------------------------
 
+/// A table's keys, each with where it stands in the file.
+type RawTable = BTreeMap<String, Spanned<toml::Value>>;
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    queue: Tuning,
+    queue: Option<Spanned<RawTable>>,
     #[serde(default)]
-    retry: RetryPolicy,
+    retry: Option<Spanned<RawTable>>,
     #[serde(default)]
-    kinds: BTreeMap<String, Spanned<RawKind>>,
+    kinds: BTreeMap<String, Spanned<RawTable>>,
     #[serde(default)]
     schedules: Vec<Spanned<RawSchedule>>,
     #[serde(default)]
-    accounts: Vec<Spanned<BTreeMap<String, Spanned<toml::Value>>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKind {
-    max_attempts: Option<i32>,
-    backoff_base_ms: Option<u64>,
-    backoff_cap_ms: Option<u64>,
-    concurrency: Option<usize>,
+    accounts: Vec<Spanned<RawTable>>,
 }
 
 #[derive(Deserialize)]
@@ -147,11 +142,199 @@ struct RawKind {
 struct RawSchedule {
     name: String,
     cron: Spanned<String>,
-    kind: String,
+    kind: Spanned<String>,
     #[serde(default)]
-    payload: Option<toml::Value>,
+    payload: Option<Spanned<toml::Value>>,
     #[serde(default)]
     priority: i32,
+}
+
+/// The keys of `[queue]`, `[retry]` or one `[kinds."KIND"]`, read one by one so every
+/// error names the line of the key itself.
+struct Table<'a> {
+    keys: RawTable,
+    /// How errors name the keys: `queue`, `retry`, `kinds."KIND"`.
+    name: String,
+    /// Where the table starts, for problems no single key of it holds.
+    at: usize,
+    text: &'a str,
+    file: &'a str,
+}
+
+/// An integer key's value and where it stands.
+type IntKey = Option<(i64, std::ops::Range<usize>)>;
+
+impl<'a> Table<'a> {
+    fn new(raw: Option<Spanned<RawTable>>, name: String, text: &'a str, file: &'a str) -> Self {
+        let (at, keys) = match raw {
+            Some(t) => (t.span().start, t.into_inner()),
+            None => (0, RawTable::new()),
+        };
+        Table {
+            keys,
+            name,
+            at,
+            text,
+            file,
+        }
+    }
+
+    fn error_at(&self, offset: usize, problem: String) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            line: line_of(self.text, offset),
+            problem,
+        }
+    }
+
+    /// Takes an integer key, which must lie in `range`.
+    fn int(&mut self, key: &str, range: RangeInclusive<i64>) -> Result<IntKey, ConfigError> {
+        let Some(v) = self.keys.remove(key) else {
+            return Ok(None);
+        };
+        let span = v.span();
+        let name = format!("{}.{key}", self.name);
+        match v.into_inner() {
+            toml::Value::Integer(n) if range.contains(&n) => Ok(Some((n, span))),
+            toml::Value::Integer(n) => Err(self.error_at(
+                span.start,
+                format!(
+                    "{name} must be {}..={} (got {n})",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+            other => Err(self.error_at(
+                span.start,
+                format!(
+                    "{name} must be an integer {}..={} (got {} {other})",
+                    range.start(),
+                    range.end(),
+                    other.type_str()
+                ),
+            )),
+        }
+    }
+
+    fn bool(&mut self, key: &str) -> Result<Option<bool>, ConfigError> {
+        let Some(v) = self.keys.remove(key) else {
+            return Ok(None);
+        };
+        let span = v.span();
+        match v.into_inner() {
+            toml::Value::Boolean(b) => Ok(Some(b)),
+            other => Err(self.error_at(
+                span.start,
+                format!(
+                    "{}.{key} must be true or false (got {} {other})",
+                    self.name,
+                    other.type_str()
+                ),
+            )),
+        }
+    }
+
+    /// The retry policy keys, each inheriting from `inherit` when absent.
+    fn policy(&mut self, inherit: RetryPolicy) -> Result<RetryPolicy, ConfigError> {
+        let max = self.int("max_attempts", RetryPolicy::MAX_ATTEMPTS)?;
+        let base = self.int("backoff_base_ms", RetryPolicy::BACKOFF_MS)?;
+        let cap = self.int("backoff_cap_ms", RetryPolicy::BACKOFF_MS)?;
+        // In range, so the conversions cannot fail; the inherited value is the fallback.
+        let p = RetryPolicy {
+            max_attempts: max.as_ref().map_or(inherit.max_attempts, |(n, _)| {
+                i32::try_from(*n).unwrap_or(inherit.max_attempts)
+            }),
+            backoff_base_ms: base.as_ref().map_or(inherit.backoff_base_ms, |(n, _)| {
+                u64::try_from(*n).unwrap_or(inherit.backoff_base_ms)
+            }),
+            backoff_cap_ms: cap.as_ref().map_or(inherit.backoff_cap_ms, |(n, _)| {
+                u64::try_from(*n).unwrap_or(inherit.backoff_cap_ms)
+            }),
+        };
+        if p.backoff_cap_ms < p.backoff_base_ms {
+            let (base_ms, cap_ms) = (p.backoff_base_ms, p.backoff_cap_ms);
+            let name = &self.name;
+            // At the key that made them cross: the cap when this table sets it.
+            return Err(match (cap, base) {
+                (Some((_, span)), _) => self.error_at(
+                    span.start,
+                    format!("{name}.backoff_cap_ms ({cap_ms}) must be at least backoff_base_ms ({base_ms})"),
+                ),
+                (None, Some((_, span))) => self.error_at(
+                    span.start,
+                    format!("{name}.backoff_base_ms ({base_ms}) must be at most backoff_cap_ms ({cap_ms})"),
+                ),
+                (None, None) => self.error_at(
+                    self.at,
+                    format!("{name}: backoff_cap_ms ({cap_ms}) must be at least backoff_base_ms ({base_ms})"),
+                ),
+            });
+        }
+        Ok(p)
+    }
+
+    /// Every key left over is unknown.
+    fn finish(self, known: &[&str]) -> Result<(), ConfigError> {
+        match self.keys.iter().next() {
+            Some((k, v)) => Err(self.error_at(
+                v.span().start,
+                format!(
+                    "{}: unknown key {k} (known: {})",
+                    self.name,
+                    known.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+const QUEUE_KEYS: &[&str] = &[
+    "lease_secs",
+    "poll_ms",
+    "concurrency",
+    "shutdown_grace_secs",
+    "retention_hours",
+    "prune_batch",
+    "synchronous_commit",
+];
+const RETRY_KEYS: &[&str] = &["max_attempts", "backoff_base_ms", "backoff_cap_ms"];
+const KIND_KEYS: &[&str] = &[
+    "max_attempts",
+    "backoff_base_ms",
+    "backoff_cap_ms",
+    "concurrency",
+];
+
+/// `[queue]`: each key in its range, at its own line.
+fn tuning(t: &mut Table) -> Result<Tuning, ConfigError> {
+    let d = Tuning::default();
+    // Every range lies within the target type, so the conversions only fall back in theory.
+    let u64_of =
+        |v: IntKey, default: u64| v.map_or(default, |(n, _)| u64::try_from(n).unwrap_or(default));
+    Ok(Tuning {
+        lease_secs: u64_of(t.int("lease_secs", Tuning::LEASE_SECS)?, d.lease_secs),
+        poll_ms: u64_of(t.int("poll_ms", Tuning::POLL_MS)?, d.poll_ms),
+        concurrency: t
+            .int("concurrency", Tuning::CONCURRENCY)?
+            .map_or(d.concurrency, |(n, _)| {
+                usize::try_from(n).unwrap_or(d.concurrency)
+            }),
+        shutdown_grace_secs: u64_of(
+            t.int("shutdown_grace_secs", Tuning::SHUTDOWN_GRACE_SECS)?,
+            d.shutdown_grace_secs,
+        ),
+        retention_hours: u64_of(
+            t.int("retention_hours", Tuning::RETENTION_HOURS)?,
+            d.retention_hours,
+        ),
+        prune_batch: t
+            .int("prune_batch", Tuning::PRUNE_BATCH)?
+            .map_or(d.prune_batch, |(n, _)| n),
+        synchronous_commit: t
+            .bool("synchronous_commit")?
+            .unwrap_or(d.synchronous_commit),
+    })
 }
 
 impl Config {
@@ -187,51 +370,38 @@ impl Config {
             err(e.span(), msg)
         })?;
 
-        let q = &raw.queue;
-        let queue_span = text.find("[queue]").map(|s| s..s);
-        if q.lease_secs < 2 {
-            return Err(err(
-                queue_span,
-                "queue.lease_secs must be at least 2".into(),
-            ));
-        }
-        if q.poll_ms == 0 || q.poll_ms > 1000 {
-            return Err(err(queue_span, "queue.poll_ms must be 1..=1000".into()));
-        }
-        if q.concurrency == 0 {
-            return Err(err(
-                queue_span,
-                "queue.concurrency must be at least 1".into(),
-            ));
-        }
-        check_policy(&raw.retry).map_err(|p| err(text.find("[retry]").map(|s| s..s), p))?;
+        let mut q = Table::new(raw.queue, "queue".into(), text, file);
+        let tuning = tuning(&mut q)?;
+        q.finish(QUEUE_KEYS)?;
+        let mut r = Table::new(raw.retry, "retry".into(), text, file);
+        let retry = r.policy(RetryPolicy::default())?;
+        r.finish(RETRY_KEYS)?;
 
         let mut kinds = BTreeMap::new();
         for (name, k) in raw.kinds {
-            let span = k.span();
-            let k = k.into_inner();
-            let retry = RetryPolicy {
-                max_attempts: k.max_attempts.unwrap_or(raw.retry.max_attempts),
-                backoff_base_ms: k.backoff_base_ms.unwrap_or(raw.retry.backoff_base_ms),
-                backoff_cap_ms: k.backoff_cap_ms.unwrap_or(raw.retry.backoff_cap_ms),
-            };
-            check_policy(&retry)
-                .map_err(|p| err(Some(span.clone()), format!("kinds.{name}: {p}")))?;
-            if k.concurrency == Some(0) {
-                return Err(err(
-                    Some(span),
-                    format!("kinds.{name}: concurrency must be at least 1"),
-                ));
-            }
+            let mut t = Table::new(Some(k), format!("kinds.{name:?}"), text, file);
+            let policy = t.policy(retry)?;
+            let concurrency = t
+                .int("concurrency", KindConfig::CONCURRENCY)?
+                .and_then(|(n, _)| usize::try_from(n).ok());
+            t.finish(KIND_KEYS)?;
             kinds.insert(
                 name,
                 KindConfig {
-                    retry,
-                    concurrency: k.concurrency,
+                    retry: policy,
+                    concurrency,
                 },
             );
         }
 
+        // Accounts first: a schedule's payload may name one.
+        let mut accounts: Vec<AccountConfig> = Vec::new();
+        for a in raw.accounts {
+            let a = account(a, &accounts, text, file)?;
+            accounts.push(a);
+        }
+
+        let known_kinds = crate::jobs::kinds();
         let mut schedules: Vec<Schedule> = Vec::new();
         for s in raw.schedules {
             let span = s.span();
@@ -255,32 +425,42 @@ impl Config {
                         ),
                     )
                 })?;
+            if !known_kinds.iter().any(|k| k == s.kind.get_ref()) {
+                return Err(err(
+                    Some(s.kind.span()),
+                    format!(
+                        "schedule {:?}: kind {:?} is not a job kind threadsync runs (one of {})",
+                        s.name,
+                        s.kind.get_ref(),
+                        known_kinds.join(", ")
+                    ),
+                ));
+            }
             let payload = match s.payload {
                 Some(v) => {
-                    serde_json::to_value(v).map_err(|e| err(Some(span.clone()), e.to_string()))?
+                    let at = v.span();
+                    let v = v.into_inner();
+                    schedule_account(&v, &accounts).map_err(|p| {
+                        err(Some(at.clone()), format!("schedule {:?}: {p}", s.name))
+                    })?;
+                    serde_json::to_value(v).map_err(|e| err(Some(at), e.to_string()))?
                 }
                 None => serde_json::json!({}),
             };
             schedules.push(Schedule {
                 name: s.name,
                 cron,
-                kind: s.kind,
+                kind: s.kind.into_inner(),
                 payload,
                 priority: s.priority,
             });
         }
 
-        let mut accounts: Vec<AccountConfig> = Vec::new();
-        for a in raw.accounts {
-            let a = account(a, &accounts, text, file)?;
-            accounts.push(a);
-        }
-
         Ok(Config {
             path: None,
             queue: Settings {
-                tuning: raw.queue,
-                retry: raw.retry,
+                tuning,
+                retry,
                 kinds,
                 schedules,
             },
@@ -388,14 +568,33 @@ fn account(
     })
 }
 
-fn check_policy(p: &RetryPolicy) -> Result<(), String> {
-    if p.max_attempts < 1 {
-        return Err("max_attempts must be at least 1".into());
+/// A schedule's payload is a table, and an `account` it names is configured.
+fn schedule_account(payload: &toml::Value, accounts: &[AccountConfig]) -> Result<(), String> {
+    let Some(table) = payload.as_table() else {
+        return Err(format!(
+            "payload must be a table, e.g. {{ account = \"...\" }} (got {} {payload})",
+            payload.type_str()
+        ));
+    };
+    match table.get("account") {
+        None => Ok(()),
+        Some(toml::Value::String(id)) if accounts.iter().any(|a| a.id == *id) => Ok(()),
+        Some(toml::Value::String(id)) => {
+            let known: Vec<&str> = accounts.iter().map(|a| a.id.as_str()).collect();
+            Err(format!(
+                "payload account {id:?} is not configured (configured: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        }
+        Some(other) => Err(format!(
+            "payload account must be a string (got {} {other})",
+            other.type_str()
+        )),
     }
-    if p.backoff_base_ms == 0 || p.backoff_cap_ms < p.backoff_base_ms {
-        return Err("backoff_base_ms must be > 0 and backoff_cap_ms >= backoff_base_ms".into());
-    }
-    Ok(())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -419,6 +618,128 @@ mod tests {
 
         let e = Config::parse("[kinds.\"a\"]\nmax_attempts = 0\n", "x.toml").unwrap_err();
         assert!(e.problem.contains("max_attempts"), "{e}");
+    }
+
+    /// The error of `text`, checked to name `line` and to mention `words`.
+    fn fails_at(text: &str, line: usize, words: &str) {
+        let e = Config::parse(text, "jobs.toml").expect_err(text);
+        assert_eq!(e.line, line, "{text:?}: {e}");
+        assert!(e.problem.contains(words), "{text:?}: {e}");
+    }
+
+    #[test]
+    fn queue_numbers_out_of_range_name_the_line_of_the_key() {
+        for (key, bad) in [
+            ("lease_secs", "1"),
+            ("lease_secs", "86401"),
+            ("poll_ms", "0"),
+            ("poll_ms", "1001"),
+            ("concurrency", "0"),
+            ("concurrency", "10001"),
+            ("shutdown_grace_secs", "-1"),
+            ("shutdown_grace_secs", "86401"),
+            ("retention_hours", "0"),
+            ("retention_hours", "5124095576030431"),
+            ("prune_batch", "0"),
+            ("prune_batch", "-5"),
+            ("prune_batch", "100001"),
+            ("lease_secs", "\"30\""),
+            ("synchronous_commit", "1"),
+        ] {
+            let text = format!("# comment\n[queue]\nlease_secs = 30\n{key} = {bad}\n");
+            let text = text.replacen("lease_secs = 30\nlease_secs", "lease_secs", 1);
+            let line = if key == "lease_secs" { 3 } else { 4 };
+            fails_at(&text, line, &format!("queue.{key} must be"));
+        }
+        let c = Config::parse(
+            "[queue]\nlease_secs = 2\npoll_ms = 1000\nconcurrency = 10000\nshutdown_grace_secs = 0\n\
+             retention_hours = 87600\nprune_batch = 100000\nsynchronous_commit = false\n",
+            "f",
+        )
+        .unwrap();
+        let t = &c.queue.tuning;
+        assert_eq!(
+            (t.lease_secs, t.concurrency, t.prune_batch),
+            (2, 10000, 100_000)
+        );
+        assert!(!t.synchronous_commit);
+        fails_at(
+            "[queue]\nlease_secs = 30\nbogus = 1\n",
+            3,
+            "unknown key bogus",
+        );
+    }
+
+    #[test]
+    fn retry_and_kind_numbers_out_of_range_name_the_line_of_the_key() {
+        fails_at(
+            "[retry]\nmax_attempts = 0\n",
+            2,
+            "retry.max_attempts must be 1..=1000",
+        );
+        fails_at("[retry]\n\nmax_attempts = 1001\n", 3, "retry.max_attempts");
+        fails_at("[retry]\nbackoff_base_ms = 0\n", 2, "retry.backoff_base_ms");
+        fails_at(
+            "[retry]\nbackoff_cap_ms = 86400001\n",
+            2,
+            "retry.backoff_cap_ms",
+        );
+        fails_at(
+            "[retry]\nbackoff_base_ms = 500\nbackoff_cap_ms = 100\n",
+            3,
+            "backoff_cap_ms (100) must be at least backoff_base_ms (500)",
+        );
+        // The cap inherited from [retry] (300000) is below the kind's own base.
+        fails_at(
+            "[kinds.\"diag.fail\"]\nmax_attempts = 3\nbackoff_base_ms = 400000\n",
+            3,
+            "kinds.\"diag.fail\".backoff_base_ms (400000) must be at most backoff_cap_ms (300000)",
+        );
+        fails_at(
+            "[kinds.k]\nmax_attempts = -1\n",
+            2,
+            "kinds.\"k\".max_attempts",
+        );
+        fails_at(
+            "[kinds.k]\nmax_attempts = 2\nconcurrency = 0\n",
+            3,
+            "concurrency must be 1..=10000",
+        );
+        fails_at("[kinds.k]\nconcurrency = 10001\n", 2, "concurrency");
+        fails_at("[kinds.k]\nconcurency = 1\n", 2, "unknown key concurency");
+        let c = Config::parse("[kinds.k]\nconcurrency = 10000\n", "f").unwrap();
+        assert_eq!(c.queue.kinds["k"].concurrency, Some(10000));
+    }
+
+    const SCHEDULE: &str = "[[schedules]]\nname = \"s\"\ncron = \"0 * * * * *\"\n";
+
+    #[test]
+    fn schedules_name_a_registered_kind_and_a_configured_account() {
+        fails_at(
+            &format!("{SCHEDULE}kind = \"diag.nope\"\n"),
+            4,
+            "kind \"diag.nope\" is not a job kind",
+        );
+        fails_at(
+            &format!("{EBAY}{SCHEDULE}kind = \"sync.start\"\npayload = {{ account = \"x\", mode = \"full\" }}\n"),
+            10,
+            "payload account \"x\" is not configured (configured: e)",
+        );
+        fails_at(
+            &format!("{SCHEDULE}kind = \"diag.noop\"\npayload = 5\n"),
+            5,
+            "payload must be a table",
+        );
+        fails_at(
+            &format!("{SCHEDULE}kind = \"sync.start\"\npayload = {{ account = 7 }}\n"),
+            5,
+            "payload account must be a string",
+        );
+        for kind in crate::jobs::kinds() {
+            let text =
+                format!("{EBAY}{SCHEDULE}kind = \"{kind}\"\npayload = {{ account = \"e\" }}\n");
+            Config::parse(&text, "f").unwrap_or_else(|e| panic!("{kind}: {e}"));
+        }
     }
 
     const EBAY: &str = "[[accounts]]\nid = \"e\"\nprovider = \"ebay\"\nbase_url = \"http://e\"\ntoken_env = \"T\"\n";

@@ -2,9 +2,8 @@
 //! schedules. jobs.toml fills them in (config.rs); the queue and the worker read nothing else.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::time::Duration;
-
-use serde::Deserialize;
 
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -26,8 +25,7 @@ impl Settings {
 }
 
 /// `[queue]` in jobs.toml.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone)]
 pub struct Tuning {
     /// How long a claim is valid without a heartbeat.
     pub lease_secs: u64,
@@ -47,6 +45,20 @@ pub struct Tuning {
     pub synchronous_commit: bool,
 }
 
+/// The values jobs.toml may set, each key's range (config.rs checks them at the key's line).
+/// Outside them the worker could not run: a lease shorter than its heartbeat round trip,
+/// a retention whose age overflows, a prune that never ends.
+impl Tuning {
+    pub const LEASE_SECS: RangeInclusive<i64> = 2..=86_400;
+    pub const POLL_MS: RangeInclusive<i64> = 1..=1000;
+    pub const CONCURRENCY: RangeInclusive<i64> = 1..=10_000;
+    pub const SHUTDOWN_GRACE_SECS: RangeInclusive<i64> = 0..=86_400;
+    /// Ten years: `retention_hours * 3600` seconds stays far from overflowing.
+    pub const RETENTION_HOURS: RangeInclusive<i64> = 1..=87_600;
+    /// At least one row, or the prune loop would never end.
+    pub const PRUNE_BATCH: RangeInclusive<i64> = 1..=100_000;
+}
+
 impl Default for Tuning {
     fn default() -> Self {
         Self {
@@ -61,8 +73,7 @@ impl Default for Tuning {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     pub max_attempts: i32,
     pub backoff_base_ms: u64,
@@ -80,6 +91,10 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    pub const MAX_ATTEMPTS: RangeInclusive<i64> = 1..=1000;
+    /// Both `backoff_base_ms` and `backoff_cap_ms` (a day at most); cap >= base.
+    pub const BACKOFF_MS: RangeInclusive<i64> = 1..=86_400_000;
+
     /// Exponential backoff with jitter: the n-th failure waits between half and all of
     /// min(cap, base * 2^(n-1)), so a burst of failures spreads out instead of retrying in step.
     pub fn backoff(&self, attempts: i32) -> Duration {
@@ -98,6 +113,10 @@ pub struct KindConfig {
     pub retry: RetryPolicy,
     /// Running jobs of this kind per worker process (None: no limit beyond the slots).
     pub concurrency: Option<usize>,
+}
+
+impl KindConfig {
+    pub const CONCURRENCY: RangeInclusive<i64> = 1..=10_000;
 }
 
 #[derive(Debug, Clone)]
