@@ -302,6 +302,74 @@ async fn transient_failures_end_failed_after_max_attempts() {
     db.close().await;
 }
 
+/// A job's own max_attempts (set at enqueue) wins over its kind's policy, both ways.
+#[tokio::test]
+async fn a_jobs_own_max_attempts_wins_over_the_kinds_policy() {
+    let db = TestDb::new().await;
+    let cfg = config("[queue]\npoll_ms = 50\n[kinds.\"diag.fail\"]\nmax_attempts = 3\nbackoff_base_ms = 10\nbackoff_cap_ms = 20\n");
+    let transient = || NewJob::new("diag.fail", json!({"mode": "transient"}));
+    let fewer = enqueue(&db.pool, &transient().max_attempts(2))
+        .await
+        .unwrap();
+    let more = enqueue(&db.pool, &transient().max_attempts(5))
+        .await
+        .unwrap();
+    let (stop, task) = start_worker(&db, cfg, "w");
+    db.wait_count(
+        &format!("SELECT count(*) FROM threadsync.jobs WHERE id IN ({fewer}, {more}) AND status = 'failed'"),
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    for (id, want) in [(fewer, 2), (more, 5)] {
+        let attempts = db
+            .count(&format!(
+                "SELECT attempts::int8 FROM threadsync.jobs WHERE id = {id}"
+            ))
+            .await;
+        assert_eq!(attempts, want, "job {id}");
+    }
+    db.close().await;
+}
+
+/// Jobs claimed past a per-kind limit go straight back to pending, saying why (not
+/// "released at worker shutdown").
+#[tokio::test]
+async fn jobs_claimed_past_a_kind_limit_are_handed_back_with_that_reason() {
+    let db = TestDb::new().await;
+    let cfg = config(
+        "[queue]\npoll_ms = 50\nshutdown_grace_secs = 0\n[kinds.\"diag.sleep\"]\nconcurrency = 1\n",
+    );
+    let jobs: Vec<NewJob> = (0..4)
+        .map(|_| NewJob::new("diag.sleep", json!({"ms": 5000})))
+        .collect();
+    enqueue_batch(&db.pool, &jobs).await.unwrap();
+    let (stop, task) = start_worker(&db, cfg, "w");
+    // One claim takes all four; one starts and three go back.
+    db.wait_count(
+        "SELECT count(*) FROM threadsync.jobs WHERE status = 'pending' AND last_error = \
+         'released unstarted: kind diag.sleep is at its concurrency limit (1) on worker w'",
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        db.count("SELECT count(*) FROM threadsync.jobs WHERE last_error LIKE '%shutdown%'")
+            .await,
+        0
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM threadsync.jobs WHERE status = 'running'")
+            .await,
+        1
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    db.close().await;
+}
+
 #[tokio::test]
 async fn a_handler_whose_lease_was_lost_commits_nothing() {
     let db = TestDb::new().await;

@@ -154,18 +154,20 @@ pub async fn complete_batch<'c>(db: impl PgExecutor<'c>, fences: &[Fence]) -> sq
 }
 
 /// The job failed in a way worth retrying: back to pending after `backoff`, or failed
-/// when it has used `max_attempts`. Returns the new status, or None if the lease was lost.
+/// when it has used its attempts: the job's own `max_attempts` (set at enqueue) when it
+/// has one, else `kind_max_attempts` (the kind's policy). Returns the new status, or None
+/// if the lease was lost.
 pub async fn fail_transient<'c>(
     db: impl PgExecutor<'c>,
     fence: Fence,
-    max_attempts: i32,
+    kind_max_attempts: i32,
     backoff: Duration,
     error: &str,
 ) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar(
         "UPDATE threadsync.jobs
-            SET status = CASE WHEN attempts >= $3 THEN 'failed' ELSE 'pending' END,
-                finished_at = CASE WHEN attempts >= $3 THEN now() END,
+            SET status = CASE WHEN attempts >= coalesce(max_attempts, $3) THEN 'failed' ELSE 'pending' END,
+                finished_at = CASE WHEN attempts >= coalesce(max_attempts, $3) THEN now() END,
                 run_at = now() + make_interval(secs => $4),
                 last_error = $5, lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
           WHERE id = $1 AND lease_token = $2 AND status = 'running'
@@ -173,7 +175,7 @@ pub async fn fail_transient<'c>(
     )
     .bind(fence.id)
     .bind(fence.token)
-    .bind(max_attempts)
+    .bind(kind_max_attempts)
     .bind(backoff.as_secs_f64())
     .bind(error)
     .fetch_optional(db)
@@ -224,20 +226,26 @@ pub async fn fail_permanent<'c>(
     Ok(n == 1)
 }
 
-/// Shutdown: hand unfinished jobs back at once, giving back the attempt.
-pub async fn release_batch<'c>(db: impl PgExecutor<'c>, fences: &[Fence]) -> sqlx::Result<u64> {
+/// Hands jobs back to pending at once, giving back the attempt, with `reason` as their
+/// last error (shutdown, or claimed past a per-kind limit and never started).
+pub async fn release_batch<'c>(
+    db: impl PgExecutor<'c>,
+    fences: &[Fence],
+    reason: &str,
+) -> sqlx::Result<u64> {
     let ids: Vec<i64> = fences.iter().map(|f| f.id).collect();
     let tokens: Vec<Uuid> = fences.iter().map(|f| f.token).collect();
     let r = sqlx::query(
         "UPDATE threadsync.jobs j
             SET status = 'pending', attempts = greatest(j.attempts - 1, 0), run_at = now(),
-                last_error = 'released at worker shutdown',
+                last_error = $3,
                 lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
            FROM unnest($1::bigint[], $2::uuid[]) AS a(id, token)
           WHERE j.id = a.id AND j.lease_token = a.token AND j.status = 'running'",
     )
     .bind(&ids)
     .bind(&tokens)
+    .bind(reason)
     .execute(db)
     .await?;
     Ok(r.rows_affected())

@@ -5,7 +5,7 @@ pub mod group_commit;
 pub mod job;
 pub(crate) mod tx_pool;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -196,27 +196,34 @@ fn kinds_at_limit(s: &Shared) -> Vec<String> {
 }
 
 async fn start_jobs(s: &Arc<Shared>, jobs: Vec<ClaimedJob>) {
-    let mut over_limit = Vec::new();
+    // Jobs that cannot start here, by the reason they are handed back with.
+    let mut over_limit: BTreeMap<String, Vec<Fence>> = BTreeMap::new();
     for job in jobs {
+        let fence = Fence {
+            id: job.id,
+            token: job.lease_token,
+        };
         let Ok(permit) = s.slots.clone().try_acquire_owned() else {
-            over_limit.push(Fence {
-                id: job.id,
-                token: job.lease_token,
-            });
+            let reason = format!("released unstarted: worker {} had no free job slot", s.name);
+            over_limit.entry(reason).or_default().push(fence);
             continue;
         };
         if !take_kind_slot(s, &job.kind) {
-            over_limit.push(Fence {
-                id: job.id,
-                token: job.lease_token,
-            });
+            let limit = s.cfg.kinds.get(&job.kind).and_then(|k| k.concurrency);
+            let reason = format!(
+                "released unstarted: kind {} is at its concurrency limit ({}) on worker {}",
+                job.kind,
+                limit.unwrap_or_default(),
+                s.name
+            );
+            over_limit.entry(reason).or_default().push(fence);
             continue;
         }
         spawn_job(s, job, permit);
     }
-    if !over_limit.is_empty() {
-        // Claimed past a per-kind limit within one batch: hand them straight back.
-        if let Err(e) = fence::release_batch(&s.control, &over_limit).await {
+    // Claimed past a limit within one batch: hand them straight back.
+    for (reason, fences) in over_limit {
+        if let Err(e) = fence::release_batch(&s.control, &fences, &reason).await {
             warn!(error = %e, "could not release over-limit jobs; the reaper will return them");
         }
     }
@@ -568,7 +575,7 @@ async fn drain(s: &Arc<Shared>) {
     }
     let fences: Vec<Fence> = rest.iter().map(|(f, _)| *f).collect();
     for _ in 0..5 {
-        match fence::release_batch(&s.control, &fences).await {
+        match fence::release_batch(&s.control, &fences, "released at worker shutdown").await {
             Ok(n) => {
                 info!(jobs = n, "released unfinished jobs to pending");
                 return;
