@@ -86,7 +86,11 @@ async fn setup() -> (Scratch, PgPool, TxPool) {
         .execute(&pool)
         .await
         .expect("account");
-    let tx = tx_pool::new((*pool.connect_options()).clone(), 2, true);
+    let tx = tx_pool::new(
+        (*pool.connect_options()).clone(),
+        2,
+        &crate::queue::Tuning::default(),
+    );
     (scratch, pool, tx)
 }
 

@@ -75,7 +75,7 @@ impl Worker {
                 tx_pool: tx_pool::new(
                     (*pool.connect_options()).clone(),
                     concurrency.min(8) + 1,
-                    cfg.tuning.synchronous_commit,
+                    &cfg.tuning,
                 ),
                 control: PgPoolOptions::new()
                     .max_connections(3)

@@ -14,6 +14,8 @@ use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
+use crate::queue::Tuning;
+
 /// Idle longer than this, a connection is pinged before it is lent again.
 const TRUST_IDLE: Duration = Duration::from_secs(2);
 
@@ -40,8 +42,16 @@ impl managed::Manager for Manager {
 pub type TxPool = managed::Pool<Manager>;
 pub type TxConn = managed::Object<Manager>;
 
-pub fn new(opts: PgConnectOptions, size: usize, synchronous_commit: bool) -> TxPool {
-    let opts = if synchronous_commit {
+/// The pool for one worker runtime. `tuning` sets how its connections commit
+/// (`synchronous_commit`) and bounds every transaction: one left idle longer than a lease
+/// (its worker frozen, say by SIGSTOP, or a handler stuck between statements) is ended by
+/// the server, so the job row it locked is free again by the time the lease has expired
+/// and the reaper can hand the job on. A live handler never idles that long inside its
+/// transaction: it holds one only to commit.
+pub fn new(opts: PgConnectOptions, size: usize, tuning: &Tuning) -> TxPool {
+    let idle_ms = tuning.lease_secs.saturating_mul(1000).to_string();
+    let opts = opts.options([("idle_in_transaction_session_timeout", idle_ms.as_str())]);
+    let opts = if tuning.synchronous_commit {
         opts
     } else {
         opts.options([("synchronous_commit", "off")])
@@ -65,4 +75,51 @@ pub async fn get(pool: &TxPool) -> sqlx::Result<TxConn> {
         managed::PoolError::Closed => sqlx::Error::PoolClosed,
         other => sqlx::Error::Protocol(other.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::db::{self, Scratch};
+    use crate::pg::Durability;
+    use crate::queue::Tuning;
+
+    /// A transaction left idle past one lease (its worker frozen) is ended by the server,
+    /// releasing the row locks it held.
+    #[tokio::test]
+    async fn a_transaction_idle_past_one_lease_is_ended_by_the_server() {
+        let scratch = Scratch::create("ts_txpool", Durability::Throwaway)
+            .await
+            .expect("scratch database");
+        let pool = db::connect(&scratch.url, 2).await.expect("connect");
+        let tuning = Tuning {
+            lease_secs: 2,
+            ..Tuning::default()
+        };
+        let tx = super::new((*pool.connect_options()).clone(), 1, &tuning);
+        let mut conn = super::get(&tx).await.expect("connection");
+        let timeout: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("show");
+        assert_eq!(timeout, "2s");
+        sqlx::raw_sql("BEGIN; SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .expect("begin");
+        tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+        let err = sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .expect_err("the server ended the idle transaction");
+        // 25P03 idle_in_transaction_session_timeout, or the closed socket behind it.
+        let ended = match &err {
+            sqlx::Error::Database(d) => d.code().as_deref() == Some("25P03"),
+            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+            _ => false,
+        };
+        assert!(ended, "{err:?}");
+        drop(super::TxConn::take(conn));
+        pool.close().await;
+        scratch.close().await;
+    }
 }
