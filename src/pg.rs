@@ -99,10 +99,6 @@ impl PrivatePg {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
-    }
-
     /// Restarts the server (fast shutdown: connections are cut), as an operator would.
     pub fn restart(&self) -> anyhow::Result<()> {
         self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"])?;
