@@ -1,5 +1,6 @@
 //! The threadsync command line: one subcommand per user task, each a thin call into the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,6 +50,10 @@ enum Cmd {
         /// Independent claim loops in this process, each with --concurrency slots.
         #[arg(long, default_value_t = 1)]
         runtimes: usize,
+        /// Start even when a configured account's token variable is unset or empty: those
+        /// accounts are skipped (logged once) and their schedules do not fire from here.
+        #[arg(long)]
+        skip_accounts_without_token: bool,
     },
     /// Enqueue one job.
     Enqueue {
@@ -170,9 +175,44 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Not eprintln!: it panics when stderr is gone.
+            let _ = writeln!(std::io::stderr(), "error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error as one line: its causes joined by ": ", each said once. A PostgreSQL error
+/// shows its message only (sqlx's display adds the server's source line, and the error
+/// is its own cause again).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = match cause.downcast_ref::<sqlx::Error>() {
+            Some(sqlx::Error::Database(d)) => d.message().to_string(),
+            _ => match cause.downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                Some(d) => d.message().to_string(),
+                None => cause.to_string(),
+            },
+        };
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if text.is_empty() || parts.iter().any(|p| p.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
+/// Writes a command's output to stdout. A reader that stops early (`threadsync jobs list
+/// --json | head -1`) is no error: the rest of the output is dropped and the command
+/// succeeds, quietly, as other Unix tools do. SIGPIPE stays ignored (Rust's default), so
+/// a write to a database socket the server closed stays an error the command reports.
+fn emit(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match write(&mut out).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to standard output"),
     }
 }
 
@@ -184,23 +224,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db::migrate(&pool).await?;
             // So refresh_thread works before any worker has started.
             sync::register_accounts(&pool, &cfg.accounts).await?;
-            println!(
-                "migrations applied; {} account(s) of the config registered",
-                cfg.accounts.len()
-            );
-            Ok(())
+            emit(|o| {
+                writeln!(
+                    o,
+                    "migrations applied; {} account(s) of the config registered",
+                    cfg.accounts.len()
+                )
+            })
         }
         Cmd::Runs(RunsCmd::Retry { run_id }) => {
             let pool = db::connect(&db::url_from_env()?, 2).await?;
             let n = sync::retry_run(&pool, run_id).await?;
-            println!("run {run_id}: {n} job(s) pending again; the run ends when they do");
-            Ok(())
+            emit(|o| {
+                writeln!(
+                    o,
+                    "run {run_id}: {n} job(s) pending again; the run ends when they do"
+                )
+            })
         }
         Cmd::Worker {
             concurrency,
             name,
             runtimes,
-        } => run_worker(cfg, concurrency, name, runtimes).await,
+            skip_accounts_without_token,
+        } => {
+            run_worker(
+                cfg,
+                concurrency,
+                name,
+                runtimes,
+                skip_accounts_without_token,
+            )
+            .await
+        }
         Cmd::Enqueue {
             kind,
             payload,
@@ -211,8 +267,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency_limit,
             max_attempts,
         } => {
+            anyhow::ensure!(
+                !kind.trim().is_empty(),
+                "the job kind must not be empty (e.g. diag.noop, sync.start)"
+            );
             let payload: serde_json::Value = serde_json::from_str(&payload)
                 .map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))?;
+            anyhow::ensure!(
+                payload.is_object(),
+                "--payload must be a JSON object, e.g. '{{\"account\": \"ebay-main\"}}' (got {payload})"
+            );
             let mut job = NewJob::new(kind, payload).priority(priority);
             if let Some(t) = run_at {
                 let at = DateTime::parse_from_rfc3339(&t)
@@ -235,8 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let pool = db::connect(&db::url_from_env()?, 2).await?;
             let id = enqueue(&pool, &job).await?;
-            println!("{id}");
-            Ok(())
+            emit(|o| writeln!(o, "{id}"))
         }
         Cmd::Jobs(cmd) => run_jobs(cmd).await,
         Cmd::Bench(BenchCmd::Queue(args)) => {
@@ -269,8 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     _ => e.into(),
                 })?;
-            println!("refresh of thread {thread_id} queued as job {id}");
-            Ok(())
+            emit(|o| writeln!(o, "refresh of thread {thread_id} queued as job {id}"))
         }
         Cmd::Status {
             run_id,
@@ -284,17 +346,49 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_worker(
-    cfg: Config,
+    mut cfg: Config,
     concurrency: Option<usize>,
     name: Option<String>,
     runtimes: usize,
+    skip_accounts_without_token: bool,
 ) -> anyhow::Result<()> {
-    let url = db::url_from_env()?;
     let concurrency = concurrency.unwrap_or(cfg.queue.tuning.concurrency);
+    let slots = threadsync::queue::Tuning::CONCURRENCY;
     anyhow::ensure!(
-        concurrency >= 1 && runtimes >= 1,
-        "--concurrency and --runtimes must be at least 1"
+        i64::try_from(concurrency).is_ok_and(|c| slots.contains(&c)),
+        "--concurrency must be {}..={}",
+        slots.start(),
+        slots.end()
     );
+    anyhow::ensure!(runtimes >= 1, "--runtimes must be at least 1");
+    // Before anything else: a worker that cannot run an account's jobs must not start
+    // and fail every one of them.
+    let missing = accounts_without_token(&cfg);
+    if !missing.is_empty() {
+        let list = missing
+            .iter()
+            .map(|(id, problem)| format!("{id:?} ({problem})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let many = missing.len() > 1;
+        anyhow::ensure!(
+            skip_accounts_without_token,
+            "no token for account{} {list}: set {}, or start the worker with --skip-accounts-without-token",
+            if many { "s" } else { "" },
+            if many { "them" } else { "it" },
+        );
+        // Its jobs still fail here with the missing variable named, should this worker
+        // claim one; its schedules are left to workers that hold the token.
+        cfg.queue.schedules.retain(|s| {
+            let account = s.payload.get("account").and_then(|a| a.as_str());
+            !account.is_some_and(|a| missing.iter().any(|(id, _)| id == a))
+        });
+        tracing::warn!(
+            "skipping account{} without a token: {list}; their schedules do not fire from this worker",
+            if many { "s" } else { "" }
+        );
+    }
+    let url = db::url_from_env()?;
     // Handlers hold a connection only while they read (this pool) or commit (each runtime's
     // own transaction pool), never during HTTP calls.
     let pool = db::connect(&url, (runtimes * concurrency.min(8) / 2 + 2) as u32).await?;
@@ -331,6 +425,22 @@ async fn run_worker(
     Ok(())
 }
 
+/// The configured accounts whose token variable this process cannot read, each with why.
+fn accounts_without_token(cfg: &Config) -> Vec<(String, String)> {
+    cfg.accounts
+        .iter()
+        .filter_map(|a| {
+            let problem = match std::env::var(&a.token_env) {
+                Ok(v) if v.trim().is_empty() => "is empty",
+                Ok(_) => return None,
+                Err(std::env::VarError::NotPresent) => "is not set",
+                Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
+            };
+            Some((a.id.clone(), format!("{} {problem}", a.token_env)))
+        })
+        .collect()
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
@@ -364,27 +474,33 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
             }
             let rows = admin::list(&pool, status.as_deref(), kind.as_deref(), limit).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                let text = serde_json::to_string_pretty(&rows)?;
+                emit(|o| writeln!(o, "{text}"))?;
             } else {
-                println!(
-                    "{:>8}  {:<24} {:<9} {:>8}  {:<20}  last error",
-                    "id", "kind", "status", "attempts", "run at"
-                );
-                for j in rows {
-                    let max = j
-                        .max_attempts
-                        .map(|m| m.to_string())
-                        .unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:>8}  {:<24} {:<9} {:>8}  {:<20}  {}",
-                        j.id,
-                        j.kind,
-                        j.status,
-                        format!("{}/{}", j.attempts, max),
-                        j.run_at.format("%Y-%m-%d %H:%M:%S"),
-                        j.last_error.unwrap_or_default()
-                    );
-                }
+                emit(|o| {
+                    writeln!(
+                        o,
+                        "{:>8}  {:<24} {:<9} {:>8}  {:<20}  last error",
+                        "id", "kind", "status", "attempts", "run at"
+                    )?;
+                    for j in rows {
+                        let max = j
+                            .max_attempts
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| "-".into());
+                        writeln!(
+                            o,
+                            "{:>8}  {:<24} {:<9} {:>8}  {:<20}  {}",
+                            j.id,
+                            j.kind,
+                            j.status,
+                            format!("{}/{}", j.attempts, max),
+                            j.run_at.format("%Y-%m-%d %H:%M:%S"),
+                            j.last_error.unwrap_or_default()
+                        )?;
+                    }
+                    Ok(())
+                })?;
             }
         }
         JobsCmd::Show { id, json } => {
@@ -392,34 +508,9 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no job with id {id}"))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&j)?);
+                let text = serde_json::to_string_pretty(&j)?;
+                emit(|o| writeln!(o, "{text}"))?;
             } else {
-                println!("job {}  {}  {}", j.id, j.kind, j.status);
-                println!(
-                    "  attempts:    {} (max {})",
-                    j.attempts,
-                    j.max_attempts
-                        .map(|m| m.to_string())
-                        .unwrap_or_else(|| "from jobs.toml".into())
-                );
-                println!("  last error:  {}", j.last_error.as_deref().unwrap_or("-"));
-                println!(
-                    "  priority:    {}   run at: {}   run: {}",
-                    j.priority,
-                    when(j.run_at),
-                    j.run_id.map_or_else(|| "-".into(), |r| r.to_string())
-                );
-                println!(
-                    "  created:     {}   started: {}   finished: {}",
-                    when(j.created_at),
-                    when(j.started_at),
-                    when(j.finished_at)
-                );
-                println!("  dedupe key:  {}", j.dedupe_key.as_deref().unwrap_or("-"));
-                println!(
-                    "  concurrency: {}",
-                    j.concurrency_key.as_deref().unwrap_or("-")
-                );
                 let lease = match (&j.lease_owner, j.status.as_str()) {
                     (Some(owner), "running") => {
                         format!("{owner} until {}", when(j.lease_expires_at))
@@ -427,20 +518,61 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                     (Some(owner), _) => format!("last held by {owner}"),
                     (None, _) => "-".into(),
                 };
-                println!("  lease:       {lease}");
-                println!("  payload:     {}", j.payload);
-                if let Some(cp) = &j.checkpoint {
-                    println!("  checkpoint:  {cp}");
-                }
+                emit(|o| {
+                    writeln!(o, "job {}  {}  {}", j.id, j.kind, j.status)?;
+                    writeln!(
+                        o,
+                        "  attempts:    {} (max {})",
+                        j.attempts,
+                        j.max_attempts
+                            .map(|m| m.to_string())
+                            .unwrap_or_else(|| "from jobs.toml".into())
+                    )?;
+                    writeln!(
+                        o,
+                        "  last error:  {}",
+                        j.last_error.as_deref().unwrap_or("-")
+                    )?;
+                    writeln!(
+                        o,
+                        "  priority:    {}   run at: {}   run: {}",
+                        j.priority,
+                        when(j.run_at),
+                        j.run_id.map_or_else(|| "-".into(), |r| r.to_string())
+                    )?;
+                    writeln!(
+                        o,
+                        "  created:     {}   started: {}   finished: {}",
+                        when(j.created_at),
+                        when(j.started_at),
+                        when(j.finished_at)
+                    )?;
+                    writeln!(
+                        o,
+                        "  dedupe key:  {}",
+                        j.dedupe_key.as_deref().unwrap_or("-")
+                    )?;
+                    writeln!(
+                        o,
+                        "  concurrency: {}",
+                        j.concurrency_key.as_deref().unwrap_or("-")
+                    )?;
+                    writeln!(o, "  lease:       {lease}")?;
+                    writeln!(o, "  payload:     {}", j.payload)?;
+                    if let Some(cp) = &j.checkpoint {
+                        writeln!(o, "  checkpoint:  {cp}")?;
+                    }
+                    Ok(())
+                })?;
             }
         }
         JobsCmd::Retry { id } => {
             admin::retry(&pool, id).await?;
-            println!("job {id} is pending again");
+            emit(|o| writeln!(o, "job {id} is pending again"))?;
         }
         JobsCmd::Cancel { id } => {
             admin::cancel(&pool, id).await?;
-            println!("job {id} cancelled");
+            emit(|o| writeln!(o, "job {id} cancelled"))?;
         }
     }
     Ok(())
@@ -454,14 +586,16 @@ async fn start_sync(cfg: &Config, account: &str, mode: Mode, follow: bool) -> an
     let mut tx = pool.begin().await?;
     let (id, created) = sync::start_run(&mut tx, account, mode).await?;
     tx.commit().await?;
-    if created {
-        println!("{} sync of {account} started: run {id}", mode.as_str());
-    } else {
-        println!("a sync of {account} is already running: run {id}");
-    }
+    emit(|o| {
+        if created {
+            writeln!(o, "{} sync of {account} started: run {id}", mode.as_str())
+        } else {
+            writeln!(o, "a sync of {account} is already running: run {id}")
+        }
+    })?;
     if follow {
         let s = progress::follow(&pool, id, mode.as_str()).await?;
-        progress::print_status(&s);
+        emit(|o| progress::print_status(o, &s))?;
         anyhow::ensure!(s.state == "done", "run {id} ended {}", s.state);
     }
     Ok(())
@@ -488,32 +622,30 @@ async fn status(run_id: Option<i64>, account: Option<String>, json: bool) -> any
         None => None,
     };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"account": acct, "run": run}))?
-        );
-        return Ok(());
+        let text = serde_json::to_string_pretty(&serde_json::json!({"account": acct, "run": run}))?;
+        return emit(|o| writeln!(o, "{text}"));
     }
-    if let Some(a) = &acct {
-        println!(
-            "account {} ({}): {} threads, {} messages",
-            a.id, a.provider, a.threads, a.messages
-        );
-        match (&a.paused_until, &a.pause_reason) {
-            (Some(until), reason) if *until > chrono::Utc::now() => {
-                println!(
+    emit(|o| {
+        if let Some(a) = &acct {
+            writeln!(
+                o,
+                "account {} ({}): {} threads, {} messages",
+                a.id, a.provider, a.threads, a.messages
+            )?;
+            match (&a.paused_until, &a.pause_reason) {
+                (Some(until), reason) if *until > chrono::Utc::now() => writeln!(
+                    o,
                     "  PAUSED until {until}: {}",
                     reason.as_deref().unwrap_or("-")
-                )
+                )?,
+                _ => writeln!(o, "  not paused")?,
             }
-            _ => println!("  not paused"),
         }
-    }
-    match &run {
-        Some(s) => progress::print_status(s),
-        None => println!("no sync runs yet"),
-    }
-    Ok(())
+        match &run {
+            Some(s) => progress::print_status(o, s),
+            None => writeln!(o, "no sync runs yet"),
+        }
+    })
 }
 
 /// A timestamp for people: to the millisecond in UTC, or "-" when unset.

@@ -1,6 +1,7 @@
 //! Live progress of a sync run: a bar (pages, threads, messages, requests/s, ETA) until the
 //! run finishes.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,48 +43,59 @@ pub async fn follow(pool: &PgPool, run_id: i64, label: &str) -> anyhow::Result<R
     }
 }
 
-/// Prints a run's status as text.
-pub fn print_status(s: &RunStatus) {
-    println!(
+/// Writes a run's status as text.
+pub fn print_status(out: &mut dyn Write, s: &RunStatus) -> std::io::Result<()> {
+    writeln!(
+        out,
         "run {}  account {}  {}  {}",
         s.run_id, s.account_id, s.mode, s.state
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  started {}  finished {}",
         s.started_at.format("%Y-%m-%d %H:%M:%S"),
         s.finished_at
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_else(|| "-".into())
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  pages listed {}  threads seen {}  fetched {}  unchanged {}  deleted {}",
         s.pages_listed, s.threads_seen, s.threads_fetched, s.threads_skipped, s.threads_deleted
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "  messages written {}  HTTP calls {}",
         s.messages_written, s.http_calls
-    );
+    )?;
     if !s.messages_by_stream.is_empty() || s.checks_made > 0 {
         let streams: Vec<String> = s
             .messages_by_stream
             .iter()
             .map(|(f, n)| format!("{f} {n}"))
             .collect();
-        println!("  messages by folder: {}", streams.join(", "));
-        println!(
+        writeln!(out, "  messages by folder: {}", streams.join(", "))?;
+        writeln!(
+            out,
             "  status checks {}  statuses changed {}  settled {}  expired {}",
             s.checks_made, s.statuses_changed, s.settled, s.expired
-        );
+        )?;
     }
     if s.bad_rows > 0 {
-        println!(
+        writeln!(
+            out,
             "  provider rows skipped {} (first: {})",
             s.bad_rows,
             s.first_bad_row.as_deref().unwrap_or("-")
-        );
+        )?;
     }
-    println!("  jobs active {}  failed {}", s.jobs_active, s.jobs_failed);
+    writeln!(
+        out,
+        "  jobs active {}  failed {}",
+        s.jobs_active, s.jobs_failed
+    )?;
     if let Some(e) = &s.last_error {
-        println!("  error: {e}");
+        writeln!(out, "  error: {e}")?;
     }
+    Ok(())
 }
