@@ -54,6 +54,10 @@ enum Cmd {
         /// accounts are skipped (logged once) and their schedules do not fire from here.
         #[arg(long)]
         skip_accounts_without_token: bool,
+        /// Serve this process's Prometheus metrics (jobs by kind and outcome, job
+        /// durations, provider requests, throttling, pacing wait) at ADDR/metrics.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Enqueue one job.
     Enqueue {
@@ -80,6 +84,13 @@ enum Cmd {
     /// Manage sync runs.
     #[command(subcommand)]
     Runs(RunsCmd),
+    /// Serve the HTTP API (/v1), health checks and metrics until SIGTERM. Needs
+    /// THREADSYNC_ADMIN_TOKEN; THREADSYNC_APP_TOKEN optionally sets the app token.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -155,6 +166,8 @@ enum BenchCmd {
     Sync(bench::sync::SyncBenchArgs),
     /// Simulator start-up time and requests/s from a local load client.
     Sim(threadsync::sim::SimBenchArgs),
+    /// Thread refreshes/s and latency through `serve`, with the dedupe check.
+    Api(bench::api::ApiBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -232,6 +245,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
             })
         }
+        Cmd::Serve { listen } => {
+            let tokens = threadsync::http::auth::Tokens::from_env()?;
+            let pool = db::connect(&db::url_from_env()?, 8).await?;
+            db::migrate(&pool).await?;
+            sync::register_accounts(&pool, &cfg.accounts).await?;
+            threadsync::http::serve(pool, tokens, listen, shutdown_signal()).await
+        }
         Cmd::Runs(RunsCmd::Retry { run_id }) => {
             let pool = db::connect(&db::url_from_env()?, 2).await?;
             let n = sync::retry_run(&pool, run_id).await?;
@@ -247,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             runtimes,
             skip_accounts_without_token,
+            metrics,
         } => {
             run_worker(
                 cfg,
@@ -254,6 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 runtimes,
                 skip_accounts_without_token,
+                metrics,
             )
             .await
         }
@@ -312,6 +334,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = bench::sync::run(args).await?;
             bench::sync::print(&report, json)
         }
+        Cmd::Bench(BenchCmd::Api(args)) => {
+            let json = args.json;
+            let report = bench::api::run(args).await?;
+            bench::api::print(&report, json)
+        }
         Cmd::Resync { account, follow } => start_sync(&cfg, &account, Mode::Full, follow).await,
         Cmd::Sync { account, follow } => {
             start_sync(&cfg, &account, Mode::Incremental, follow).await
@@ -351,6 +378,7 @@ async fn run_worker(
     name: Option<String>,
     runtimes: usize,
     skip_accounts_without_token: bool,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<()> {
     let concurrency = concurrency.unwrap_or(cfg.queue.tuning.concurrency);
     let slots = threadsync::queue::Tuning::CONCURRENCY;
@@ -403,6 +431,16 @@ async fn run_worker(
         tracing::info!("shutdown requested: no new claims; finishing in-flight jobs");
         signals.cancel();
     });
+    if let Some(addr) = metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("--metrics {addr}: cannot listen: {e}"))?;
+        let stopped = stop.clone();
+        tokio::spawn(threadsync::http::metrics::serve_process(
+            listener,
+            async move { stopped.cancelled().await },
+        ));
+    }
     let mut tasks = Vec::new();
     for i in 0..runtimes {
         let n = if runtimes == 1 {
@@ -472,7 +510,13 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                     admin::STATUSES.join(", ")
                 );
             }
-            let rows = admin::list(&pool, status.as_deref(), kind.as_deref(), limit).await?;
+            let filter = admin::Filter {
+                status,
+                kind,
+                limit,
+                ..admin::Filter::default()
+            };
+            let rows = admin::list(&pool, &filter).await?;
             if json {
                 let text = serde_json::to_string_pretty(&rows)?;
                 emit(|o| writeln!(o, "{text}"))?;

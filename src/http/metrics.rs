@@ -1,6 +1,7 @@
-//! `/metrics` on `serve`: the queue and the sync as the database holds them, read at
-//! each scrape (queue depth by kind and status, the oldest due job's age, runs by state,
-//! paused accounts), in the Prometheus text format.
+//! Prometheus metrics. `/metrics` on `serve`: the queue and the sync as the database holds
+//! them, read at each scrape (queue depth by kind and status, the oldest due job's age,
+//! runs by state, paused accounts, live workers). `threadsync worker --metrics ADDR`: what
+//! that process counts (its jobs by kind and outcome, provider requests, pacing).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -13,6 +14,8 @@ use prometheus_client::registry::Registry;
 use super::AppState;
 
 type Labels = Vec<(&'static str, String)>;
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub async fn serve(State(s): State<AppState>) -> impl IntoResponse {
     match render(&s).await {
@@ -80,4 +83,34 @@ async fn render(s: &AppState) -> anyhow::Result<String> {
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// Serves this process's own counters (worker and engine) at /metrics until `shutdown`.
+pub async fn serve_process(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            let mut registry = Registry::with_prefix("threadsync");
+            crate::worker::metrics::register(&mut registry);
+            crate::sync::metrics::register(&mut registry);
+            let mut out = String::new();
+            match encode(&mut out, &registry) {
+                Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, OPENMETRICS)], out),
+                Err(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    "encoding failed\n".to_string(),
+                ),
+            }
+        }),
+    );
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(error = %e, "the metrics server stopped");
+    }
 }

@@ -142,13 +142,20 @@ impl Account {
         ))
     }
 
+    /// Counts one provider call's outcome.
+    pub(super) fn observe<T>(&self, r: &Result<T, ProviderError>) {
+        super::metrics::request(self.cfg.provider, &self.cfg.id, r);
+    }
+
     /// Waits for the account's next request slot; a paused account parks the job.
     pub(super) async fn pace(&self, engine: &Engine, pool: &PgPool) -> JobResult {
-        match engine
+        let t = std::time::Instant::now();
+        let slot = engine
             .flow
             .acquire(pool, &self.cfg.id, self.cfg.requests_per_second)
-            .await
-        {
+            .await;
+        super::metrics::paced(self.cfg.provider, &self.cfg.id, t.elapsed());
+        match slot {
             Ok(()) => Ok(()),
             Err(FlowError::Paused { until, reason }) => Err(JobError::RetryAfter {
                 at: until + Duration::milliseconds(rand::random::<u16>() as i64 % 2000),

@@ -71,7 +71,9 @@ impl Handler for FetchThread {
             .at();
         loop {
             account.pace(&self.engine, &job.pool).await?;
-            let page = match source.messages(&p.thread_id, list.as_deref(), &at).await {
+            let page = source.messages(&p.thread_id, list.as_deref(), &at).await;
+            account.observe(&page);
+            let page = match page {
                 Ok(page) => page,
                 Err(ProviderError::NotFound) => {
                     // Deleted between list and fetch: not an error for the run.

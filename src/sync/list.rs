@@ -30,7 +30,9 @@ impl Handler for ListPage {
             None => PageAt::Offset(p.offset),
         };
         account.pace(&self.engine, &job.pool).await?;
-        let page = match source.list(&p.list, &at, p.since).await {
+        let page = source.list(&p.list, &at, p.since).await;
+        account.observe(&page);
+        let page = match page {
             Ok(page) => page,
             Err(e) => return Err(account.classify(&self.engine, &job.pool, e).await),
         };

@@ -10,6 +10,7 @@ pub mod flow;
 mod group_statement_tests;
 pub mod keys;
 pub mod list;
+pub mod metrics;
 pub mod plan;
 pub mod provider;
 pub mod runs;
@@ -25,8 +26,8 @@ use std::sync::Arc;
 pub use engine::{Engine, Tokens};
 pub use provider::{Connect, Provider};
 pub use runs::{
-    account_status, latest_run, register_accounts, retry_run, run_status, start_run, AccountStatus,
-    Mode, RunStatus,
+    account_status, latest_run, register_accounts, request_run, retry_run, run_status, start_run,
+    AccountStatus, Mode, Requested, RunStatus,
 };
 pub use vocab::Shape;
 

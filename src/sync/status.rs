@@ -53,7 +53,9 @@ impl Handler for StatusCheck {
             return job.commit(tx).await;
         };
         account.pace(&self.engine, &job.pool).await?;
-        let answer = match source.check(p.id, &f.validity, f.expires_at).await {
+        let answer = source.check(p.id, &f.validity, f.expires_at).await;
+        account.observe(&answer);
+        let answer = match answer {
             Ok(answer) => answer,
             Err(e @ (ProviderError::Transient(_) | ProviderError::Malformed(_))) => {
                 return self.provider_failed(job, account, &f.message_id, e).await;

@@ -38,7 +38,9 @@ impl Handler for StreamBatchJob {
             Some(_) => None,
         };
         account.pace(&self.engine, &job.pool).await?;
-        let batch = match source.read(&p.stream, after, since).await {
+        let batch = source.read(&p.stream, after, since).await;
+        account.observe(&batch);
+        let batch = match batch {
             Ok(b) => b,
             Err(e) => return Err(account.classify(&self.engine, &job.pool, e).await),
         };

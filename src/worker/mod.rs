@@ -3,6 +3,7 @@
 
 pub mod group_commit;
 pub mod job;
+pub mod metrics;
 pub(crate) mod tx_pool;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -22,7 +23,7 @@ use tracing::{debug, info, warn};
 
 pub use job::{Fenced, Handler, JobCtx, JobError, JobResult, Periodic, Registry};
 
-use crate::queue::{self, cron, fence, maintenance, ClaimedJob, Fence, Settings};
+use crate::queue::{self, cron, fence, maintenance, workers, ClaimedJob, Fence, Settings};
 
 /// Largest claim in one statement.
 const MAX_BATCH: usize = 1000;
@@ -125,6 +126,9 @@ impl Worker {
             let _ = t.await;
         }
         let _ = acker.await;
+        if let Err(e) = workers::leave(&s.control, &s.name).await {
+            debug!(error = %e, "could not remove the worker's registration; it expires by itself");
+        }
         info!(worker = %s.name, "worker stopped");
         Ok(())
     }
@@ -280,6 +284,8 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
     let task_ctx = ctx.clone();
     // Hold the map lock across spawn so the task cannot finish before it is registered.
     let mut inflight = lock(&s.inflight);
+    metrics::claimed(&ctx.kind);
+    let started = Instant::now();
     let handle = tokio::spawn(async move {
         let _guard = guard;
         let handler = shared.registry.get(&task_ctx.kind);
@@ -301,7 +307,9 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
         task_ctx
             .returned
             .store(true, std::sync::atomic::Ordering::Release);
-        record(&shared, &task_ctx, outcome).await;
+        if let Some(counted) = record(&shared, &task_ctx, outcome).await {
+            metrics::ended(&task_ctx.kind, counted, started.elapsed());
+        }
         if let Some(h) = handler {
             h.after(&task_ctx).await;
         }
@@ -324,18 +332,18 @@ fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Writes the outcome under the fence. Database errors are retried for up to one lease
-/// length; past that the reaper returns the job anyway.
-async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
+/// length; past that the reaper returns the job anyway. Returns the outcome to count.
+async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) -> Option<metrics::Outcome> {
     let err = match outcome {
-        Ok(()) if ctx.is_finished() => return,
+        Ok(()) if ctx.is_finished() => return Some(metrics::Outcome::Done),
         Ok(()) => {
             // Wrote nothing: completion rides in the next batched acknowledgement.
             let _ = s.acks.send(ctx.fence);
-            return;
+            return Some(metrics::Outcome::Done);
         }
         Err(JobError::LeaseLost) => {
             warn!(job = ctx.id, kind = %ctx.kind, "lease lost: another worker owns this job; its writes were rolled back");
-            return;
+            return None;
         }
         Err(e) => e,
     };
@@ -356,9 +364,14 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
                     .await
                     .map(|st| {
                         match st.as_deref() {
-                            Some("failed") => warn!(job = ctx.id, kind = %ctx.kind, attempts = ctx.attempts, error = %text, "job failed: out of attempts"),
-                            Some(_) => info!(job = ctx.id, kind = %ctx.kind, attempts = ctx.attempts, error = %text, "job will retry"),
-                            None => {}
+                            Some("failed") => {
+                                warn!(job = ctx.id, kind = %ctx.kind, attempts = ctx.attempts, error = %text, "job failed: out of attempts");
+                                metrics::Outcome::Failed
+                            }
+                            _ => {
+                                info!(job = ctx.id, kind = %ctx.kind, attempts = ctx.attempts, error = %text, "job will retry");
+                                metrics::Outcome::Retried
+                            }
                         }
                     })
             }
@@ -366,20 +379,20 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
                 debug!(job = ctx.id, kind = %ctx.kind, %at, reason = %reason, "job rescheduled by provider signal");
                 fence::retry_at(&s.control, ctx.fence, *at, reason)
                     .await
-                    .map(drop)
+                    .map(|_| metrics::Outcome::Retried)
             }
             JobError::Permanent(reason) => {
                 warn!(job = ctx.id, kind = %ctx.kind, reason = %reason, "job failed permanently");
                 fence::fail_permanent(&s.control, ctx.fence, reason)
                     .await
-                    .map(drop)
+                    .map(|_| metrics::Outcome::Failed)
             }
-            JobError::LeaseLost => return,
+            JobError::LeaseLost => return None,
         };
         match res {
-            Ok(()) => {
+            Ok(counted) => {
                 s.outage.recovered("record");
-                return;
+                return Some(counted);
             }
             Err(e) if Instant::now() + wait < deadline => {
                 s.outage.failed("record", &e);
@@ -389,7 +402,7 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) {
             }
             Err(e) => {
                 warn!(job = ctx.id, error = %e, "could not record outcome; the reaper will return the job");
-                return;
+                return None;
             }
         }
     }
@@ -480,6 +493,11 @@ async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
     // missing (and still running here) at the next heartbeat has really lost its lease.
     let mut suspects: HashSet<i64> = HashSet::new();
     loop {
+        // Registered (or refreshed) for operators: alive while heartbeats keep coming.
+        let in_use = s.concurrency.saturating_sub(s.slots.available_permits());
+        if let Err(e) = workers::beat(&s.control, &s.name, s.concurrency, in_use, lease).await {
+            debug!(error = %e, "worker registration failed; will retry");
+        }
         tokio::select! { _ = sleep(every) => {}, _ = stop.cancelled() => return }
         let held: Vec<Fence> = lock(&s.inflight).values().map(|f| f.fence).collect();
         match maintenance::heartbeat(&s.control, &held, lease).await {
