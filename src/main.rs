@@ -84,6 +84,17 @@ enum Cmd {
     /// Manage sync runs.
     #[command(subcommand)]
     Runs(RunsCmd),
+    /// The registered accounts: list them, pause or resume one.
+    #[command(subcommand)]
+    Accounts(AccountsCmd),
+    /// The worker runtimes alive now (they register and heartbeat in the database).
+    Workers {
+        /// Also show the rows of workers that stopped heartbeating.
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the HTTP API (/v1), health checks and metrics until SIGTERM. Needs
     /// THREADSYNC_ADMIN_TOKEN; THREADSYNC_APP_TOKEN optionally sets the app token.
     Serve {
@@ -146,6 +157,24 @@ enum JobsCmd {
     Cancel {
         id: i64,
     },
+}
+
+#[derive(Subcommand)]
+enum AccountsCmd {
+    /// Provider, pause state and reason, watermark and last run of every account.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Park the account's jobs (no attempts used) until it is resumed.
+    Pause {
+        account: String,
+        /// Shown with the pause.
+        #[arg(long, default_value = "paused by an operator")]
+        reason: String,
+    },
+    /// End any pause of the account and wake its parked jobs.
+    Resume { account: String },
 }
 
 #[derive(Subcommand)]
@@ -251,6 +280,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db::migrate(&pool).await?;
             sync::register_accounts(&pool, &cfg.accounts).await?;
             threadsync::http::serve(pool, tokens, listen, shutdown_signal()).await
+        }
+        Cmd::Accounts(cmd) => accounts(cmd).await,
+        Cmd::Workers { all, json } => {
+            let pool = db::connect(&db::url_from_env()?, 2).await?;
+            let rows = threadsync::queue::workers::list(&pool, all).await?;
+            if json {
+                return emit(|o| {
+                    writeln!(
+                        o,
+                        "{}",
+                        serde_json::to_string_pretty(&rows).unwrap_or_default()
+                    )
+                });
+            }
+            emit(|o| {
+                if rows.is_empty() {
+                    return writeln!(o, "no worker is alive");
+                }
+                writeln!(
+                    o,
+                    "{:<28} {:<16} {:>7} {:>11}  last heartbeat",
+                    "name", "host", "pid", "slots used"
+                )?;
+                for w in &rows {
+                    writeln!(
+                        o,
+                        "{:<28} {:<16} {:>7} {:>11}  {}{}",
+                        w.name,
+                        w.host,
+                        w.pid,
+                        format!("{}/{}", w.slots_in_use, w.slots),
+                        when(w.last_heartbeat),
+                        if w.alive_until < chrono::Utc::now() {
+                            "  (dead)"
+                        } else {
+                            ""
+                        }
+                    )?;
+                }
+                Ok(())
+            })
         }
         Cmd::Runs(RunsCmd::Retry { run_id }) => {
             let pool = db::connect(&db::url_from_env()?, 2).await?;
@@ -628,21 +698,96 @@ async fn start_sync(cfg: &Config, account: &str, mode: Mode, follow: bool) -> an
     db::migrate(&pool).await?;
     sync::register_accounts(&pool, &cfg.accounts).await?;
     let mut tx = pool.begin().await?;
-    let (id, created) = sync::start_run(&mut tx, account, mode).await?;
+    let requested = sync::request_run(&mut tx, account, mode).await?;
     tx.commit().await?;
-    emit(|o| {
-        if created {
-            writeln!(o, "{} sync of {account} started: run {id}", mode.as_str())
-        } else {
-            writeln!(o, "a sync of {account} is already running: run {id}")
+    let id = match requested {
+        sync::Requested::Started { run_id } => {
+            emit(|o| {
+                writeln!(
+                    o,
+                    "{} sync of {account} started: run {run_id}",
+                    mode.as_str()
+                )
+            })?;
+            run_id
         }
-    })?;
+        sync::Requested::Active { run_id } => {
+            emit(|o| writeln!(o, "a sync of {account} is already running: run {run_id}"))?;
+            run_id
+        }
+        sync::Requested::Queued { after_run } => {
+            emit(|o| {
+                writeln!(
+                    o,
+                    "an incremental sync of {account} is running (run {after_run}); the full resync starts when it ends"
+                )
+            })?;
+            after_run
+        }
+    };
     if follow {
         let s = progress::follow(&pool, id, mode.as_str()).await?;
         emit(|o| progress::print_status(o, &s))?;
         anyhow::ensure!(s.state == "done", "run {id} ended {}", s.state);
     }
     Ok(())
+}
+
+async fn accounts(cmd: AccountsCmd) -> anyhow::Result<()> {
+    let pool = db::connect(&db::url_from_env()?, 2).await?;
+    match cmd {
+        AccountsCmd::List { json } => {
+            let rows = sync::runs::accounts(&pool, None).await?;
+            if json {
+                return emit(|o| {
+                    writeln!(
+                        o,
+                        "{}",
+                        serde_json::to_string_pretty(&rows).unwrap_or_default()
+                    )
+                });
+            }
+            emit(|o| {
+                for a in &rows {
+                    let paused = match (&a.paused_until, &a.pause_reason) {
+                        (Some(u), r) if *u > chrono::Utc::now() => {
+                            format!("PAUSED until {}: {}", when(*u), r.as_deref().unwrap_or("-"))
+                        }
+                        _ => "active".into(),
+                    };
+                    writeln!(o, "{} ({}): {paused}", a.id, a.provider)?;
+                    let last = match (a.last_run_id, &a.last_run_mode, &a.last_run_state) {
+                        (Some(id), Some(m), Some(st)) => format!("run {id} ({m}) {st}"),
+                        _ => "no runs yet".into(),
+                    };
+                    writeln!(
+                        o,
+                        "  watermark {}   last {last}{}",
+                        when(a.synced_from),
+                        a.queued_mode
+                            .as_deref()
+                            .map(|m| format!("   queued: {m}"))
+                            .unwrap_or_default()
+                    )?;
+                }
+                Ok(())
+            })
+        }
+        AccountsCmd::Pause { account, reason } => {
+            anyhow::ensure!(
+                sync::flow::pause_by_operator(&pool, &account, &reason).await?,
+                "unknown account {account:?}"
+            );
+            emit(|o| writeln!(o, "account {account} paused: {reason}"))
+        }
+        AccountsCmd::Resume { account } => {
+            anyhow::ensure!(
+                sync::flow::resume(&pool, &account).await?,
+                "unknown account {account:?}"
+            );
+            emit(|o| writeln!(o, "account {account} resumed"))
+        }
+    }
 }
 
 async fn status(run_id: Option<i64>, account: Option<String>, json: bool) -> anyhow::Result<()> {

@@ -24,6 +24,7 @@ pub async fn follow(pool: &PgPool, run_id: i64, label: &str) -> anyhow::Result<R
         let s = sync::run_status(pool, run_id)
             .await?
             .ok_or_else(|| anyhow::anyhow!("no sync run {run_id}"))?;
+        let why_idle = stalled(pool, &s.account_id).await?;
         let elapsed = last.0.elapsed().as_secs_f64();
         if elapsed >= 0.5 {
             rate = (s.http_calls - last.1) as f64 / elapsed;
@@ -31,16 +32,45 @@ pub async fn follow(pool: &PgPool, run_id: i64, label: &str) -> anyhow::Result<R
         }
         bar.set_length(s.threads_seen.max(1) as u64);
         bar.set_position((s.threads_fetched + s.threads_skipped + s.threads_deleted) as u64);
-        bar.set_message(format!(
-            "pages {}  fetched {}  unchanged {}  messages {}  {:.0} req/s  [{}]",
-            s.pages_listed, s.threads_fetched, s.threads_skipped, s.messages_written, rate, s.state
-        ));
+        bar.set_message(match &why_idle {
+            Some(why) => format!("[{}] {why}", s.state),
+            None => format!(
+                "pages {}  fetched {}  unchanged {}  messages {}  {:.0} req/s  [{}]",
+                s.pages_listed,
+                s.threads_fetched,
+                s.threads_skipped,
+                s.messages_written,
+                rate,
+                s.state
+            ),
+        });
         if s.state == "done" || s.state == "failed" {
             bar.finish();
             return Ok(s);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Why a run may be making no progress: its account is paused, or no worker is alive.
+async fn stalled(pool: &PgPool, account: &str) -> sqlx::Result<Option<String>> {
+    let paused: Option<(chrono::DateTime<chrono::Utc>, Option<String>)> = sqlx::query_as(
+        "SELECT paused_until, pause_reason FROM threadsync.accounts WHERE id = $1 AND paused_until > now()",
+    )
+    .bind(account)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((until, reason)) = paused {
+        return Ok(Some(format!(
+            "PAUSED until {}: {}",
+            until.format("%Y-%m-%d %H:%M UTC"),
+            reason.unwrap_or_default()
+        )));
+    }
+    let alive = crate::queue::workers::list(pool, false).await?;
+    Ok(alive
+        .is_empty()
+        .then(|| "no worker is alive: start `threadsync worker`".to_string()))
 }
 
 /// Writes a run's status as text.

@@ -1,0 +1,81 @@
+//! The CLI reads what the API reads: `accounts` (list, pause, resume) and `workers`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::rig::{Opts, Provider, Rig};
+
+fn cli(rig: &Rig, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_threadsync"))
+        .args(["--config", &rig.config_path.display().to_string()])
+        .args(args)
+        .env("DATABASE_URL", &rig.db.url)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run threadsync");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_and_workers_from_the_command_line() {
+    let rig = Rig::new(Opts {
+        provider: Provider::Ebay,
+        workers: 0,
+        ..Opts::default()
+    })
+    .await;
+    let (ok, out, err) = cli(&rig, &["accounts", "list"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("acct-0 (ebay): active"), "{out}");
+
+    let (ok, out, err) = cli(
+        &rig,
+        &["accounts", "pause", "acct-0", "--reason", "vendor outage"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "account acct-0 paused: vendor outage");
+    let (_, out, _) = cli(&rig, &["accounts", "list", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(rows[0]["pause_reason"], "vendor outage");
+    let (ok, _, err) = cli(&rig, &["accounts", "pause", "nope"]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("unknown account \"nope\""), "{err}");
+    let (ok, out, err) = cli(&rig, &["accounts", "resume", "acct-0"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "account acct-0 resumed");
+    let (_, out, _) = cli(&rig, &["accounts", "list"]);
+    assert!(out.starts_with("acct-0 (ebay): active"), "{out}");
+
+    let (ok, out, _) = cli(&rig, &["workers"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "no worker is alive");
+    let mut w = rig.process("cli-visible");
+    let t = Instant::now();
+    loop {
+        let (_, out, _) = cli(&rig, &["workers", "--json"]);
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if rows[0]["name"] == "cli-visible" {
+            assert_eq!(rows[0]["slots"], 16);
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never listed: {out} {}",
+            w.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A clean stop removes the registration.
+    w.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(w.wait_exit(Duration::from_secs(15)));
+    let (_, out, _) = cli(&rig, &["workers"]);
+    assert_eq!(out.trim(), "no worker is alive");
+    rig.close().await;
+}
