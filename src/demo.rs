@@ -82,19 +82,7 @@ async fn demo(lab: &Lab) -> anyhow::Result<()> {
 
     let c = lab.compare().await?;
     println!("\ncompared with the simulator's data, both ways and field by field:");
-    println!(
-        "  threads   {} of {}   missing {}   extra {}   differing {}",
-        c.db_threads, c.truth_threads, c.missing_threads, c.extra_threads, c.differing_threads
-    );
-    println!(
-        "  messages  {} of {}   missing {}   extra {}   misfiled {}   differing {}",
-        c.db_messages,
-        c.truth_messages,
-        c.missing_messages,
-        c.extra_messages,
-        c.misfiled_messages,
-        c.differing_messages
-    );
+    print!("{}", c.table());
     anyhow::ensure!(
         c.is_exact(),
         "the synced copy differs from the provider's data: {c}"

@@ -258,6 +258,12 @@ fn emit(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Re
     }
 }
 
+/// `value` as pretty JSON on standard output.
+fn emit_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    emit(|o| writeln!(o, "{text}"))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load_or_default(cli.config.as_deref())?;
     match cli.command {
@@ -286,13 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pool = db::connect(&db::url_from_env()?, 2).await?;
             let rows = threadsync::queue::workers::list(&pool, all).await?;
             if json {
-                return emit(|o| {
-                    writeln!(
-                        o,
-                        "{}",
-                        serde_json::to_string_pretty(&rows).unwrap_or_default()
-                    )
-                });
+                return emit_json(&rows);
             }
             emit(|o| {
                 if rows.is_empty() {
@@ -588,8 +588,7 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
             };
             let rows = admin::list(&pool, &filter).await?;
             if json {
-                let text = serde_json::to_string_pretty(&rows)?;
-                emit(|o| writeln!(o, "{text}"))?;
+                emit_json(&rows)?;
             } else {
                 emit(|o| {
                     writeln!(
@@ -622,8 +621,7 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("no job with id {id}"))?;
             if json {
-                let text = serde_json::to_string_pretty(&j)?;
-                emit(|o| writeln!(o, "{text}"))?;
+                emit_json(&j)?;
             } else {
                 let lease = match (&j.lease_owner, j.status.as_str()) {
                     (Some(owner), "running") => {
@@ -739,13 +737,7 @@ async fn accounts(cmd: AccountsCmd) -> anyhow::Result<()> {
         AccountsCmd::List { json } => {
             let rows = sync::runs::accounts(&pool, None).await?;
             if json {
-                return emit(|o| {
-                    writeln!(
-                        o,
-                        "{}",
-                        serde_json::to_string_pretty(&rows).unwrap_or_default()
-                    )
-                });
+                return emit_json(&rows);
             }
             emit(|o| {
                 for a in &rows {
@@ -811,8 +803,7 @@ async fn status(run_id: Option<i64>, account: Option<String>, json: bool) -> any
         None => None,
     };
     if json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({"account": acct, "run": run}))?;
-        return emit(|o| writeln!(o, "{text}"));
+        return emit_json(&serde_json::json!({"account": acct, "run": run}));
     }
     emit(|o| {
         if let Some(a) = &acct {

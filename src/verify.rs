@@ -78,6 +78,25 @@ impl Comparison {
             && self.differing_messages == 0
     }
 
+    /// The counts as two lines, threads then messages, for people.
+    pub fn table(&self) -> String {
+        format!(
+            "  threads   {} of {}   missing {}   extra {}   differing {}\n  \
+             messages  {} of {}   missing {}   extra {}   misfiled {}   differing {}\n",
+            self.db_threads,
+            self.truth_threads,
+            self.missing_threads,
+            self.extra_threads,
+            self.differing_threads,
+            self.db_messages,
+            self.truth_messages,
+            self.missing_messages,
+            self.extra_messages,
+            self.misfiled_messages,
+            self.differing_messages
+        )
+    }
+
     /// Every count on one line.
     pub fn summary(&self) -> String {
         format!(
