@@ -66,8 +66,17 @@ pub async fn pause_account(
     Path(id): Path<String>,
     b: Option<Json<PauseRequest>>,
 ) -> ApiResult<Json<AccountRow>> {
-    let reason = b
-        .and_then(|b| b.0.reason)
+    let reason = pause_reason(b.and_then(|b| b.0.reason));
+    if !crate::sync::flow::pause_by_operator(&s.pool, &id, &reason).await? {
+        return Err(ApiError::not_found(format!("no account {id:?}")));
+    }
+    Ok(Json(account_exists(&s, &id).await?))
+}
+
+/// An operator's pause reason as stored: its first line, at most 200 characters, or the
+/// default when blank.
+pub fn pause_reason(reason: Option<String>) -> String {
+    reason
         .map(|r| {
             r.lines()
                 .next()
@@ -77,11 +86,7 @@ pub async fn pause_account(
                 .collect::<String>()
         })
         .filter(|r| !r.trim().is_empty())
-        .unwrap_or_else(|| "paused by an operator".into());
-    if !crate::sync::flow::pause_by_operator(&s.pool, &id, &reason).await? {
-        return Err(ApiError::not_found(format!("no account {id:?}")));
-    }
-    Ok(Json(account_exists(&s, &id).await?))
+        .unwrap_or_else(|| "paused by an operator".into())
 }
 
 #[utoipa::path(post, path = "/v1/accounts/{id}/resume", tag = "accounts",
@@ -163,6 +168,15 @@ pub async fn run_events(
     _: AppAuth,
     State(s): State<AppState>,
     Path(id): Path<i64>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    run_event_stream(s, id).await
+}
+
+/// A run's event stream: its status now, then about once a second until it ends (one
+/// `end` event), or 404 when there is no such run. The API's and the dashboard's streams.
+pub async fn run_event_stream(
+    s: AppState,
+    id: i64,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     let first = run_or_404(&s, id).await?;
     let stream = futures::stream::unfold(

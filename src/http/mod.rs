@@ -1,11 +1,13 @@
 //! `threadsync serve`: the HTTP face for admins and web apps. The JSON API under /v1
 //! (api.rs) with scoped bearer tokens (auth.rs), health checks, the OpenAPI document and
-//! Prometheus metrics. Behind it are the same library calls the CLI makes.
+//! Prometheus metrics, and the operators' dashboard under /ui (ui.rs). Behind it are the same
+//! library calls the CLI makes.
 
 pub mod api;
 pub mod auth;
 pub mod error;
-mod metrics;
+pub mod metrics;
+mod ui;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -88,6 +90,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi));
     Router::new()
         .nest("/v1", v1)
+        .nest("/ui", ui::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::serve))

@@ -162,3 +162,65 @@ async fn state_error(pool: &PgPool, id: i64, verb: &str, wanted: &str) -> anyhow
         Err(e) => e.into(),
     }
 }
+
+/// Jobs that ended `done` in each of the last few minutes: the queue's recent throughput.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoneRate {
+    /// The instant counted back from.
+    pub until: DateTime<Utc>,
+    /// Done jobs per 60 s, newest first: `per_minute[0]` ended in the last 60 s before
+    /// `until`, `per_minute[1]` in the 60 s before that, and so on.
+    pub per_minute: Vec<i64>,
+    /// False when even the newest `scan` jobs were all created inside the window, so older
+    /// jobs that also finished in it went uncounted: the figures are then lower bounds.
+    /// (Jobs created before the window that finished in it, late retries, are missed
+    /// either way.)
+    pub complete: bool,
+}
+
+/// Counts done jobs per minute over the last `minutes` minutes among the newest `scan`
+/// jobs by id: a primary-key range of at most `scan` rows however large the table, and no
+/// index on finished_at, which every completion would have to update.
+pub async fn done_per_minute(pool: &PgPool, minutes: i32, scan: i64) -> sqlx::Result<DoneRate> {
+    let minutes = minutes.clamp(1, 60);
+    let (until, top): (DateTime<Utc>, i64) =
+        sqlx::query_as("SELECT now(), (SELECT coalesce(max(id), 0) FROM threadsync.jobs)")
+            .fetch_one(pool)
+            .await?;
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT floor(extract(epoch FROM $1 - finished_at) / 60)::int AS ago, count(*)
+           FROM threadsync.jobs
+          WHERE id > $2 - $3 AND status = 'done'
+            AND finished_at > $1 - make_interval(mins => $4) AND finished_at <= $1
+          GROUP BY 1",
+    )
+    .bind(until)
+    .bind(top)
+    .bind(scan)
+    .bind(minutes)
+    .fetch_all(pool)
+    .await?;
+    let mut per_minute = vec![0; minutes as usize];
+    for (ago, n) in rows {
+        if let Some(slot) = usize::try_from(ago)
+            .ok()
+            .and_then(|m| per_minute.get_mut(m))
+        {
+            *slot += n;
+        }
+    }
+    // The newest job below the scanned range: created before the window, or none at all.
+    let below: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "SELECT created_at FROM threadsync.jobs WHERE id <= $1 - $2 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(top)
+    .bind(scan)
+    .fetch_optional(pool)
+    .await?;
+    let since = until - chrono::Duration::minutes(i64::from(minutes));
+    Ok(DoneRate {
+        until,
+        per_minute,
+        complete: below.is_none_or(|c| c <= since),
+    })
+}

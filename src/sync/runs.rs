@@ -318,9 +318,11 @@ pub async fn run_status(pool: &PgPool, run_id: i64) -> sqlx::Result<Option<RunSt
             .fetch_optional(pool)
             .await?;
     if let Some(s) = s.as_mut() {
+        // Two counts, each within one partial index (jobs_run_active, jobs_run_failed): one
+        // count over all three statuses matches neither and scans the jobs table.
         let (active, failed): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE status IN ('pending', 'running')), count(*) FILTER (WHERE status = 'failed')
-               FROM threadsync.jobs WHERE run_id = $1 AND status IN ('pending', 'running', 'failed')",
+            "SELECT (SELECT count(*) FROM threadsync.jobs WHERE run_id = $1 AND status IN ('pending', 'running')),
+                    (SELECT count(*) FROM threadsync.jobs WHERE run_id = $1 AND status = 'failed')",
         )
         .bind(run_id)
         .fetch_one(pool)
@@ -492,6 +494,22 @@ pub async fn accounts(pool: &PgPool, id: Option<&str>) -> sqlx::Result<Vec<Accou
           ORDER BY a.id",
     )
     .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// An account's newest `limit` runs with their counters, newest first. The run ids are
+/// picked first, so only those runs' progress rows are summed, however long the history.
+/// `jobs_active` and `jobs_failed` are left at zero (`run_status` counts them for one run).
+pub async fn recent_runs(pool: &PgPool, account: &str, limit: i64) -> sqlx::Result<Vec<RunStatus>> {
+    sqlx::query_as(
+        "SELECT * FROM threadsync.sync_run_totals
+          WHERE run_id = ANY (ARRAY(SELECT id FROM threadsync.sync_runs WHERE account_id = $1
+                                     ORDER BY id DESC LIMIT $2))
+          ORDER BY run_id DESC",
+    )
+    .bind(account)
+    .bind(limit)
     .fetch_all(pool)
     .await
 }
