@@ -81,7 +81,13 @@ impl Api {
         }
     }
 
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(m, format!("{}{path}", self.base));
         if let Some(t) = token {
@@ -93,7 +99,10 @@ impl Api {
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     async fn get(&self, path: &str) -> (u16, Value) {
@@ -111,7 +120,10 @@ impl Api {
             if r["state"] == want {
                 return r;
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "run {run} never {want}: {r}");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "run {run} never {want}: {r}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -130,7 +142,12 @@ impl Api {
 fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
     assert_eq!(body["code"], want_code, "{body}");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty() && !e.contains('\n')), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty() && !e.contains('\n')),
+        "{body}"
+    );
 }
 
 fn small() -> SimConfig {
@@ -157,7 +174,12 @@ async fn tokens_scopes_and_errors_have_one_shape() {
     let (s, b) = api.call("GET", "/v1/accounts", Some(APP), None).await;
     assert_error(s, &b, 403, "forbidden");
     let (s, b) = api
-        .call("POST", "/v1/runs", Some(APP), Some(json!({"account": "acct-0", "mode": "full"})))
+        .call(
+            "POST",
+            "/v1/runs",
+            Some(APP),
+            Some(json!({"account": "acct-0", "mode": "full"})),
+        )
         .await;
     assert_error(s, &b, 403, "forbidden");
 
@@ -174,26 +196,47 @@ async fn tokens_scopes_and_errors_have_one_shape() {
     let s = resp.status().as_u16();
     let b: Value = resp.json().await.expect("json");
     assert_error(s, &b, 400, "bad_request");
-    let (s, b) = api.post("/v1/runs", json!({"account": "acct-0", "mode": "sideways"})).await;
+    let (s, b) = api
+        .post("/v1/runs", json!({"account": "acct-0", "mode": "sideways"}))
+        .await;
     assert_error(s, &b, 400, "bad_request");
-    let (s, b) = api.post("/v1/runs", json!({"account": "nope", "mode": "full"})).await;
+    let (s, b) = api
+        .post("/v1/runs", json!({"account": "nope", "mode": "full"}))
+        .await;
     assert_error(s, &b, 404, "not_found");
     let (s, b) = api.get("/v1/runs/999999").await;
     assert_error(s, &b, 404, "not_found");
     let (s, b) = api.get("/v1/no/such/route").await;
     assert_error(s, &b, 404, "not_found");
     let big = "x".repeat(threadsync::http::BODY_LIMIT + 10);
-    let (s, b) = api.post("/v1/runs", json!({"account": big, "mode": "full"})).await;
+    let (s, b) = api
+        .post("/v1/runs", json!({"account": big, "mode": "full"}))
+        .await;
     assert_error(s, &b, 413, "payload_too_large");
     let (s, b) = api.get("/v1/jobs?status=bogus").await;
     assert_error(s, &b, 400, "bad_request");
-    assert_eq!(api.db.count("SELECT count(*) FROM threadsync.sync_runs").await, 0, "nothing changed");
+    assert_eq!(
+        api.db
+            .count("SELECT count(*) FROM threadsync.sync_runs")
+            .await,
+        0,
+        "nothing changed"
+    );
 
     // The OpenAPI document lists the API and holds no token.
     let (s, doc) = api.call("GET", "/v1/openapi.json", None, None).await;
     assert_eq!(s, 200);
-    for path in ["/v1/runs", "/v1/runs/{id}/events", "/v1/jobs", "/v1/workers", "/v1/accounts/{account}/threads/{thread_id}/refresh"] {
-        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+    for path in [
+        "/v1/runs",
+        "/v1/runs/{id}/events",
+        "/v1/jobs",
+        "/v1/workers",
+        "/v1/accounts/{account}/threads/{thread_id}/refresh",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
     }
     let text = doc.to_string();
     assert!(!text.contains(ADMIN) && !text.contains(APP));
@@ -233,10 +276,16 @@ async fn events(api: &Api, run: i64, token: &str) -> Vec<(String, Value)> {
                 }
             }
             if !data.is_empty() {
-                out.push((name, serde_json::from_str(&data).unwrap_or(Value::String(data))));
+                out.push((
+                    name,
+                    serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                ));
             }
         }
-        assert!(t.elapsed() < Duration::from_secs(60), "the stream did not end");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the stream did not end"
+        );
     }
     out
 }
@@ -247,13 +296,22 @@ async fn a_run_started_over_http_streams_its_progress_to_the_end() {
     cfg.threads = 300;
     cfg.latency_ms = 8;
     let api = Api::start(cfg).await;
-    let (s, b) = api.post("/v1/runs", json!({"account": "acct-0", "mode": "full"})).await;
+    let (s, b) = api
+        .post("/v1/runs", json!({"account": "acct-0", "mode": "full"}))
+        .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["outcome"], "started");
     let run = b["run_id"].as_i64().expect("run id");
-    let (s, b) = api.post("/v1/runs", json!({"account": "acct-0", "mode": "full"})).await;
+    let (s, b) = api
+        .post("/v1/runs", json!({"account": "acct-0", "mode": "full"}))
+        .await;
     assert_error(s, &b, 409, "conflict");
-    assert!(b["error"].as_str().is_some_and(|e| e.contains(&format!("run {run}"))), "{b}");
+    assert!(
+        b["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("run {run}"))),
+        "{b}"
+    );
 
     let evs = events(&api, run, APP).await;
     let (last, progress) = evs.split_last().expect("events");
@@ -262,12 +320,19 @@ async fn a_run_started_over_http_streams_its_progress_to_the_end() {
     assert!(!progress.is_empty(), "progress before the end: {evs:?}");
     assert!(progress.iter().all(|(n, _)| n == "progress"), "{evs:?}");
     // The numbers only grow, and the end holds them all.
-    let fetched: Vec<i64> = evs.iter().map(|(_, d)| d["threads_fetched"].as_i64().unwrap_or(-1)).collect();
+    let fetched: Vec<i64> = evs
+        .iter()
+        .map(|(_, d)| d["threads_fetched"].as_i64().unwrap_or(-1))
+        .collect();
     assert!(fetched.windows(2).all(|w| w[0] <= w[1]), "{fetched:?}");
     assert_eq!(last.1["threads_fetched"], 300, "{last:?}");
-    let c = threadsync::verify::compare(&api.db.pool, "acct-0", &api.sim.expected("acct-0").expect("expected"))
-        .await
-        .expect("compare");
+    let c = threadsync::verify::compare(
+        &api.db.pool,
+        "acct-0",
+        &api.sim.expected("acct-0").expect("expected"),
+    )
+    .await
+    .expect("compare");
     assert!(c.is_exact(), "{}", c.summary());
 
     // Accounts show the last run; workers show the live runtime.
@@ -276,7 +341,12 @@ async fn a_run_started_over_http_streams_its_progress_to_the_end() {
     assert_eq!(accounts[0]["last_run_id"], run);
     assert_eq!(accounts[0]["last_run_state"], "done");
     let (_, workers) = api.get("/v1/workers").await;
-    let names: Vec<&str> = workers.as_array().into_iter().flatten().filter_map(|w| w["name"].as_str()).collect();
+    let names: Vec<&str> = workers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
     assert_eq!(names, ["api-test-worker"], "{workers}");
     api.close().await;
 }
@@ -286,10 +356,17 @@ async fn a_full_resync_asked_during_an_incremental_run_starts_when_it_ends() {
     let mut cfg = small();
     cfg.latency_ms = 10;
     let api = Api::start(cfg).await;
-    let (s, b) = api.post("/v1/runs", json!({"account": "acct-0", "mode": "incremental"})).await;
+    let (s, b) = api
+        .post(
+            "/v1/runs",
+            json!({"account": "acct-0", "mode": "incremental"}),
+        )
+        .await;
     assert_eq!(s, 201, "{b}");
     let first = b["run_id"].as_i64().expect("run");
-    let (s, b) = api.post("/v1/runs", json!({"account": "acct-0", "mode": "full"})).await;
+    let (s, b) = api
+        .post("/v1/runs", json!({"account": "acct-0", "mode": "full"}))
+        .await;
     assert_eq!(s, 202, "{b}");
     assert_eq!(b, json!({"outcome": "queued", "after_run": first}));
     let (_, accounts) = api.get("/v1/accounts").await;
@@ -297,15 +374,19 @@ async fn a_full_resync_asked_during_an_incremental_run_starts_when_it_ends() {
     api.wait_state(first, "done").await;
     let t = Instant::now();
     let next = loop {
-        let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM threadsync.sync_runs WHERE id > $1")
-            .bind(first)
-            .fetch_one(&api.db.pool)
-            .await
-            .expect("next run");
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT max(id) FROM threadsync.sync_runs WHERE id > $1")
+                .bind(first)
+                .fetch_one(&api.db.pool)
+                .await
+                .expect("next run");
         if let Some(id) = id {
             break id;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "the queued full run never started");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the queued full run never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let r = api.wait_state(next, "done").await;
@@ -318,7 +399,9 @@ async fn a_full_resync_asked_during_an_incremental_run_starts_when_it_ends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refreshes_jobs_pauses_and_metrics() {
     let api = Api::start(small()).await;
-    let (_, b) = api.post("/v1/runs", json!({"account": "acct-0", "mode": "full"})).await;
+    let (_, b) = api
+        .post("/v1/runs", json!({"account": "acct-0", "mode": "full"}))
+        .await;
     let run = b["run_id"].as_i64().expect("run");
     api.wait_state(run, "done").await;
 
@@ -327,11 +410,23 @@ async fn refreshes_jobs_pauses_and_metrics() {
         .fetch_one(&api.db.pool)
         .await
         .expect("thread");
-    let (s, t) = api.call("GET", &format!("/v1/accounts/acct-0/threads/{thread}"), Some(APP), None).await;
+    let (s, t) = api
+        .call(
+            "GET",
+            &format!("/v1/accounts/acct-0/threads/{thread}"),
+            Some(APP),
+            None,
+        )
+        .await;
     assert_eq!(s, 200, "{t}");
     assert!(!t["messages"].as_array().expect("messages").is_empty());
     let (s, paused) = api
-        .call("POST", "/v1/accounts/acct-0/pause", Some(ADMIN), Some(json!({"reason": "maintenance window"})))
+        .call(
+            "POST",
+            "/v1/accounts/acct-0/pause",
+            Some(ADMIN),
+            Some(json!({"reason": "maintenance window"})),
+        )
         .await;
     assert_eq!(s, 200, "{paused}");
     assert!(paused["paused_until"].is_string(), "{paused}");
@@ -342,9 +437,23 @@ async fn refreshes_jobs_pauses_and_metrics() {
     assert_eq!(s, 202, "{a}");
     let (_, b) = api.call("POST", &refresh, Some(APP), None).await;
     assert_eq!(a["job_id"], b["job_id"], "deduplicated");
-    let (s, b) = api.call("POST", "/v1/accounts/nope/threads/1/refresh", Some(APP), None).await;
+    let (s, b) = api
+        .call(
+            "POST",
+            "/v1/accounts/nope/threads/1/refresh",
+            Some(APP),
+            None,
+        )
+        .await;
     assert_error(s, &b, 404, "not_found");
-    let (s, b) = api.call("POST", "/v1/accounts/acct-0/threads/%20x/refresh", Some(APP), None).await;
+    let (s, b) = api
+        .call(
+            "POST",
+            "/v1/accounts/acct-0/threads/%20x/refresh",
+            Some(APP),
+            None,
+        )
+        .await;
     assert_error(s, &b, 400, "bad_request");
 
     // Paused: the refresh parks without using an attempt, and the account says why.
@@ -352,7 +461,11 @@ async fn refreshes_jobs_pauses_and_metrics() {
     let t = Instant::now();
     loop {
         let (_, j) = api.get(&format!("/v1/jobs/{job}")).await;
-        if j["status"] == "pending" && j["last_error"].as_str().is_some_and(|e| e.contains("maintenance window")) {
+        if j["status"] == "pending"
+            && j["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("maintenance window"))
+        {
             assert_eq!(j["attempts"], 0, "{j}");
             break;
         }
@@ -370,42 +483,93 @@ async fn refreshes_jobs_pauses_and_metrics() {
         if j["status"] == "done" {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "resume did not wake it: {j}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "resume did not wake it: {j}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // Listing with filters, page by page.
-    let (s, p1) = api.get(&format!("/v1/jobs?status=done&kind=ebay.conversation&run={run}&limit=7")).await;
+    let (s, p1) = api
+        .get(&format!(
+            "/v1/jobs?status=done&kind=ebay.conversation&run={run}&limit=7"
+        ))
+        .await;
     assert_eq!(s, 200, "{p1}");
     assert_eq!(p1["jobs"].as_array().map(Vec::len), Some(7));
     let before = p1["next_before_id"].as_i64().expect("more pages");
-    let (_, p2) = api.get(&format!("/v1/jobs?status=done&kind=ebay.conversation&run={run}&limit=7&before_id={before}")).await;
-    let ids = |p: &Value| -> Vec<i64> { p["jobs"].as_array().into_iter().flatten().filter_map(|j| j["id"].as_i64()).collect() };
+    let (_, p2) = api
+        .get(&format!(
+            "/v1/jobs?status=done&kind=ebay.conversation&run={run}&limit=7&before_id={before}"
+        ))
+        .await;
+    let ids = |p: &Value| -> Vec<i64> {
+        p["jobs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|j| j["id"].as_i64())
+            .collect()
+    };
     assert!(ids(&p2).iter().all(|i| *i < before), "{p2}");
     let filter = serde_json::to_string(&json!({"thread_id": thread})).expect("json");
-    let (_, by_payload) = api.get(&format!("/v1/jobs?account=acct-0&payload={}", urlencode(&filter))).await;
+    let (_, by_payload) = api
+        .get(&format!(
+            "/v1/jobs?account=acct-0&payload={}",
+            urlencode(&filter)
+        ))
+        .await;
     let mine = ids(&by_payload);
-    assert!(mine.contains(&job) && mine.len() >= 2, "the run's fetch and the refresh: {by_payload}");
+    assert!(
+        mine.contains(&job) && mine.len() >= 2,
+        "the run's fetch and the refresh: {by_payload}"
+    );
 
     // Retry and cancel.
     let (s, b) = api.post(&format!("/v1/jobs/{job}/retry"), json!({})).await;
     assert_error(s, &b, 409, "conflict");
-    let (_, x) = api.post("/v1/runs", json!({"account": "acct-0", "mode": "incremental"})).await;
+    let (_, x) = api
+        .post(
+            "/v1/runs",
+            json!({"account": "acct-0", "mode": "incremental"}),
+        )
+        .await;
     let r2 = x["run_id"].as_i64().expect("run");
     api.wait_state(r2, "done").await;
     let (s, b) = api.post("/v1/jobs/999999/cancel", json!({})).await;
     assert_error(s, &b, 404, "not_found");
 
     // Metrics parse as Prometheus text and count what the database holds.
-    let text = api.http.get(format!("{}/metrics", api.base)).send().await.expect("metrics").text().await.expect("text");
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
     let done: i64 = api.db.count("SELECT count(*) FROM threadsync.jobs WHERE kind = 'ebay.conversation' AND status = 'done'").await;
     let line = text
         .lines()
-        .find(|l| l.starts_with("threadsync_jobs{") && l.contains("kind=\"ebay.conversation\"") && l.contains("status=\"done\""))
+        .find(|l| {
+            l.starts_with("threadsync_jobs{")
+                && l.contains("kind=\"ebay.conversation\"")
+                && l.contains("status=\"done\"")
+        })
         .unwrap_or_else(|| panic!("no conversation/done series in:\n{text}"));
-    let value: i64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("value");
+    let value: i64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("value");
     assert_eq!(value, done);
-    assert!(text.lines().any(|l| l.starts_with("threadsync_sync_runs{state=\"done\"} 2")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("threadsync_sync_runs{state=\"done\"} 2")),
+        "{text}"
+    );
     assert!(text.contains("threadsync_accounts_paused 0"), "{text}");
     api.close().await;
 }
@@ -413,7 +577,9 @@ async fn refreshes_jobs_pauses_and_metrics() {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -59,10 +59,12 @@ pub async fn run(a: ApiBenchArgs) -> anyhow::Result<ApiBenchReport> {
     let scratch = Scratch::create("threadsync_bench_api", Durability::Durable).await?;
     let pool = db::connect(&scratch.url, a.connections).await?;
     db::migrate(&pool).await?;
-    sqlx::query("INSERT INTO threadsync.accounts (id, provider, fetches_threads) VALUES ($1, 'ebay', true)")
-        .bind(ACCOUNT)
-        .execute(&pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO threadsync.accounts (id, provider, fetches_threads) VALUES ($1, 'ebay', true)",
+    )
+    .bind(ACCOUNT)
+    .execute(&pool)
+    .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let state = AppState {

@@ -35,6 +35,9 @@ impl Tokens {
     }
 }
 
+/// A parked job looks at its account's pause again after at most this long.
+const PARK_RECHECK_SECS: i64 = 60;
+
 /// How long an account whose credential was refused stays paused.
 const UNAUTHORIZED_PAUSE_MINUTES: i64 = 5;
 
@@ -157,9 +160,13 @@ impl Account {
         super::metrics::paced(self.cfg.provider, &self.cfg.id, t.elapsed());
         match slot {
             Ok(()) => Ok(()),
+            // Parked until the pause ends, but looking again at least every minute: a
+            // worker that saw the pause a moment late (its cache) after a resume must not
+            // park the job for the pause's whole length.
             Err(FlowError::Paused { until, reason }) => Err(JobError::RetryAfter {
-                at: until + Duration::milliseconds(rand::random::<u16>() as i64 % 2000),
-                reason: format!("account {} paused: {reason}", self.cfg.id),
+                at: until.min(Utc::now() + Duration::seconds(PARK_RECHECK_SECS))
+                    + Duration::milliseconds(rand::random::<u16>() as i64 % 2000),
+                reason: format!("{}{reason}", super::flow::parked_prefix(&self.cfg.id)),
             }),
             Err(FlowError::Db(e)) => Err(e.into()),
         }

@@ -31,8 +31,8 @@ pub enum FlowError {
 
 type PauseState = Option<(DateTime<Utc>, String)>;
 
-/// Flow control as one worker process sees it. Holds the pause state of unpaced accounts,
-/// cached for a second (paced accounts read it with every slot reservation anyway).
+/// Flow control as one worker process sees it. Holds that an unpaced account is not
+/// paused, for a second (paced accounts read it with every slot reservation anyway).
 #[derive(Default)]
 pub struct Flow {
     pauses: Mutex<BTreeMap<String, (Instant, PauseState)>>,
@@ -54,9 +54,11 @@ impl Flow {
     }
 
     async fn check_cached(&self, pool: &PgPool, account: &str) -> Result<(), FlowError> {
+        // Only "not paused" is served from the cache: parking a job on a pause that was
+        // lifted a moment ago would hold it back after the resume woke the others.
         let cached = self.pauses.lock().ok().and_then(|m| {
             m.get(account)
-                .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
+                .filter(|(at, p)| p.is_none() && at.elapsed() < Duration::from_secs(1))
                 .map(|(_, p)| p.clone())
         });
         let pause = match cached {
@@ -124,32 +126,37 @@ pub async fn pause_by_operator(pool: &PgPool, account: &str, reason: &str) -> sq
     Ok(n == 1)
 }
 
+/// The start of the reason a job parked by its account's pause carries.
+pub fn parked_prefix(account: &str) -> String {
+    format!("account {account} paused: ")
+}
+
 /// Ends any pause of the account (an operator's, a quota's, a refused token's) and brings
 /// its parked jobs back to now. Returns false for an unknown account.
 pub async fn resume(pool: &PgPool, account: &str) -> sqlx::Result<bool> {
     let mut tx = pool.begin().await?;
-    let until: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
-        "UPDATE threadsync.accounts a SET paused_until = NULL, pause_reason = NULL, updated_at = now()
-           FROM threadsync.accounts old WHERE a.id = $1 AND old.id = a.id
-         RETURNING old.paused_until",
+    let found = sqlx::query(
+        "UPDATE threadsync.accounts SET paused_until = NULL, pause_reason = NULL, updated_at = now()
+          WHERE id = $1",
     )
     .bind(account)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(until) = until else {
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if found == 0 {
         return Ok(false);
-    };
-    if let Some(until) = until {
-        // Parked jobs wait until the pause's end (plus jitter): that is how they are found.
-        sqlx::query(
-            "UPDATE threadsync.jobs SET run_at = now()
-              WHERE status = 'pending' AND payload->>'account' = $1 AND run_at >= $2",
-        )
-        .bind(account)
-        .bind(until)
-        .execute(&mut *tx)
-        .await?;
     }
+    // Parked jobs say why they wait: that is how they are found.
+    let prefix = parked_prefix(account);
+    sqlx::query(
+        "UPDATE threadsync.jobs SET run_at = now()
+          WHERE status = 'pending' AND payload->>'account' = $1 AND run_at > now()
+            AND left(last_error, length($2)) = $2",
+    )
+    .bind(account)
+    .bind(&prefix)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(true)
 }
