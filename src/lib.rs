@@ -17,14 +17,27 @@ pub mod sync;
 pub mod verify;
 pub mod worker;
 
-/// Sets up logging to stderr; RUST_LOG overrides the default level.
-pub fn init_logging(default: &str) {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Sets up logging to stderr; RUST_LOG overrides the default level. Text has colour codes
+/// only when stderr is a terminal.
+pub fn init_logging(default: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 /// `host-pid`: unique enough to tell workers apart in `jobs list`; leases use tokens, so a

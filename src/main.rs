@@ -31,6 +31,10 @@ struct Cli {
     /// jobs.toml (default: ./jobs.toml when present, else built-in defaults).
     #[arg(long, global = true, env = "THREADSYNC_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines as text (no colour codes unless stderr is a terminal) or as JSON objects
+    /// for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = threadsync::LogFormat::Text)]
+    log_format: threadsync::LogFormat,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -206,7 +210,7 @@ fn main() -> ExitCode {
         Cmd::Demo(_) | Cmd::Bench(_) | Cmd::Resync { .. } | Cmd::Sync { .. } => "warn,sqlx=error",
         _ => "info,sqlx=warn",
     };
-    threadsync::init_logging(level);
+    threadsync::init_logging(level, cli.log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -79,3 +79,47 @@ async fn accounts_and_workers_from_the_command_line() {
     assert_eq!(out.trim(), "no worker is alive");
     rig.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_objects_or_plain_text_without_colour_codes() {
+    let rig = Rig::new(Opts {
+        provider: Provider::Ebay,
+        workers: 0,
+        ..Opts::default()
+    })
+    .await;
+    let token = rig.sim.token("acct-0");
+    for format in ["json", "text"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_threadsync"))
+            .args(["--config", &rig.config_path.display().to_string()])
+            .args(["--log-format", format, "worker", "--name", "logger"])
+            .env("DATABASE_URL", &rig.db.url)
+            .env(Provider::Ebay.token_env(), &token)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("worker");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        let out = child.wait_with_output().expect("exit");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("worker started"), "{format}: {err}");
+        assert!(
+            !err.contains('\u{1b}'),
+            "{format}: no colour codes into a pipe: {err:?}"
+        );
+        if format == "json" {
+            for line in err.lines() {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            }
+        }
+    }
+    rig.close().await;
+}
