@@ -90,7 +90,7 @@ async fn logs_are_json_objects_or_plain_text_without_colour_codes() {
     .await;
     let token = rig.sim.token("acct-0");
     for format in ["json", "text"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_threadsync"))
+        let child = Command::new(env!("CARGO_BIN_EXE_threadsync"))
             .args(["--config", &rig.config_path.display().to_string()])
             .args(["--log-format", format, "worker", "--name", "logger"])
             .env("DATABASE_URL", &rig.db.url)
