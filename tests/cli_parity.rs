@@ -123,3 +123,22 @@ async fn logs_are_json_objects_or_plain_text_without_colour_codes() {
     }
     rig.close().await;
 }
+
+#[test]
+fn serve_refuses_to_start_without_the_admin_token() {
+    let out = Command::new(env!("CARGO_BIN_EXE_threadsync"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("THREADSYNC_ADMIN_TOKEN")
+        .env("THREADSYNC_APP_TOKEN", "only-an-app-token")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .expect("run threadsync");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("set THREADSYNC_ADMIN_TOKEN"), "{err}");
+    assert!(
+        !err.contains("only-an-app-token"),
+        "no token in errors: {err}"
+    );
+}
