@@ -115,12 +115,19 @@ enum Cmd {
         /// Show a live progress bar until the run finishes.
         #[arg(long)]
         follow: bool,
+        /// Print what was started (and, with --follow, the final status) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Incremental sync of an account.
     Sync {
         account: String,
+        /// Show a live progress bar until the run finishes.
         #[arg(long)]
         follow: bool,
+        /// Print what was started (and, with --follow, the final status) as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Fetch one thread now, ahead of bulk work.
     Refresh { account: String, thread_id: String },
@@ -413,10 +420,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = bench::api::run(args).await?;
             bench::api::print(&report, json)
         }
-        Cmd::Resync { account, follow } => start_sync(&cfg, &account, Mode::Full, follow).await,
-        Cmd::Sync { account, follow } => {
-            start_sync(&cfg, &account, Mode::Incremental, follow).await
-        }
+        Cmd::Resync {
+            account,
+            follow,
+            json,
+        } => start_sync(&cfg, &account, Mode::Full, follow, json).await,
+        Cmd::Sync {
+            account,
+            follow,
+            json,
+        } => start_sync(&cfg, &account, Mode::Incremental, follow, json).await,
         Cmd::Refresh { account, thread_id } => {
             cfg.account(&account)?;
             let pool = db::connect(&db::url_from_env()?, 2).await?;
@@ -694,7 +707,13 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_sync(cfg: &Config, account: &str, mode: Mode, follow: bool) -> anyhow::Result<()> {
+async fn start_sync(
+    cfg: &Config,
+    account: &str,
+    mode: Mode,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     cfg.account(account)?;
     let pool = db::connect(&db::url_from_env()?, 2).await?;
     db::migrate(&pool).await?;
@@ -702,6 +721,23 @@ async fn start_sync(cfg: &Config, account: &str, mode: Mode, follow: bool) -> an
     let mut tx = pool.begin().await?;
     let requested = sync::request_run(&mut tx, account, mode).await?;
     tx.commit().await?;
+    if json {
+        let id = match requested {
+            sync::Requested::Started { run_id } | sync::Requested::Active { run_id } => run_id,
+            sync::Requested::Queued { after_run } => after_run,
+        };
+        let end = match follow {
+            true => Some(progress::wait(&pool, id).await?),
+            false => None,
+        };
+        emit_json(
+            &serde_json::json!({"account": account, "mode": mode, "request": requested, "run": end}),
+        )?;
+        if let Some(s) = end {
+            anyhow::ensure!(s.state == "done", "run {id} ended {}", s.state);
+        }
+        return Ok(());
+    }
     let id = match requested {
         sync::Requested::Started { run_id } => {
             emit(|o| {

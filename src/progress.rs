@@ -52,6 +52,19 @@ pub async fn follow(pool: &PgPool, run_id: i64, label: &str) -> anyhow::Result<R
     }
 }
 
+/// Waits, without a bar, for run `run_id` to end; returns its final status.
+pub async fn wait(pool: &PgPool, run_id: i64) -> anyhow::Result<RunStatus> {
+    loop {
+        let s = sync::run_status(pool, run_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no sync run {run_id}"))?;
+        if s.state == "done" || s.state == "failed" {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Why a run may be making no progress: its account is paused, or no worker is alive.
 async fn stalled(pool: &PgPool, account: &str) -> sqlx::Result<Option<String>> {
     let paused: Option<(chrono::DateTime<chrono::Utc>, Option<String>)> = sqlx::query_as(

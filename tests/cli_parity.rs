@@ -142,3 +142,26 @@ fn serve_refuses_to_start_without_the_admin_token() {
         "no token in errors: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_and_sync_speak_json_for_scripts() {
+    let rig = Rig::new(Opts {
+        provider: Provider::Ebay,
+        workers: 1,
+        ..Opts::default()
+    })
+    .await;
+    let (ok, out, err) = cli(&rig, &["resync", "acct-0", "--json", "--follow"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(v["request"]["outcome"], "started", "{v}");
+    assert_eq!(v["run"]["state"], "done", "{v}");
+    assert_eq!(v["run"]["run_id"], v["request"]["run_id"], "{v}");
+    let (ok, out, err) = cli(&rig, &["sync", "acct-0", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(v["mode"], "incremental", "{v}");
+    assert!(v["request"]["run_id"].is_i64(), "{v}");
+    assert_eq!(v["run"], serde_json::Value::Null, "no --follow: {v}");
+    rig.close().await;
+}
