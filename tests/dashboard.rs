@@ -16,103 +16,23 @@ use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestDb;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
-use threadsync::config::Config;
-use threadsync::http::{auth, AppState};
 use threadsync::queue::{enqueue, NewJob};
-use threadsync::sim::{self, SimConfig, SimHandle};
-use threadsync::sync::{self, Tokens};
-use threadsync::worker::Worker;
-use tokio_util::sync::CancellationToken;
+use threadsync::sim::SimConfig;
+use threadsync::sync;
 
 const ADMIN: &str = "dashboard-admin-token-for-tests";
 const APP: &str = "dashboard-app-token-for-tests";
 const WORKER: &str = "dashboard-test-worker";
 
 /// The server, its database and simulator, and a worker that can be stopped on its own.
-struct Dash {
-    base: String,
-    db: TestDb,
-    sim: SimHandle,
-    stop_server: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
-    stop_worker: CancellationToken,
-    worker: Option<tokio::task::JoinHandle<()>>,
-}
+type Dash = common::served::Served;
 
-impl Dash {
-    async fn start(sim_cfg: SimConfig, account_keys: &str) -> Dash {
-        let db = TestDb::new().await;
-        let sim = sim::start(sim_cfg).await.expect("simulator");
-        let text = format!(
-            "[queue]\nlease_secs = 10\npoll_ms = 50\n\
-             [[accounts]]\nid = \"acct-0\"\nprovider = \"ebay\"\nbase_url = \"{}\"\n\
-             token_env = \"UNUSED_IN_PROCESS\"\n{account_keys}",
-            sim.base_url()
-        );
-        let cfg = Config::parse(&text, "test.toml").expect("config");
-        sync::register_accounts(&db.pool, &cfg.accounts)
-            .await
-            .expect("register");
-        let tokens = Tokens::Given(HashMap::from([("acct-0".to_string(), sim.token("acct-0"))]));
-        let worker = Worker::new(
-            db.pool.clone(),
-            Arc::new(cfg.queue.clone()),
-            threadsync::jobs::registry(&cfg, &tokens),
-            WORKER,
-            16,
-        );
-        let stop_worker = CancellationToken::new();
-        let w_stop = stop_worker.clone();
-        let worker = tokio::spawn(async move {
-            let _ = worker.run(w_stop).await;
-        });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("listen");
-        let addr = listener.local_addr().expect("addr");
-        let state = AppState {
-            pool: db.pool.clone(),
-            tokens: auth::Tokens::new(ADMIN.into(), Some(APP.into())),
-        };
-        let stop_server = CancellationToken::new();
-        let s_stop = stop_server.clone();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, threadsync::http::router(state))
-                .with_graceful_shutdown(async move { s_stop.cancelled().await })
-                .await;
-        });
-        Dash {
-            base: format!("http://{addr}"),
-            db,
-            sim,
-            stop_server,
-            server,
-            stop_worker,
-            worker: Some(worker),
-        }
-    }
-
-    /// Stops the worker (the server stays up): jobs then stay where they are.
-    async fn stop_worker(&mut self) {
-        self.stop_worker.cancel();
-        if let Some(w) = self.worker.take() {
-            let _ = w.await;
-        }
-    }
-
-    async fn close(mut self) {
-        self.stop_worker().await;
-        self.stop_server.cancel();
-        let _ = self.server.await;
-        self.sim.shutdown().await;
-        self.db.close().await;
-    }
+async fn dash(sim_cfg: SimConfig, account_keys: &str) -> Dash {
+    Dash::start(sim_cfg, account_keys, WORKER, ADMIN, APP).await
 }
 
 // ------------------------------------------------------------------ the browser
@@ -385,7 +305,7 @@ async fn the_dashboard_in_a_browser() {
         seed: 11,
         ..SimConfig::default()
     };
-    let mut dash = Dash::start(sim_cfg, "requests_per_second = 100\nmax_in_flight = 8\n").await;
+    let mut dash = dash(sim_cfg, "requests_per_second = 100\nmax_in_flight = 8\n").await;
     let b = &browser;
 
     // Any page without a session goes to the login form, which comes back to it.
@@ -738,7 +658,7 @@ fn csrf_of(page: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_csrf_and_refusals_over_http() {
-    let dash = Dash::start(
+    let dash = dash(
         SimConfig {
             threads: 20,
             messages: 2,

@@ -4,80 +4,41 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TestDb;
+use common::served::Served;
 use futures::StreamExt;
 use serde_json::{json, Value};
-use threadsync::config::Config;
-use threadsync::http::{auth, AppState};
-use threadsync::sim::{self, SimConfig, SimHandle};
-use threadsync::sync::{self, Tokens};
-use threadsync::worker::Worker;
-use tokio_util::sync::CancellationToken;
+use threadsync::sim::SimConfig;
 
 const ADMIN: &str = "admin-token-for-tests";
 const APP: &str = "app-token-for-tests";
 
 struct Api {
-    base: String,
+    served: Served,
     http: reqwest::Client,
-    db: TestDb,
-    sim: SimHandle,
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::ops::Deref for Api {
+    type Target = Served;
+    fn deref(&self) -> &Served {
+        &self.served
+    }
 }
 
 impl Api {
     async fn start(sim_cfg: SimConfig) -> Api {
-        let db = TestDb::new().await;
-        let sim = sim::start(sim_cfg).await.expect("simulator");
-        let text = format!(
-            "[queue]\nlease_secs = 10\npoll_ms = 50\n\
-             [[accounts]]\nid = \"acct-0\"\nprovider = \"ebay\"\nbase_url = \"{}\"\n\
-             token_env = \"UNUSED_IN_PROCESS\"\nrequests_per_second = 0\nmax_in_flight = 8\n",
-            sim.base_url()
-        );
-        let cfg = Config::parse(&text, "test.toml").expect("config");
-        sync::register_accounts(&db.pool, &cfg.accounts)
-            .await
-            .expect("register");
-        let stop = CancellationToken::new();
-        let tokens = Tokens::Given(HashMap::from([("acct-0".to_string(), sim.token("acct-0"))]));
-        let worker = Worker::new(
-            db.pool.clone(),
-            Arc::new(cfg.queue.clone()),
-            threadsync::jobs::registry(&cfg, &tokens),
+        let served = Served::start(
+            sim_cfg,
+            "requests_per_second = 0\nmax_in_flight = 8\n",
             "api-test-worker",
-            16,
-        );
-        let w_stop = stop.clone();
-        let mut tasks = vec![tokio::spawn(async move {
-            let _ = worker.run(w_stop).await;
-        })];
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("listen");
-        let addr = listener.local_addr().expect("addr");
-        let state = AppState {
-            pool: db.pool.clone(),
-            tokens: auth::Tokens::new(ADMIN.into(), Some(APP.into())),
-        };
-        let s_stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, threadsync::http::router(state))
-                .with_graceful_shutdown(async move { s_stop.cancelled().await })
-                .await;
-        }));
+            ADMIN,
+            APP,
+        )
+        .await;
         Api {
-            base: format!("http://{addr}"),
+            served,
             http: reqwest::Client::new(),
-            db,
-            sim,
-            stop,
-            tasks,
         }
     }
 
@@ -129,12 +90,7 @@ impl Api {
     }
 
     async fn close(self) {
-        self.stop.cancel();
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        self.sim.shutdown().await;
-        self.db.close().await;
+        self.served.close().await;
     }
 }
 
