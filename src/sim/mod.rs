@@ -135,6 +135,8 @@ pub struct SimConfig {
     pub drop_rate: f64,
     /// Facebook: only the newest N messages of a conversation are readable.
     pub detail_window: usize,
+    /// Facebook: share of conversations (generated and new) that are Instagram ones.
+    pub instagram_share: f64,
     /// Hostaway: requests per window per client IP and per account, window length.
     pub hostaway_ip_limit: u32,
     pub hostaway_account_limit: u32,
@@ -169,6 +171,7 @@ impl Default for SimConfig {
             no_report_rate: 0.1,
             drop_rate: 0.0,
             detail_window: 20,
+            instagram_share: 0.0,
             hostaway_ip_limit: 15,
             hostaway_account_limit: 20,
             hostaway_window_ms: 10_000,
@@ -339,6 +342,8 @@ pub trait SimProvider: Send + Sync + 'static {
 pub struct SimHandle {
     pub addr: SocketAddr,
     provider: Arc<dyn SimProvider>,
+    /// The same simulator, typed, for its Facebook-only controls.
+    facebook: Option<Arc<facebook::FacebookSim>>,
     cancel: CancellationToken,
     server: tokio::task::JoinHandle<()>,
 }
@@ -424,6 +429,41 @@ impl SimHandle {
             .map(|s| s.clone())
             .unwrap_or_default()
     }
+    fn facebook(&self) -> anyhow::Result<&Arc<facebook::FacebookSim>> {
+        self.facebook
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("only the Facebook simulator has this control"))
+    }
+    /// Facebook: set the calls already used in `account`'s current BUC window.
+    pub fn set_buc_used(&self, account: &str, used: u64) -> anyhow::Result<()> {
+        self.facebook()?
+            .set_buc_used(account, used)
+            .map_err(anyhow::Error::msg)
+    }
+    /// Facebook: every Page's BUC window.
+    pub fn buc_windows(&self) -> anyhow::Result<Vec<facebook::BucWindow>> {
+        Ok(self.facebook()?.buc_windows())
+    }
+    /// Facebook: post every message added from now on to `target`; None stops and
+    /// discards what is still queued.
+    pub fn set_webhook(&self, target: Option<facebook::WebhookTarget>) -> anyhow::Result<()> {
+        self.facebook()?
+            .webhook()
+            .set_target(target)
+            .map_err(anyhow::Error::msg)
+    }
+    /// Facebook: webhook sender counters.
+    pub fn webhook_stats(&self) -> anyhow::Result<facebook::WebhookStats> {
+        Ok(self.facebook()?.webhook().stats())
+    }
+    /// Facebook: wait until no webhook delivery is queued or in flight; false on timeout
+    /// (or for another provider).
+    pub async fn webhook_idle(&self, timeout: Duration) -> bool {
+        match &self.facebook {
+            Some(f) => f.webhook().idle(timeout).await,
+            None => false,
+        }
+    }
     /// Stop serving; open connections get up to 2 s to finish.
     pub async fn shutdown(self) {
         self.cancel.cancel();
@@ -444,10 +484,15 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
 
 /// Like [`start`] but on a chosen address.
 pub async fn start_on(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimHandle> {
+    let mut fb = None;
     let provider: Arc<dyn SimProvider> = match config.provider {
         Provider::Ebay => ebay::EbaySim::build(config)?,
         Provider::Smseagle => smseagle::SmsEagleSim::build(config)?,
-        Provider::Facebook => facebook::FacebookSim::build(config)?,
+        Provider::Facebook => {
+            let f = facebook::FacebookSim::new(config);
+            fb = Some(f.clone());
+            f
+        }
         Provider::Hostaway => hostaway::HostawaySim::build(config)?,
     };
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -455,6 +500,9 @@ pub async fn start_on(config: SimConfig, listen: SocketAddr) -> anyhow::Result<S
     let app = router(provider.clone());
     let cancel = CancellationToken::new();
     spawn_background(provider.clone(), cancel.clone());
+    if let Some(f) = &fb {
+        tokio::spawn(f.webhook().clone().run(cancel.clone()));
+    }
     let shutdown = cancel.clone();
     let server = tokio::spawn(async move {
         let serve = axum::serve(
@@ -469,6 +517,7 @@ pub async fn start_on(config: SimConfig, listen: SocketAddr) -> anyhow::Result<S
     Ok(SimHandle {
         addr,
         provider,
+        facebook: fb,
         cancel,
         server,
     })
@@ -685,6 +734,9 @@ pub struct SimArgs {
     pub status_style: StatusStyle,
     #[arg(long, default_value_t = 0.0)]
     pub drop_rate: f64,
+    /// Facebook: share of conversations that are Instagram ones.
+    #[arg(long, default_value_t = 0.0)]
+    pub instagram_share: f64,
 }
 
 impl SimArgs {
@@ -719,6 +771,7 @@ impl SimArgs {
             list_detail_lag_ms: self.list_detail_lag_ms,
             status_style: self.status_style,
             drop_rate: self.drop_rate,
+            instagram_share: self.instagram_share,
             ..SimConfig::default()
         }
     }

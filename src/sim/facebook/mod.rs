@@ -9,12 +9,19 @@
 //! 2 calls/s per Page answered as HTTP 400 OAuthException 613, a daily BUC
 //! budget answered as 80006 with `X-Business-Use-Case-Usage`, token expiry 190,
 //! and only the newest `detail_window` messages readable by id.
+//!
+//! Conversations are Messenger or Instagram ones (`instagram_share`); a webhook sender
+//! (webhook.rs) posts every added message while a target is configured.
 
+mod control;
 mod fields;
 mod routes;
+pub mod webhook;
 
 pub use fields::{parse_fields, Field};
+pub use webhook::{WebhookStats, WebhookTarget};
 
+use super::expected::{utc_ms, Expected, ExpectedMessage, ExpectedThread};
 use super::faults::{mix, unit};
 use super::http::{b64_decode, b64_encode, bearer, host, json, Query};
 use super::stats::SlidingWindow;
@@ -28,7 +35,7 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,10 +53,46 @@ struct FbMessage {
     text: String,
 }
 
+/// Which inbox a conversation belongs to; `GET /{page}/conversations` lists one at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Messenger,
+    Instagram,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Messenger => "messenger",
+            Platform::Instagram => "instagram",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "messenger" => Some(Platform::Messenger),
+            "instagram" => Some(Platform::Instagram),
+            _ => None,
+        }
+    }
+}
+
+/// Knobs `add_conv` needs from the config.
+#[derive(Clone, Copy)]
+struct Gen {
+    drop_rate: f64,
+    instagram_share: f64,
+    seed: u64,
+}
+
 #[derive(Clone, Debug)]
 struct Conv {
     id: String,
+    platform: Platform,
+    /// PSID (Messenger) or IGSID (Instagram).
     user_id: String,
+    /// Display name (Messenger) or username (Instagram).
     user_name: String,
     /// Oldest first; the API serves newest first.
     messages: Vec<FbMessage>,
@@ -57,6 +100,8 @@ struct Conv {
     deleted: bool,
     /// Permanently hidden by "privacy filtering" (see `drop_rate`).
     filtered: bool,
+    /// `updated_time` renders as an undecodable string (mutate `poison_threads`).
+    poisoned: bool,
 }
 
 impl Conv {
@@ -99,7 +144,12 @@ impl Page {
     }
 
     fn add_message(&mut self, ci: usize, inbound: bool, at: i64, text: String) -> String {
-        let id = format!("m_{}", self.next_id());
+        let n = self.next_id();
+        let id = match self.convs[ci].platform {
+            Platform::Messenger => format!("m_{n}"),
+            // Instagram ids are long opaque base64 strings, not `m_` ids.
+            Platform::Instagram => b64_encode(format!("ig_message:{n}").as_bytes()),
+        };
         let at = at.max(self.convs[ci].updated_ms() + 1);
         let c = &mut self.convs[ci];
         c.messages.push(FbMessage {
@@ -118,21 +168,42 @@ impl Page {
         id
     }
 
-    fn add_conv(&mut self, rng: &mut ChaCha8Rng, drop_rate: f64, seed: u64) -> usize {
+    /// A new empty conversation; `platform` None draws it from `instagram_share`.
+    fn add_conv(&mut self, rng: &mut ChaCha8Rng, g: Gen, platform: Option<Platform>) -> usize {
         let n = self.next_id();
-        let id = format!("t_{n}");
-        let filtered = unit(seed ^ 0xF11, n) < drop_rate;
+        let filtered = unit(g.seed ^ 0xF11, n) < g.drop_rate;
+        let platform = platform.unwrap_or(if unit(g.seed ^ 0x16A, n) < g.instagram_share {
+            Platform::Instagram
+        } else {
+            Platform::Messenger
+        });
+        // The same two draws for either platform, so the share does not shift the data.
+        let (uid, uname) = (
+            rng.gen_range(0..999_999_999u64),
+            rng.gen_range(1000..9999u32),
+        );
+        let (id, user_id, user_name) = match platform {
+            Platform::Messenger => (
+                format!("t_{n}"),
+                format!("{}", 7_000_000_000_000_000u64 + uid),
+                format!("User {uname}"),
+            ),
+            Platform::Instagram => (
+                b64_encode(format!("ig_thread:{n}").as_bytes()),
+                format!("{}", 6_000_000_000_000_000u64 + uid),
+                format!("ig_user_{uname}"),
+            ),
+        };
         self.convs.push(Conv {
             id: id.clone(),
-            user_id: format!(
-                "{}",
-                7_000_000_000_000_000u64 + rng.gen_range(0..999_999_999u64)
-            ),
-            user_name: format!("User {}", rng.gen_range(1000..9999)),
+            platform,
+            user_id,
+            user_name,
             messages: Vec::new(),
             unread: 0,
             deleted: false,
             filtered,
+            poisoned: false,
         });
         let ci = self.convs.len() - 1;
         self.by_id.insert(id, ci);
@@ -154,12 +225,30 @@ pub struct FacebookSim {
     rate: SlidingWindow,
     expired: RwLock<HashSet<usize>>,
     rng: Mutex<ChaCha8Rng>,
+    webhook: Arc<webhook::WebhookSender>,
+}
+
+/// One Page's BUC window as `GET /_sim/quota` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BucWindow {
+    pub account: String,
+    /// Calls counted in the current window (0 when no window is open).
+    pub used: u64,
+    /// `daily_quota`; None = unlimited.
+    pub budget: Option<u64>,
+    /// When the current window ends and the count clears; None when no window is open.
+    pub window_end: Option<DateTime<Utc>>,
 }
 
 fn graph_time(ms: i64) -> String {
     DateTime::<Utc>::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%S+0000").to_string())
         .unwrap_or_default()
+}
+
+/// A time as the API shows it: `graph_time` prints whole seconds only.
+fn api_time(ms: i64) -> DateTime<Utc> {
+    utc_ms(ms.div_euclid(1000) * 1000)
 }
 
 /// Graph error body, always with HTTP 400 as Graph does for OAuthException.
@@ -348,6 +437,15 @@ fn paging(
 
 impl FacebookSim {
     pub fn build(config: SimConfig) -> anyhow::Result<Arc<dyn SimProvider>> {
+        Ok(Self::new(config))
+    }
+
+    pub fn new(config: SimConfig) -> Arc<Self> {
+        let g = Gen {
+            drop_rate: config.drop_rate,
+            instagram_share: config.instagram_share,
+            seed: config.seed,
+        };
         let mut pages = Vec::new();
         for i in 0..config.accounts {
             let mut rng = ChaCha8Rng::seed_from_u64(mix(config.seed, 0xFB00 + i as u64));
@@ -363,7 +461,7 @@ impl FacebookSim {
                 buc: (0, 0),
             };
             for _ in 0..config.threads {
-                let ci = p.add_conv(&mut rng, config.drop_rate, config.seed);
+                let ci = p.add_conv(&mut rng, g, None);
                 let n = {
                     let u: f64 = rng.gen_range(f64::EPSILON..1.0);
                     ((-u.ln() * config.messages.max(1) as f64).round() as usize).max(1)
@@ -382,13 +480,63 @@ impl FacebookSim {
             pages.push(RwLock::new(p));
         }
         let rng = ChaCha8Rng::seed_from_u64(mix(config.seed, 0xFBFB));
-        Ok(Arc::new(Self {
+        let webhook = Arc::new(webhook::WebhookSender::new(config.seed));
+        Arc::new(Self {
             h: Harness::new(config),
             pages,
             rate: SlidingWindow::new(Duration::from_secs(1)),
             expired: RwLock::default(),
             rng: Mutex::new(rng),
-        }))
+            webhook,
+        })
+    }
+
+    /// The webhook sender; `run` it in a task to post deliveries.
+    pub fn webhook(&self) -> &Arc<webhook::WebhookSender> {
+        &self.webhook
+    }
+
+    fn gen(&self) -> Gen {
+        let c = &self.h.config;
+        Gen {
+            drop_rate: c.drop_rate,
+            instagram_share: c.instagram_share,
+            seed: c.seed,
+        }
+    }
+
+    /// BUC windows of every Page, without opening or rolling any.
+    pub fn buc_windows(&self) -> Vec<BucWindow> {
+        let now = self.h.clock.now_ms();
+        let budget = self.h.limits().daily_quota;
+        self.pages
+            .iter()
+            .filter_map(|p| p.read().ok())
+            .map(|p| {
+                let open = now - p.buc.0 < DAY_MS;
+                BucWindow {
+                    account: p.name.clone(),
+                    used: if open { p.buc.1 } else { 0 },
+                    budget,
+                    window_end: open.then(|| utc_ms(p.buc.0 + DAY_MS)),
+                }
+            })
+            .collect()
+    }
+
+    /// Set the calls already used in `account`'s BUC window, opening a window now if none
+    /// is open (as the next call would).
+    pub fn set_buc_used(&self, account: &str, used: u64) -> Result<(), String> {
+        let i = self
+            .account_index(account)
+            .ok_or_else(|| format!("unknown account {account}"))?;
+        let now = self.h.clock.now_ms();
+        let mut p = self.pages[i].write().map_err(|_| "store poisoned")?;
+        if now - p.buc.0 >= DAY_MS {
+            p.buc.0 = now;
+        }
+        p.buc.1 = used;
+        Ok(())
     }
 
     fn account_index(&self, name: &str) -> Option<usize> {
@@ -480,6 +628,21 @@ impl FacebookSim {
         Ok((i, (pct >= 10).then(|| header(pct, 0))))
     }
 
+    /// (user, page) as participants and message parties show them: Instagram parties carry
+    /// `username` instead of `name`/`email`.
+    fn parties(p: &Page, c: &Conv) -> (Value, Value) {
+        match c.platform {
+            Platform::Messenger => (
+                json!({"id": c.user_id, "name": c.user_name, "email": format!("{}@facebook.com", c.user_id)}),
+                json!({"id": p.name, "name": format!("Page {}", p.name), "email": format!("{}@facebook.com", p.name)}),
+            ),
+            Platform::Instagram => (
+                json!({"username": c.user_name, "id": c.user_id}),
+                json!({"username": format!("page_{}", p.name.replace('-', "_")), "id": p.name}),
+            ),
+        }
+    }
+
     fn conv_json(
         &self,
         p: &Page,
@@ -489,11 +652,11 @@ impl FacebookSim {
         version: &str,
     ) -> Value {
         let mut o = Map::new();
-        let page_party = json!({"id": p.name, "name": format!("Page {}", p.name), "email": format!("{}@facebook.com", p.name)});
-        let user_party = json!({"id": c.user_id, "name": c.user_name, "email": format!("{}@facebook.com", c.user_id)});
+        let (user_party, page_party) = Self::parties(p, c);
         for f in fields {
             let v = match f.name.as_str() {
                 "id" => json!(c.id),
+                "updated_time" if c.poisoned => json!("not-a-time"),
                 "updated_time" => json!(graph_time(c.updated_ms())),
                 "message_count" => json!(c.messages.len()),
                 "unread_count" => json!(c.unread),
@@ -559,8 +722,7 @@ impl FacebookSim {
     }
 
     fn msg_json(&self, p: &Page, c: &Conv, m: &FbMessage, fields: &[Field]) -> Value {
-        let page_party = json!({"id": p.name, "name": format!("Page {}", p.name), "email": format!("{}@facebook.com", p.name)});
-        let user_party = json!({"id": c.user_id, "name": c.user_name, "email": format!("{}@facebook.com", c.user_id)});
+        let (user_party, page_party) = Self::parties(p, c);
         let (from, to) = if m.inbound {
             (user_party, page_party)
         } else {
@@ -580,6 +742,87 @@ impl FacebookSim {
             o.insert(f.name.clone(), v);
         }
         Value::Object(o)
+    }
+
+    /// One webhook delivery per added message of a visible conversation: a privacy-filtered
+    /// conversation is one the API never shows, so no event reveals it either.
+    fn queue_webhooks(&self, p: &Page, added: &[(usize, usize)], now: i64) {
+        if !self.webhook.is_active() {
+            return;
+        }
+        for &(ci, mi) in added {
+            let c = &p.convs[ci];
+            let Some(m) = c.messages.get(mi).filter(|_| !c.filtered) else {
+                continue;
+            };
+            let event = webhook::Event {
+                object: match c.platform {
+                    Platform::Messenger => "page",
+                    Platform::Instagram => "instagram",
+                },
+                page_id: &p.name,
+                user_id: &c.user_id,
+                inbound: m.inbound,
+                mid: &m.id,
+                text: &m.text,
+                timestamp_ms: m.created_ms,
+                time_ms: now,
+            };
+            self.webhook.enqueue(event.body());
+        }
+    }
+
+    fn expected_of(p: &Page) -> Expected {
+        let threads = p
+            .order
+            .iter()
+            .map(|ci| &p.convs[*ci])
+            .filter(|c| !c.deleted && !c.filtered)
+            .map(|c| {
+                // `user_name` is the display name on Messenger, the username on Instagram.
+                let reference_type = match c.platform {
+                    Platform::Messenger => "psid",
+                    Platform::Instagram => "igsid",
+                };
+                let messages = c
+                    .messages
+                    .iter()
+                    .map(|m| {
+                        let (from, to) = if m.inbound {
+                            (&c.user_id, &p.name)
+                        } else {
+                            (&p.name, &c.user_id)
+                        };
+                        ExpectedMessage {
+                            message_id: m.id.clone(),
+                            sender: Some(from.clone()),
+                            recipient: Some(to.clone()),
+                            subject: None,
+                            body: Some(m.text.clone()),
+                            is_read: None,
+                            sent_at: api_time(m.created_ms),
+                            media: None,
+                            status: None,
+                        }
+                    })
+                    .collect();
+                ExpectedThread {
+                    thread_id: c.id.clone(),
+                    conversation_type: Some(c.platform.as_str().to_string()),
+                    title: Some(c.user_name.clone()),
+                    status: None,
+                    reference_id: Some(c.user_id.clone()),
+                    reference_type: Some(reference_type.to_string()),
+                    unread_count: i32::try_from(c.unread).unwrap_or(i32::MAX),
+                    latest_message_id: c.messages.last().map(|m| m.id.clone()),
+                    latest_message_at: c.messages.last().map(|m| api_time(m.created_ms)),
+                    // Graph has no creation time for conversations.
+                    created_at: None,
+                    messages,
+                }
+            })
+            .collect();
+        Expected { threads }
     }
 
     fn with_rng<T>(&self, f: impl FnOnce(&mut ChaCha8Rng) -> T) -> T {
@@ -606,6 +849,13 @@ struct MutateBody {
     #[serde(default)]
     delete_ids: Vec<String>,
     direction: Option<String>,
+    /// Serve this many live, visible conversations with an undecodable `updated_time`.
+    #[serde(default)]
+    poison_threads: usize,
+    /// Platform of the new threads; default: drawn from `instagram_share`.
+    platform: Option<String>,
+    /// Text of the new messages and threads; default: a stock line.
+    text: Option<String>,
 }
 
 fn acct0() -> String {
@@ -652,6 +902,20 @@ impl SimProvider for FacebookSim {
         format!("{TOKEN_PREFIX}{account}")
     }
 
+    /// Every live conversation the API shows, of both platforms; `since` is ignored, as
+    /// Graph has no time filter and a first sync reads every conversation whole.
+    fn expected(
+        &self,
+        account: &str,
+        _since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Expected, String> {
+        let i = self
+            .account_index(account)
+            .ok_or_else(|| format!("unknown account {account}"))?;
+        let p = self.pages[i].read().map_err(|_| "store poisoned")?;
+        Ok(Self::expected_of(&p))
+    }
+
     fn truth(&self, account: Option<&str>) -> Value {
         let pages: Vec<Value> = self
             .pages
@@ -670,8 +934,9 @@ impl SimProvider for FacebookSim {
                             .map(|m| json!({"id": m.id, "created_time": graph_time(m.created_ms),
                                             "message": m.text, "direction": if m.inbound {"inbound"} else {"outbound"}}))
                             .collect();
-                        json!({"id": c.id, "updated_time": graph_time(c.updated_ms()), "user_id": c.user_id,
-                               "unread_count": c.unread, "privacy_filtered": c.filtered, "messages": msgs})
+                        json!({"id": c.id, "platform": c.platform.as_str(), "updated_time": graph_time(c.updated_ms()),
+                               "user_id": c.user_id, "user_name": c.user_name, "unread_count": c.unread,
+                               "privacy_filtered": c.filtered, "poisoned": c.poisoned, "messages": msgs})
                     })
                     .collect();
                 json!({"account": p.name, "page_id": p.name, "conversations": convs, "deleted_ids": p.deleted_ids})
@@ -686,10 +951,17 @@ impl SimProvider for FacebookSim {
         let i = self
             .account_index(&req.account)
             .ok_or_else(|| format!("unknown account {}", req.account))?;
-        let now = self.h.clock.now_ms();
-        let (drop_rate, seed) = (self.h.config.drop_rate, self.h.config.seed);
-        let mut p = self.pages[i].write().map_err(|_| "store poisoned")?;
+        let platform = match req.platform.as_deref() {
+            None => None,
+            Some(s) => Some(
+                Platform::parse(s)
+                    .ok_or_else(|| format!("platform must be messenger|instagram, got {s}"))?,
+            ),
+        };
         let inbound = req.direction.as_deref() != Some("outbound");
+        let now = self.h.clock.now_ms();
+        let g = self.gen();
+        let mut p = self.pages[i].write().map_err(|_| "store poisoned")?;
         let targets: Vec<usize> = req
             .thread_ids
             .iter()
@@ -704,6 +976,9 @@ impl SimProvider for FacebookSim {
         let mut new_messages = Vec::new();
         let mut new_threads = Vec::new();
         let mut deleted = Vec::new();
+        let mut poisoned = Vec::new();
+        // (conversation, message) of every message added, for the webhook.
+        let mut added = Vec::new();
         self.with_rng(|r| {
             for n in 0..req.new_messages {
                 if p.order.is_empty() {
@@ -714,15 +989,20 @@ impl SimProvider for FacebookSim {
                 } else {
                     targets[n % targets.len()]
                 };
-                let text = LINES[r.gen_range(0..LINES.len())].to_string();
+                let line = LINES[r.gen_range(0..LINES.len())];
+                let text = req.text.clone().unwrap_or_else(|| line.to_string());
                 let mid = p.add_message(ci, inbound, now, text);
+                added.push((ci, p.convs[ci].messages.len() - 1));
                 new_messages.push(json!({"conversation_id": p.convs[ci].id, "message_id": mid}));
             }
             for _ in 0..req.new_threads {
-                let ci = p.add_conv(r, drop_rate, seed);
-                let mid = p.add_message(ci, true, now, LINES[0].to_string());
+                let ci = p.add_conv(r, g, platform);
+                let text = req.text.clone().unwrap_or_else(|| LINES[0].to_string());
+                let mid = p.add_message(ci, true, now, text);
                 p.order.push(ci);
-                new_threads.push(json!({"conversation_id": p.convs[ci].id, "message_id": mid}));
+                added.push((ci, 0));
+                new_threads.push(json!({"conversation_id": p.convs[ci].id, "message_id": mid,
+                                        "platform": p.convs[ci].platform.as_str()}));
             }
             let mut victims: Vec<usize> = req
                 .delete_ids
@@ -743,10 +1023,26 @@ impl SimProvider for FacebookSim {
                     deleted.push(id);
                 }
             }
+            for _ in 0..req.poison_threads {
+                let pool: Vec<usize> = p
+                    .order
+                    .iter()
+                    .copied()
+                    .filter(|ci| !p.convs[*ci].filtered && !p.convs[*ci].poisoned)
+                    .collect();
+                if pool.is_empty() {
+                    break;
+                }
+                let ci = pool[r.gen_range(0..pool.len())];
+                p.convs[ci].poisoned = true;
+                poisoned.push(p.convs[ci].id.clone());
+            }
         });
         p.resort();
+        self.queue_webhooks(&p, &added, now);
         Ok(
-            json!({"account": p.name, "new_messages": new_messages, "new_threads": new_threads, "deleted_ids": deleted}),
+            json!({"account": p.name, "new_messages": new_messages, "new_threads": new_threads,
+                  "deleted_ids": deleted, "poisoned_thread_ids": poisoned}),
         )
     }
 
@@ -786,5 +1082,9 @@ impl SimProvider for FacebookSim {
             .route("/{version}/{node}/messages", get(routes::messages))
             .route("/{version}/{node}", get(routes::node))
             .with_state(self)
+    }
+
+    fn control_routes(self: Arc<Self>) -> Router {
+        control::routes(self)
     }
 }

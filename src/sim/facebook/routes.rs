@@ -49,22 +49,25 @@ pub(super) async fn conversations(
         let fields = fields_param(&q, "id,updated_time")?;
         check_fields(&fields, CONV_FIELDS, "UnifiedThread")?;
         let limit = limit_param(&q, 25)?;
-        if let Some(pl) = q.get(&["platform"]) {
-            if pl != "messenger" && pl != "instagram" {
-                return Err(graph_error(
+        // Graph lists one inbox at a time; Messenger is the default.
+        let platform = match q.get(&["platform"]) {
+            None => Platform::Messenger,
+            Some(pl) => Platform::parse(pl).ok_or_else(|| {
+                graph_error(
                     100,
                     None,
                     "(#100) platform must be one of {messenger, instagram}",
                     false,
-                ));
-            }
-        }
+                )
+            })?,
+        };
         let p = sim.pages[i].read().map_err(|_| no_object(&page_id))?;
         let user = q.get(&["user_id"]);
         let ids: Vec<&str> = p
             .order
             .iter()
             .map(|ci| &p.convs[*ci])
+            .filter(|c| c.platform == platform)
             .filter(|c| user.is_none_or(|u| c.user_id == u))
             .map(|c| c.id.as_str())
             .collect();
