@@ -111,20 +111,22 @@ impl WebhookSender {
             t.validate()?;
         }
         let stop = target.is_none();
+        // Under the queue lock, so no delivery is queued after the drain below.
+        let mut q = match self.queue.lock() {
+            Ok(q) => q,
+            Err(p) => p.into_inner(),
+        };
         if let Ok(mut t) = self.target.write() {
             *t = target;
         }
         if stop {
-            let dropped = self
-                .queue
-                .lock()
-                .map(|mut q| q.drain(..).count())
-                .unwrap_or(0) as u64;
+            let dropped = q.drain(..).count() as u64;
             self.with_stats(|s| {
                 s.dropped += dropped;
                 s.pending = s.pending.saturating_sub(dropped);
             });
         }
+        drop(q);
         self.notify.notify_one();
         Ok(())
     }
@@ -150,16 +152,19 @@ impl WebhookSender {
 
     /// Queue one delivery (already serialised) if a target is configured.
     pub fn enqueue(&self, body: Vec<u8>) {
+        let Ok(mut q) = self.queue.lock() else {
+            return;
+        };
         if !self.is_active() {
             return;
         }
-        if let Ok(mut q) = self.queue.lock() {
-            q.push_back(Arc::new(body));
-        }
+        // Counted before the sender can take it, so `pending` never undercounts.
         self.with_stats(|s| {
             s.queued += 1;
             s.pending += 1;
         });
+        q.push_back(Arc::new(body));
+        drop(q);
         self.notify.notify_one();
     }
 
