@@ -534,7 +534,7 @@ fn account(
                 Err("must be 0..=100000 (0: unpaced)".into())
             }
         })?
-        .unwrap_or(10.0);
+        .unwrap_or(provider.default_rate());
     let max_in_flight: i32 = keys
         .take_with("max_in_flight", |n: &i32| {
             if (1..=10_000).contains(n) {

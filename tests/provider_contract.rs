@@ -25,6 +25,14 @@ impl P {
                 seed,
                 ..SimConfig::default()
             },
+            // Meta's 2 calls/s per Page is the subject of its own tests.
+            P::Facebook => SimConfig {
+                threads,
+                messages: 6,
+                seed,
+                rps_limit: Some(10_000.0),
+                ..SimConfig::default()
+            },
             P::SmsEagle => SimConfig {
                 threads: threads / 4,
                 messages: 24,
@@ -52,6 +60,9 @@ impl P {
     fn account_keys(self) -> &'static str {
         match self {
             P::Ebay => "",
+            // Small pages and a small inline window: runs of several list pages, and
+            // conversations both completed inline and fetched on their own.
+            P::Facebook => "page_id = \"acct-0\"\npage_size = 25\ninline_messages = 3\n",
             P::SmsEagle => "cold_start_days = 36500\nbatch_size = 50\n",
         }
     }
@@ -60,6 +71,7 @@ impl P {
     fn bulk_kind(self) -> String {
         match self {
             P::Ebay => "ebay.conversation".into(),
+            P::Facebook => "facebook.conversation".into(),
             P::SmsEagle => "smseagle.folder".into(),
         }
     }
@@ -67,12 +79,15 @@ impl P {
     /// Makes `n` new messages at the provider; returns the threads they went to.
     fn add_messages(self, sim: &SimHandle, n: usize) -> Vec<String> {
         let body = match self {
-            P::Ebay => json!({"account": ACCOUNT, "new_messages": n, "direction": "inbound"}),
+            P::Ebay | P::Facebook => {
+                json!({"account": ACCOUNT, "new_messages": n, "direction": "inbound"})
+            }
             P::SmsEagle => json!({"account": ACCOUNT, "inbox": n}),
         };
         let changed = sim.mutate(&body).expect("mutate");
         match self {
             P::Ebay => ids(&changed["newMessages"], "conversationId"),
+            P::Facebook => ids(&changed["new_messages"], "conversation_id"),
             P::SmsEagle => ids(&changed["inbox_ids"], ""),
         }
     }
@@ -81,13 +96,17 @@ impl P {
     /// how many messages they hide (a poisoned eBay thread hides all of its messages).
     fn poison(self, sim: &SimHandle, n: usize) -> (Vec<String>, usize) {
         let body = match self {
-            P::Ebay => json!({"account": ACCOUNT, "poison_threads": n}),
+            P::Ebay | P::Facebook => json!({"account": ACCOUNT, "poison_threads": n}),
             P::SmsEagle => json!({"account": ACCOUNT, "poison": n}),
         };
         let changed = sim.mutate(&body).expect("mutate");
         match self {
-            P::Ebay => {
-                let ids = ids(&changed["poisonedThreadIds"], "");
+            P::Ebay | P::Facebook => {
+                let key = match self {
+                    P::Ebay => "poisonedThreadIds",
+                    _ => "poisoned_thread_ids",
+                };
+                let ids = ids(&changed[key], "");
                 let expected = sim.expected(ACCOUNT).expect("expected");
                 let hidden = expected
                     .threads
@@ -112,6 +131,9 @@ impl P {
             // Two lists, a head page each, a catch-up head each, one extra page of slack
             // each; plus the fetches.
             P::Ebay => 6 + changed as u64,
+            // One list: its head and the page after it, the catch-up's the same, one page
+            // of slack; plus a fetch where a thread's new messages overflow the inline window.
+            P::Facebook => 5 + changed as u64,
             // One read per folder (none full), and the folders' reads in catch-up: none.
             P::SmsEagle => 3,
         }
@@ -121,7 +143,8 @@ impl P {
     /// provider reads its messages in batches and fetches no thread.
     fn threads_fetched(self, c: &Comparison) -> i64 {
         match self {
-            P::Ebay => c.truth_threads as i64,
+            // Completed inline from the list or by their own fetch: each counted once.
+            P::Ebay | P::Facebook => c.truth_threads as i64,
             P::SmsEagle => 0,
         }
     }
@@ -218,7 +241,11 @@ async fn a_thread_deleted_between_full_runs_is_marked_deleted(p: P) {
         .sim
         .mutate(&json!({"account": ACCOUNT, "delete_threads": 4}))
         .expect("delete");
-    let gone = ids(&gone["deletedThreadIds"], "");
+    let key = match p {
+        P::Facebook => "deleted_ids",
+        _ => "deletedThreadIds",
+    };
+    let gone = ids(&gone[key], "");
     assert_eq!(gone.len(), 4, "{gone:?}");
     // A thread wrongly marked deleted comes back when the provider lists it again.
     let back: String = sqlx::query_scalar(
@@ -299,7 +326,7 @@ async fn a_poison_row_is_skipped_and_recorded(p: P) {
     assert!(s.first_bad_row.is_some(), "{s:?}");
     let c = rig.compare().await;
     let (missing_threads, missing_messages) = match p {
-        P::Ebay => (3, hidden),
+        P::Ebay | P::Facebook => (3, hidden),
         P::SmsEagle => (0, 3),
     };
     assert_eq!(
@@ -473,6 +500,21 @@ macro_rules! contract {
 contract!(
     ebay,
     Ebay,
+    [
+        full_resync_equals_the_truth_both_ways,
+        faults_lose_nothing,
+        incremental_fetches_only_what_changed,
+        a_thread_deleted_between_full_runs_is_marked_deleted,
+        a_poison_row_is_skipped_and_recorded,
+        a_worker_killed_mid_run_loses_nothing,
+        a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
+        a_run_whose_last_job_the_reaper_fails_still_ends,
+    ]
+);
+
+contract!(
+    facebook,
+    Facebook,
     [
         full_resync_equals_the_truth_both_ways,
         faults_lose_nothing,

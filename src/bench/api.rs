@@ -70,6 +70,7 @@ pub async fn run(a: ApiBenchArgs) -> anyhow::Result<ApiBenchReport> {
     let state = AppState {
         pool: pool.clone(),
         tokens: auth::Tokens::new(TOKEN.into(), None),
+        webhooks: Default::default(),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let server_stop = stop.clone();

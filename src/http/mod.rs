@@ -8,6 +8,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 mod ui;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,6 +36,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct AppState {
     pub pool: PgPool,
     pub tokens: auth::Tokens,
+    pub webhooks: webhooks::Secrets,
 }
 
 #[derive(OpenApi)]
@@ -94,6 +96,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::serve))
+        .route(
+            "/webhooks/{provider}",
+            get(webhooks::handshake).post(webhooks::deliver),
+        )
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CompressionLayer::new())
@@ -144,7 +150,18 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     tracing::info!(%listen, "serving the threadsync API");
-    axum::serve(listener, router(AppState { pool, tokens }))
+    let webhooks = webhooks::secrets_from_env();
+    for (provider, s) in &webhooks {
+        if s.signing.is_some() {
+            tracing::info!(provider, "receiving webhooks at /webhooks/{provider}");
+        }
+    }
+    let state = AppState {
+        pool,
+        tokens,
+        webhooks: std::sync::Arc::new(webhooks),
+    };
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

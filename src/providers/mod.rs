@@ -3,13 +3,14 @@
 //! store. Adding a provider is a folder here and one line in [`ALL`].
 
 pub mod ebay;
+pub mod facebook;
 mod http;
 pub mod smseagle;
 
 use crate::sync::Provider;
 
 /// Every provider threadsync syncs.
-pub static ALL: &[&dyn Provider] = &[&ebay::Ebay, &smseagle::SmsEagle];
+pub static ALL: &[&dyn Provider] = &[&ebay::Ebay, &facebook::Facebook, &smseagle::SmsEagle];
 
 pub fn find(name: &str) -> Option<&'static dyn Provider> {
     ALL.iter().copied().find(|p| p.name() == name)

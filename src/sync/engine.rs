@@ -38,6 +38,9 @@ impl Tokens {
 /// A parked job looks at its account's pause again after at most this long.
 const PARK_RECHECK_SECS: i64 = 60;
 
+/// A throttle the provider says lasts longer than this pauses the whole account.
+const LOCKOUT_PAUSE_SECS: i64 = 5;
+
 /// How long an account whose credential was refused stays paused.
 const UNAUTHORIZED_PAUSE_MINUTES: i64 = 5;
 
@@ -153,22 +156,30 @@ impl Account {
     /// Waits for the account's next request slot; a paused account parks the job.
     pub(super) async fn pace(&self, engine: &Engine, pool: &PgPool) -> JobResult {
         let t = std::time::Instant::now();
-        let slot = engine
-            .flow
-            .acquire(pool, &self.cfg.id, self.cfg.requests_per_second)
-            .await;
+        let usage = match &self.source {
+            Ok(Source::Threads(t)) => t.usage(),
+            _ => None,
+        };
+        let rate = super::flow::slowed(self.cfg.requests_per_second, usage);
+        let slot = engine.flow.acquire(pool, &self.cfg.id, rate).await;
         super::metrics::paced(self.cfg.provider, &self.cfg.id, t.elapsed());
         match slot {
             Ok(()) => Ok(()),
             // Parked until the pause ends, but looking again at least every minute: a
             // worker that saw the pause a moment late (its cache) after a resume must not
             // park the job for the pause's whole length.
-            Err(FlowError::Paused { until, reason }) => Err(JobError::RetryAfter {
-                at: until.min(Utc::now() + Duration::seconds(PARK_RECHECK_SECS))
-                    + Duration::milliseconds(rand::random::<u16>() as i64 % 2000),
-                reason: format!("{}{reason}", super::flow::parked_prefix(&self.cfg.id)),
-            }),
+            Err(FlowError::Paused { until, reason }) => Err(self.park(until, &reason)),
             Err(FlowError::Db(e)) => Err(e.into()),
+        }
+    }
+
+    /// The job waits for its account's pause to end, looking again at least every minute;
+    /// a resume brings it back at once (it finds parked jobs by their reason).
+    fn park(&self, until: chrono::DateTime<Utc>, reason: &str) -> JobError {
+        JobError::RetryAfter {
+            at: until.min(Utc::now() + Duration::seconds(PARK_RECHECK_SECS))
+                + Duration::milliseconds(rand::random::<u16>() as i64 % 2000),
+            reason: format!("{}{reason}", super::flow::parked_prefix(&self.cfg.id)),
         }
     }
 
@@ -182,6 +193,18 @@ impl Account {
     ) -> JobError {
         let provider = &self.cfg.provider;
         match e {
+            // The provider locked the account out until `at`: every call before then only
+            // prolongs it, so all its jobs wait, not just this one.
+            ProviderError::Throttled {
+                until: Some(at),
+                detail,
+            } if at > Utc::now() + Duration::seconds(LOCKOUT_PAUSE_SECS) => {
+                let reason = format!("{provider}: {detail}; regains access at {at}");
+                if let Err(e) = engine.flow.pause(pool, &self.cfg.id, at, &reason).await {
+                    return e.into();
+                }
+                self.park(at, &reason)
+            }
             ProviderError::Throttled {
                 until: Some(at),
                 detail,
@@ -198,7 +221,7 @@ impl Account {
                 if let Err(e) = engine.flow.pause(pool, &self.cfg.id, until, &reason).await {
                     return e.into();
                 }
-                JobError::RetryAfter { at: until, reason }
+                self.park(until, &reason)
             }
             ProviderError::Unauthorized(detail) => {
                 let reason = format!(
@@ -214,7 +237,9 @@ impl Account {
             ProviderError::NotFound | ProviderError::Rejected(_) => {
                 JobError::Permanent(format!("{provider}: {e}"))
             }
-            ProviderError::Transient(_) | ProviderError::Malformed(_) => {
+            ProviderError::Transient(_)
+            | ProviderError::Malformed(_)
+            | ProviderError::StaleCursor(_) => {
                 JobError::Transient(anyhow::anyhow!("{provider}: {e}"))
             }
         }

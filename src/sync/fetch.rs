@@ -63,18 +63,37 @@ impl Handler for FetchThread {
             Some(l) => Some(l),
             None => store::thread_list(&job.pool, &a.id, &p.thread_id).await?,
         };
-        let mut at = job
+        let checkpoint = job
             .checkpoint
             .as_ref()
-            .and_then(|c| serde_json::from_value::<Checkpoint>(c.clone()).ok())
-            .unwrap_or_default()
-            .at();
+            .and_then(|c| serde_json::from_value::<Checkpoint>(c.clone()).ok());
+        let head = Checkpoint::default().at();
+        let mut at = match (checkpoint, p.from) {
+            (Some(c), _) => c.at(),
+            (None, Some(from)) => from,
+            (None, None) => head.clone(),
+        };
+        // Newest-first pages stop where they reach what a complete fetch already holds.
+        let marker = match source.newest_first() {
+            true => store::fetched_ids(&job.pool, &a.id, std::slice::from_ref(&p.thread_id))
+                .await?
+                .remove(&p.thread_id),
+            false => None,
+        };
+        let mut restarted = false;
         loop {
             account.pace(&self.engine, &job.pool).await?;
             let page = source.messages(&p.thread_id, list.as_deref(), &at).await;
             account.observe(&page);
             let page = match page {
                 Ok(page) => page,
+                // The message the cursor pointed to is gone: read the thread from its first
+                // page again (rows already written are upserted unchanged), once per attempt.
+                Err(ProviderError::StaleCursor(_)) if !restarted && at != head => {
+                    restarted = true;
+                    at = head.clone();
+                    continue;
+                }
                 Err(ProviderError::NotFound) => {
                     // Deleted between list and fetch: not an error for the run.
                     let mut tx = job.begin(Finish::Done).await?;
@@ -96,6 +115,7 @@ impl Handler for FetchThread {
             // may be empty while more follow.
             let next = match page.next {
                 Some(PageAt::Offset(_)) if listed == 0 => None,
+                _ if marker.as_ref().is_some_and(|k| k.reached_by(rows.iter())) => None,
                 next => next.filter(|n| *n != at),
             };
             let finish = match &next {

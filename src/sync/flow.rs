@@ -106,6 +106,22 @@ impl Flow {
     }
 }
 
+/// Usage of the provider's budget above which pacing slows down.
+const SLOW_FROM: f64 = 0.8;
+
+/// The rate to pace at when the provider reports `usage` (0..=1) of the account's budget
+/// spent: the configured rate up to [`SLOW_FROM`], then falling linearly to a twentieth of
+/// it at 100%, so the budget lasts until the provider's window moves on. Unknown usage is
+/// not headroom, but not a reason to slow down either.
+pub fn slowed(requests_per_second: f64, usage: Option<f64>) -> f64 {
+    match usage {
+        Some(u) if u > SLOW_FROM && requests_per_second > 0.0 => {
+            requests_per_second * ((1.0 - u) / (1.0 - SLOW_FROM)).clamp(0.05, 1.0)
+        }
+        _ => requests_per_second,
+    }
+}
+
 /// How long an operator's pause lasts: until resumed.
 pub const OPERATOR_PAUSE_DAYS: i64 = 36_500;
 
@@ -215,5 +231,20 @@ async fn check_pause(pool: &PgPool, account: &str) -> Result<(), FlowError> {
             reason: reason.unwrap_or_default(),
         }),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slowed;
+
+    #[test]
+    fn pacing_slows_as_the_budget_nears_its_end() {
+        assert_eq!(slowed(2.0, None), 2.0);
+        assert_eq!(slowed(2.0, Some(0.5)), 2.0);
+        assert!((slowed(2.0, Some(0.9)) - 1.0).abs() < 1e-9);
+        assert!((slowed(2.0, Some(0.95)) - 0.5).abs() < 1e-9);
+        assert!((slowed(2.0, Some(1.0)) - 0.1).abs() < 1e-9);
+        assert_eq!(slowed(0.0, Some(0.99)), 0.0, "unpaced stays unpaced");
     }
 }

@@ -2,15 +2,17 @@
 //! a fetch for every thread whose latest message differs from the newest one held, and
 //! plans the pages after it, all in one fenced transaction with its counters.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::config::AccountConfig;
 use crate::queue::Finish;
-use crate::worker::{Handler, JobCtx, JobResult};
+use crate::worker::{Handler, JobCtx, JobError, JobResult};
 
 use super::engine::Engine;
 use super::plan::{self, ListPayload, Walk, MAX_FANOUT};
 use super::store::{self, Progress};
-use super::vocab::{PageAt, ThreadPage};
+use super::vocab::{MessageRow, PageAt, ProviderError, ThreadPage};
 
 pub struct ListPage {
     pub provider: &'static str,
@@ -34,12 +36,16 @@ impl Handler for ListPage {
         account.observe(&page);
         let page = match page {
             Ok(page) => page,
+            Err(ProviderError::StaleCursor(detail)) if p.cursor.is_some() => {
+                return restart(job, a, &p, &detail).await;
+            }
             Err(e) => return Err(account.classify(&self.engine, &job.pool, e).await),
         };
         let ThreadPage {
             threads,
             total,
             next,
+            mut inline,
         } = page;
         let mut progress = Progress {
             pages_listed: 1,
@@ -59,25 +65,46 @@ impl Handler for ListPage {
             _ => None,
         };
         let mut follow_ups = Vec::new();
+        // Messages the list carried inline, and the threads they complete.
+        let mut messages: BTreeMap<String, Vec<MessageRow>> = BTreeMap::new();
+        let mut complete: Vec<(String, String)> = Vec::new();
+        let mut changed = 0;
         let mut recent = false;
         for r in &rows {
-            let changed = match &r.latest_message_id {
-                Some(m) => fetched.get(&r.thread_id) != Some(m),
-                None => !fetched.contains_key(&r.thread_id),
+            let marker = fetched.get(&r.thread_id);
+            let is_changed = match &r.latest_message_id {
+                Some(m) => marker.map(|k| &k.message_id) != Some(m),
+                None => marker.is_none(),
             };
-            if changed {
-                follow_ups.push(plan::fetch_job(
-                    a,
-                    run_id,
-                    &r.thread_id,
-                    r.conversation_type.as_deref(),
-                ));
-            }
             if let (Some(at), Some(cut)) = (r.latest_message_at, cutoff) {
                 recent |= at >= cut;
             }
+            if !is_changed {
+                continue;
+            }
+            changed += 1;
+            let list = r.conversation_type.as_deref();
+            let Some(first) = inline.remove(&r.thread_id) else {
+                follow_ups.push(plan::fetch_job(a, run_id, &r.thread_id, list, None));
+                continue;
+            };
+            let rows = progress.take_good(first.messages);
+            // Inline messages complete the thread when they are all of it or reach back
+            // to what a complete fetch already holds; else a fetch reads on from there.
+            match first.next {
+                Some(next) if !marker.is_some_and(|k| k.reached_by(rows.iter())) => {
+                    follow_ups.push(plan::fetch_job(a, run_id, &r.thread_id, list, Some(next)));
+                }
+                _ => {
+                    let newest = r
+                        .latest_message_id
+                        .clone()
+                        .or_else(|| rows.first().map(|m| m.message_id.clone()));
+                    complete.extend(newest.map(|m| (r.thread_id.clone(), m)));
+                }
+            }
+            messages.insert(r.thread_id.clone(), rows);
         }
-        let changed = follow_ups.len();
         // Counted before this page's threads are written: at worst one page too many.
         let unseen = match (p.walk, run_id, total) {
             (
@@ -108,10 +135,15 @@ impl Handler for ListPage {
             );
         }
 
-        progress.threads_seen = i32::try_from(rows.len()).unwrap_or(i32::MAX);
-        progress.threads_skipped = i32::try_from(rows.len() - changed).unwrap_or(i32::MAX);
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        progress.threads_seen = count(rows.len());
+        progress.threads_skipped = count(rows.len() - changed);
+        progress.threads_fetched = count(complete.len());
         let mut tx = job.begin(Finish::Done).await?;
         crate::queue::enqueue_batch(&mut *tx, &follow_ups).await?;
+        let written = store::upsert_messages(&mut tx, &a.id, &messages).await?;
+        progress.messages_written = i32::try_from(written).unwrap_or(i32::MAX);
+        store::mark_fetched(&mut tx, &a.id, &complete).await?;
         store::add_progress(&mut tx, run_id, None, &progress).await?;
         // Last, so the thread rows (which overlapping pages also write) stay locked briefly.
         store::upsert_threads(&mut tx, &a.id, a.provider, &rows).await?;
@@ -121,6 +153,47 @@ impl Handler for ListPage {
     async fn after(&self, job: &JobCtx) {
         super::start::advance_run(&self.engine, &job.pool, job.run_id).await
     }
+}
+
+/// Stale cursors in a row after which a walk gives up: the list keeps losing the items
+/// its cursors point to faster than it can be paged.
+const MAX_RESTARTS: u32 = 3;
+
+/// This page's cursor went stale (its item was deleted): page again from the cursor the
+/// page before was read at, or else from the head of the list. Threads read twice are
+/// unchanged the second time and cost no fetch.
+async fn restart(job: &JobCtx, a: &AccountConfig, p: &ListPayload, detail: &str) -> JobResult {
+    let Some(run_id) = job.run_id else {
+        return Err(JobError::Permanent(format!("{}: {detail}", a.provider)));
+    };
+    let again = match &p.back {
+        Some(back) => ListPayload {
+            cursor: Some(back.clone()),
+            back: None,
+            ..p.clone()
+        },
+        None if p.restarts < MAX_RESTARTS => ListPayload {
+            cursor: None,
+            offset: 0,
+            restarts: p.restarts + 1,
+            ..p.clone()
+        },
+        None => {
+            return Err(JobError::Permanent(format!(
+                "{}: the list's cursors went stale {} times in a row: {detail}",
+                a.provider,
+                p.restarts + 1
+            )))
+        }
+    };
+    let progress = Progress {
+        http_calls: 1,
+        ..Progress::default()
+    };
+    let mut tx = job.begin(Finish::Done).await?;
+    crate::queue::enqueue_batch(&mut *tx, &[plan::list_job(a, run_id, again)]).await?;
+    store::add_progress(&mut tx, Some(run_id), None, &progress).await?;
+    job.commit(tx).await
 }
 
 /// What a page said about the list.
@@ -147,6 +220,7 @@ fn next_pages(p: &ListPayload, page: &PageSeen, keep_going: bool) -> Vec<ListPay
         Some(PageAt::Cursor(c)) => Some(ListPayload {
             offset: 0,
             cursor: Some(c.clone()),
+            back: p.cursor.clone(),
             walk,
             ..p.clone()
         }),
@@ -217,6 +291,8 @@ mod tests {
             cursor: None,
             since: None,
             walk,
+            back: None,
+            restarts: 0,
         }
     }
 

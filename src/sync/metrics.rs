@@ -51,6 +51,7 @@ pub fn request<T>(provider: &str, account: &str, r: &Result<T, ProviderError>) {
         Err(ProviderError::Rejected(_)) => "rejected",
         Err(ProviderError::Transient(_)) => "transient",
         Err(ProviderError::Malformed(_)) => "malformed",
+        Err(ProviderError::StaleCursor(_)) => "stale_cursor",
     };
     let m = get();
     m.requests

@@ -13,6 +13,7 @@ pub mod list;
 pub mod metrics;
 pub mod plan;
 pub mod provider;
+pub mod pushes;
 pub mod runs;
 pub mod start;
 pub mod status;

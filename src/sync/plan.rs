@@ -3,14 +3,13 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::config::AccountConfig;
 use crate::queue::NewJob;
 
 use super::keys;
 use super::runs::{MainPass, Mode};
-use super::vocab::{Incremental, ListSpec};
+use super::vocab::{Incremental, ListSpec, PageAt};
 
 /// Incremental `since` and catch-up cutoffs reach back this far: clock skew between us
 /// and the provider, and messages committed late on their side.
@@ -60,6 +59,17 @@ pub struct ListPayload {
     pub since: Option<DateTime<Utc>>,
     #[serde(flatten)]
     pub walk: Walk,
+    /// The cursor the page before this one was read at: where paging resumes when this
+    /// page's cursor went stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back: Option<String>,
+    /// Times this walk started again from the head because its cursors went stale.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +79,10 @@ pub struct FetchPayload {
     pub thread_id: String,
     #[serde(default, alias = "conversation_type")]
     pub list: Option<String>,
+    /// Where the fetch starts (the list carried the messages before it inline); None: the
+    /// thread's first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PageAt>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +134,8 @@ pub fn list_head(
         cursor: None,
         since,
         walk,
+        back: None,
+        restarts: 0,
     }
 }
 
@@ -128,10 +144,17 @@ pub fn fetch_job(
     run_id: Option<i64>,
     thread_id: &str,
     list: Option<&str>,
+    from: Option<PageAt>,
 ) -> NewJob {
+    let payload = FetchPayload {
+        account: a.id.clone(),
+        thread_id: thread_id.to_string(),
+        list: list.map(String::from),
+        from,
+    };
     let mut job = NewJob::new(
         keys::fetch_kind(a.provider),
-        json!({"account": a.id, "thread_id": thread_id, "list": list}),
+        serde_json::to_value(payload).unwrap_or_default(),
     )
     .priority(PRIORITY_FETCH)
     .dedupe(keys::fetch_dedupe(a.provider, &a.id, thread_id))

@@ -50,14 +50,17 @@ impl Mode {
 pub async fn register_accounts(pool: &PgPool, accounts: &[AccountConfig]) -> sqlx::Result<()> {
     for a in accounts {
         sqlx::query(
-            "INSERT INTO threadsync.accounts (id, provider, max_in_flight, fetches_threads) VALUES ($1, $2, $3, $4)
+            "INSERT INTO threadsync.accounts (id, provider, max_in_flight, fetches_threads, address)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (id) DO UPDATE SET provider = excluded.provider, max_in_flight = excluded.max_in_flight,
-                                            fetches_threads = excluded.fetches_threads, updated_at = now()",
+                                            fetches_threads = excluded.fetches_threads, address = excluded.address,
+                                            updated_at = now()",
         )
         .bind(&a.id)
         .bind(a.provider)
         .bind(a.max_in_flight)
         .bind(a.shape == Shape::Threads)
+        .bind(a.settings.address())
         .execute(pool)
         .await?;
         sqlx::query("INSERT INTO threadsync.flow (account_id) VALUES ($1) ON CONFLICT DO NOTHING")

@@ -2,7 +2,7 @@
 //! progress. Every function takes the caller's (fenced) transaction, except fetched
 //! conversation pages, which are a group statement (see `worker::group_commit`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -120,21 +120,50 @@ pub async fn threads_listed_in_run(
     .await
 }
 
-/// The newest message we hold in full, per thread (absent: never fetched or unknown thread).
+/// The newest message of a thread held in full: every message up to it is held.
+#[derive(Debug, Clone)]
+pub struct Marker {
+    pub message_id: String,
+    /// Its time, while the message is still held.
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl Marker {
+    /// A newest-first page reaches what is held once it holds the marker or anything older.
+    pub fn reached_by<'a>(&self, mut page: impl Iterator<Item = &'a MessageRow>) -> bool {
+        page.any(|m| {
+            m.message_id == self.message_id || self.sent_at.is_some_and(|at| m.sent_at < at)
+        })
+    }
+}
+
+/// Markers per thread (absent: never fetched in full, or unknown thread).
 pub async fn fetched_ids(
     pool: &PgPool,
     account: &str,
     thread_ids: &[String],
-) -> sqlx::Result<HashMap<String, String>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT thread_id, fetched_message_id FROM threadsync.thread_fetches
-          WHERE account_id = $1 AND thread_id = ANY($2)",
+) -> sqlx::Result<HashMap<String, Marker>> {
+    let rows: Vec<(String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT f.thread_id, f.fetched_message_id, m.sent_at FROM threadsync.thread_fetches f
+           LEFT JOIN threadsync.messages m ON m.account_id = f.account_id AND m.message_id = f.fetched_message_id
+          WHERE f.account_id = $1 AND f.thread_id = ANY($2)",
     )
     .bind(account)
     .bind(thread_ids)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows
+        .into_iter()
+        .map(|(t, message_id, sent_at)| {
+            (
+                t,
+                Marker {
+                    message_id,
+                    sent_at,
+                },
+            )
+        })
+        .collect())
 }
 
 /// How a message upsert treats a message we hold: rows that did not change are not rewritten.
@@ -151,62 +180,72 @@ macro_rules! on_message_conflict {
     };
 }
 
-/// Upserts messages by provider id. Parameters: $1 account, $2 thread, $3..$11 the columns
-/// as arrays (see [`bind_messages`]).
-macro_rules! upsert_messages_sql {
-    () => {
-        concat!(
-            "INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient, subject, body,
-                    is_read, sent_at, media, status)
-             SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bool[],
-                                           $9::timestamptz[], $10::jsonb[], $11::text[]) ",
-            on_message_conflict!()
-        )
-    };
-}
-
-/// Binds $1..$11 of [`upsert_messages_sql`].
-fn bind_messages<'q>(
-    q: PgQuery<'q>,
-    account: &str,
-    thread_id: &str,
-    rows: &[MessageRow],
-) -> PgQuery<'q> {
-    let col = |f: fn(&MessageRow) -> Option<String>| rows.iter().map(f).collect::<Vec<_>>();
-    q.bind(account.to_string())
-        .bind(thread_id.to_string())
-        .bind(
-            rows.iter()
-                .map(|r| r.message_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(col(|r| r.sender.clone()))
-        .bind(col(|r| r.recipient.clone()))
-        .bind(col(|r| r.subject.clone()))
-        .bind(col(|r| r.body.clone()))
-        .bind(rows.iter().map(|r| r.is_read).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.sent_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.media.clone()).collect::<Vec<_>>())
-        .bind(col(|r| r.status.clone()))
-}
-
-/// Upserts messages; returns how many rows were inserted or changed.
+/// Upserts messages of several threads by provider id, in thread order (the order
+/// concurrent writers lock rows in); returns how many rows were inserted or changed.
 pub async fn upsert_messages(
     conn: &mut PgConnection,
     account: &str,
-    thread_id: &str,
-    rows: &[MessageRow],
+    threads: &BTreeMap<String, Vec<MessageRow>>,
 ) -> sqlx::Result<u64> {
-    if rows.is_empty() {
+    let rows = || {
+        threads
+            .iter()
+            .flat_map(|(t, rows)| rows.iter().map(move |r| (t, r)))
+    };
+    if rows().next().is_none() {
         return Ok(0);
     }
-    let q = bind_messages(
-        sqlx::query(upsert_messages_sql!()),
-        account,
-        thread_id,
-        rows,
+    let col = |f: fn(&MessageRow) -> &Option<String>| {
+        rows().map(|(_, r)| f(r).as_deref()).collect::<Vec<_>>()
+    };
+    let sql = concat!(
+        "INSERT INTO threadsync.messages AS m (account_id, thread_id, message_id, sender, recipient, subject, body,
+                is_read, sent_at, media, status)
+         SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                  $8::bool[], $9::timestamptz[], $10::jsonb[], $11::text[]) ",
+        on_message_conflict!()
     );
+    let q = sqlx::query(sql)
+        .bind(account)
+        .bind(rows().map(|(t, _)| t.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows()
+                .map(|(_, r)| r.message_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|r| &r.sender))
+        .bind(col(|r| &r.recipient))
+        .bind(col(|r| &r.subject))
+        .bind(col(|r| &r.body))
+        .bind(rows().map(|(_, r)| r.is_read).collect::<Vec<_>>())
+        .bind(rows().map(|(_, r)| r.sent_at).collect::<Vec<_>>())
+        .bind(rows().map(|(_, r)| r.media.as_ref()).collect::<Vec<_>>())
+        .bind(col(|r| &r.status));
     Ok(q.execute(conn).await?.rows_affected())
+}
+
+/// Records that we hold every message of these threads up to the given newest one (what
+/// list pages compare a thread's latest message with).
+pub async fn mark_fetched(
+    conn: &mut PgConnection,
+    account: &str,
+    fetched: &[(String, String)],
+) -> sqlx::Result<()> {
+    if fetched.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO threadsync.thread_fetches (account_id, thread_id, fetched_message_id)
+         SELECT $1, * FROM unnest($2::text[], $3::text[])
+         ON CONFLICT (account_id, thread_id) DO UPDATE SET fetched_message_id = excluded.fetched_message_id,
+                                                           fetched_at = now()",
+    )
+    .bind(account)
+    .bind(fetched.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>())
+    .bind(fetched.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// One fetched page of a conversation, to be committed with its job (see [`ConversationPages`]).

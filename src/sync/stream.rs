@@ -69,10 +69,7 @@ impl Handler for StreamBatchJob {
         }
 
         let mut tx = job.begin(Finish::Done).await?;
-        let mut written: u64 = 0;
-        for (thread, rows) in &threads {
-            written += store::upsert_messages(&mut tx, &a.id, thread, rows).await?;
-        }
+        let written = store::upsert_messages(&mut tx, &a.id, &threads).await?;
         let numbers: Vec<String> = threads.into_keys().collect();
         store::upsert_threads_from_messages(&mut tx, &a.id, a.provider, &numbers).await?;
         if let Some(h) = batch.highest {

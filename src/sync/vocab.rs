@@ -1,6 +1,7 @@
 //! The words providers and the engine share: rows as the tables hold them, one provider
 //! error type, and the two shapes a provider's API can take (the seam's two traits).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -84,6 +85,10 @@ pub enum ProviderError {
     /// The answer could not be read as a whole (single bad rows are [`BadRow`]s).
     #[error("{0}")]
     Malformed(String),
+    /// The page cursor no longer points anywhere (its item was deleted): page again from
+    /// an earlier position.
+    #[error("{0}")]
+    StaleCursor(String),
 }
 
 /// Where a page of a list or of a thread starts.
@@ -102,6 +107,9 @@ pub struct ThreadPage {
     pub total: Option<u32>,
     /// The next page; None is the end of the list.
     pub next: Option<PageAt>,
+    /// The newest messages of listed threads, where the list carries them inline, by
+    /// thread id: their first message page (newest first, `next` going back in time).
+    pub inline: HashMap<String, MessagePage>,
 }
 
 /// One page of a thread's messages.
@@ -145,6 +153,16 @@ pub trait ThreadSource: Send + Sync + 'static {
         list: Option<&str>,
         at: &PageAt,
     ) -> Result<MessagePage, ProviderError>;
+    /// A thread's message pages come newest first: a fetch stops at the page that reaches
+    /// what a complete earlier fetch already holds.
+    fn newest_first(&self) -> bool {
+        false
+    }
+    /// The share (0..=1) of the account's provider budget in use, as the provider's last
+    /// answers reported it; None: unknown. Pacing slows down as it nears 1.
+    fn usage(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// A sent message whose delivery status is followed until it is final or expires.

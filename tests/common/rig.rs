@@ -36,6 +36,7 @@ pub const ACCOUNT: &str = "acct-0";
 pub enum Provider {
     #[default]
     Ebay,
+    Facebook,
     SmsEagle,
 }
 
@@ -44,6 +45,7 @@ impl Provider {
     pub fn name(self) -> &'static str {
         match self {
             Provider::Ebay => "ebay",
+            Provider::Facebook => "facebook",
             Provider::SmsEagle => "smseagle",
         }
     }
@@ -51,6 +53,7 @@ impl Provider {
     fn simulator(self) -> sim::Provider {
         match self {
             Provider::Ebay => sim::Provider::Ebay,
+            Provider::Facebook => sim::Provider::Facebook,
             Provider::SmsEagle => sim::Provider::Smseagle,
         }
     }
@@ -59,6 +62,7 @@ impl Provider {
     pub fn token_env(self) -> &'static str {
         match self {
             Provider::Ebay => "EBAY_TOKEN_ACCT0",
+            Provider::Facebook => "FACEBOOK_TOKEN_ACCT0",
             Provider::SmsEagle => "SMSEAGLE_TOKEN_ACCT0",
         }
     }
@@ -69,7 +73,7 @@ impl Provider {
         const DATA: &str = "max_attempts = 20\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n";
         const CHECKS: &str = "backoff_base_ms = 50\nbackoff_cap_ms = 500\n";
         match self {
-            Provider::Ebay => &[("list_page", DATA), ("conversation", DATA)],
+            Provider::Ebay | Provider::Facebook => &[("list_page", DATA), ("conversation", DATA)],
             Provider::SmsEagle => &[("folder", DATA), ("status_check", CHECKS)],
         }
     }

@@ -65,6 +65,7 @@ impl Served {
         let state = AppState {
             pool: db.pool.clone(),
             tokens: auth::Tokens::new(admin.into(), Some(app.into())),
+            webhooks: Default::default(),
         };
         let stop_server = CancellationToken::new();
         let s_stop = stop_server.clone();

@@ -132,6 +132,7 @@ impl ThreadSource for EbayClient {
                 .into_iter()
                 .map(|v| decode::<Conversation>("conversation", v).map(thread_row))
                 .collect(),
+            inline: Default::default(),
         })
     }
 
