@@ -1,6 +1,7 @@
-//! `threadsync bench sync`: a full resync of one account against the eBay simulator, with
+//! `threadsync bench sync`: a full resync of one account against the eBay simulator (or,
+//! with `--provider facebook`, the Facebook Page simulator at Meta's 2 calls/s), with
 //! workers in this process or in worker processes, compared with the simulator's truth.
-//! The demo uses the same lab.
+//! The demos use the same lab.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,15 +31,31 @@ const TOKEN_ENV: &str = "THREADSYNC_LAB_TOKEN";
 /// fewer threads/s than 64; 96 was no faster than 64).
 pub const LAB_IN_FLIGHT: i32 = 64;
 
+/// Graph's largest page: conversations per list page, inline messages per conversation
+/// and messages per page of a conversation's own fetch (the account's defaults).
+const FB_PAGE: usize = 100;
+/// Meta's limit for the Conversations API: calls per second per Page.
+pub const FB_RATE: f64 = 2.0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchProvider {
+    Ebay,
+    Facebook,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct SyncBenchArgs {
+    /// Which provider's simulator to sync from.
+    #[arg(long, value_enum, default_value_t = BenchProvider::Ebay)]
+    pub provider: BenchProvider,
+    /// Threads (Facebook: conversations).
     #[arg(long, default_value_t = 10_000)]
     pub threads: usize,
     /// Mean messages per thread.
     #[arg(long, default_value_t = 20)]
     pub messages: usize,
     /// Requests per second the simulator allows (and the account is configured with);
-    /// unset: unthrottled.
+    /// unset: unthrottled for eBay, 2 (Meta's limit per Page) for Facebook.
     #[arg(long)]
     pub rate_limit: Option<f64>,
     /// Worker processes; 0 runs workers in this process.
@@ -70,6 +87,61 @@ pub struct SyncBenchReport {
     pub extra: usize,
     pub misfiled: usize,
     pub differing: usize,
+}
+
+/// A Facebook run's figures. Calls, throttling answers and the peak rate are the
+/// simulator's own counts for the Page; the minimum comes from its expected rows.
+#[derive(Debug, Serialize)]
+pub struct FacebookBenchReport {
+    pub provider: &'static str,
+    pub conversations: usize,
+    pub messages: usize,
+    pub wall_s: f64,
+    pub conversations_per_s: f64,
+    pub messages_per_s: f64,
+    /// Calls per second the simulator allows the Page, and the account's pacing.
+    pub rate_limit: f64,
+    pub http_calls: u64,
+    /// Calls to `/{page}/conversations` and to `/{conversation}/messages`.
+    pub list_calls: u64,
+    pub message_calls: u64,
+    pub min_calls: MinCalls,
+    /// Wall time over (calls / rate): 1.0 is a run that never left a slot unused.
+    pub floor_ratio: f64,
+    /// Answers HTTP 400: Graph's throttling (code 613) in this benchmark, which injects no
+    /// other fault and sets no daily budget.
+    pub throttled: u64,
+    /// Answers that were neither 200 nor 400.
+    pub other_errors: u64,
+    pub max_rps_1s: u64,
+    pub missing: usize,
+    pub extra: usize,
+    pub misfiled: usize,
+    pub differing: usize,
+}
+
+/// Fewest calls any client needs for the Page's current conversations, from the
+/// simulator's expected rows.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct MinCalls {
+    /// ceil(conversations / 100).
+    pub list_pages: u64,
+    /// Conversations with more messages than the 100 carried inline.
+    pub long_conversations: u64,
+    /// Pages of 100 of those conversations' older messages (one per long conversation
+    /// unless one holds more than 200 messages).
+    pub message_pages: u64,
+    /// The catch-up pass's re-read of the head of the list.
+    pub catch_up: u64,
+    pub without_catch_up: u64,
+    pub with_catch_up: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    Ebay(SyncBenchReport),
+    Facebook(FacebookBenchReport),
 }
 
 pub struct LabOptions {
@@ -114,6 +186,7 @@ impl Lab {
             .context("starting the simulator")?;
         let provider = match o.sim.provider {
             sim::Provider::Smseagle => "smseagle",
+            sim::Provider::Facebook => "facebook",
             _ => "ebay",
         };
         let text = format!(
@@ -121,6 +194,8 @@ impl Lab {
              [kinds.\"ebay.list_page\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
              [kinds.\"ebay.conversation\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
              [kinds.\"smseagle.folder\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
+             [kinds.\"facebook.list_page\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
+             [kinds.\"facebook.conversation\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
              [[accounts]]\nid = \"{}\"\nprovider = \"{provider}\"\nbase_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
              requests_per_second = {}\nmax_in_flight = {}\nrequest_timeout_secs = 10\n{}",
             o.account,
@@ -244,6 +319,30 @@ impl Lab {
         lists + fetches
     }
 
+    /// Fewest calls a Facebook sync of the Page's current conversations needs: one per
+    /// list page of 100, one per further page of 100 messages of each conversation that
+    /// does not fit the inline window, and the catch-up pass's head read.
+    pub fn facebook_min_calls(&self) -> anyhow::Result<MinCalls> {
+        let expected = self.sim.expected(SIM_ACCOUNT)?;
+        let list_pages = expected.threads.len().div_ceil(FB_PAGE).max(1) as u64;
+        let (mut long_conversations, mut message_pages) = (0, 0);
+        for t in &expected.threads {
+            if t.messages.len() > FB_PAGE {
+                long_conversations += 1;
+                message_pages += (t.messages.len() - FB_PAGE).div_ceil(FB_PAGE) as u64;
+            }
+        }
+        let without_catch_up = list_pages + message_pages;
+        Ok(MinCalls {
+            list_pages,
+            long_conversations,
+            message_pages,
+            catch_up: 1,
+            without_catch_up,
+            with_catch_up: without_catch_up + 1,
+        })
+    }
+
     pub fn account_stats(&self) -> crate::sim::stats::AccountStats {
         self.sim
             .stats()
@@ -277,7 +376,7 @@ impl Lab {
     }
 }
 
-pub async fn run(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
+pub async fn run(args: SyncBenchArgs) -> anyhow::Result<Report> {
     anyhow::ensure!(
         args.threads > 0 && args.messages > 0,
         "--threads and --messages must be positive"
@@ -286,6 +385,13 @@ pub async fn run(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
     if let Some(r) = args.rate_limit {
         anyhow::ensure!(r > 0.0, "--rate-limit must be positive");
     }
+    match args.provider {
+        BenchProvider::Ebay => run_ebay(args).await.map(Report::Ebay),
+        BenchProvider::Facebook => run_facebook(args).await.map(Report::Facebook),
+    }
+}
+
+async fn run_ebay(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
     let lab = Lab::start(LabOptions {
         account: "bench".into(),
         sim: SimConfig {
@@ -335,11 +441,125 @@ pub async fn run(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
     result
 }
 
-pub fn print(r: &SyncBenchReport, json: bool) -> anyhow::Result<()> {
+async fn run_facebook(args: SyncBenchArgs) -> anyhow::Result<FacebookBenchReport> {
+    let rate = args.rate_limit.unwrap_or(FB_RATE);
+    let lab = Lab::start(LabOptions {
+        account: "bench".into(),
+        sim: SimConfig {
+            provider: sim::Provider::Facebook,
+            threads: args.threads,
+            messages: args.messages,
+            seed: 42,
+            rps_limit: Some(rate),
+            ..SimConfig::default()
+        },
+        requests_per_second: rate,
+        in_flight: args.in_flight,
+        processes: args.processes,
+        durability: Durability::Durable,
+        account_keys: format!("page_id = \"{SIM_ACCOUNT}\"\n"),
+    })
+    .await?;
+    let result = async {
+        let (status, wall) = lab.run(Mode::Full, !args.json).await?;
+        anyhow::ensure!(
+            status.state == "done",
+            "the run ended {}: {}",
+            status.state,
+            status.last_error.as_deref().unwrap_or("no error recorded")
+        );
+        let c = lab.compare().await?;
+        let stats = lab.account_stats();
+        let wall_s = wall.as_secs_f64();
+        let calls = |route: &str| -> u64 {
+            stats
+                .by_route
+                .iter()
+                .filter(|(r, _)| r.ends_with(route))
+                .flat_map(|(_, by_status)| by_status.values())
+                .sum()
+        };
+        let with_status = |keep: &dyn Fn(u16) -> bool| -> u64 {
+            stats
+                .by_route
+                .values()
+                .flat_map(|by_status| by_status.iter())
+                .filter(|(s, _)| keep(**s))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        Ok(FacebookBenchReport {
+            provider: "facebook",
+            conversations: c.db_threads,
+            messages: c.db_messages,
+            wall_s,
+            conversations_per_s: c.db_threads as f64 / wall_s,
+            messages_per_s: c.db_messages as f64 / wall_s,
+            rate_limit: rate,
+            http_calls: stats.total,
+            list_calls: calls("/conversations"),
+            message_calls: calls("/messages"),
+            min_calls: lab.facebook_min_calls()?,
+            floor_ratio: wall_s / (stats.total as f64 / rate),
+            throttled: with_status(&|s| s == 400),
+            other_errors: with_status(&|s| s != 200 && s != 400),
+            max_rps_1s: stats.max_rps_1s,
+            missing: c.missing_threads + c.missing_messages,
+            extra: c.extra_threads + c.extra_messages,
+            misfiled: c.misfiled_messages,
+            differing: c.differing_threads + c.differing_messages,
+        })
+    }
+    .await;
+    lab.stop().await;
+    result
+}
+
+pub fn print(r: &Report, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(r)?);
         return Ok(());
     }
+    match r {
+        Report::Ebay(r) => print_ebay(r),
+        Report::Facebook(r) => print_facebook(r),
+    }
+    Ok(())
+}
+
+fn print_facebook(r: &FacebookBenchReport) {
+    let m = &r.min_calls;
+    println!(
+        "synced:      {} conversations, {} messages in {:.2} s",
+        r.conversations, r.messages, r.wall_s
+    );
+    println!(
+        "throughput:  {:.0} conversations/s, {:.0} messages/s",
+        r.conversations_per_s, r.messages_per_s
+    );
+    println!(
+        "HTTP calls:  {} ({} list pages, {} message pages); peak {} calls/s; rate limit {} calls/s",
+        r.http_calls, r.list_calls, r.message_calls, r.max_rps_1s, r.rate_limit
+    );
+    println!(
+        "minimum:     {} without the catch-up read ({} list pages + {} message pages for {} long conversations), {} with it",
+        m.without_catch_up, m.list_pages, m.message_pages, m.long_conversations, m.with_catch_up
+    );
+    println!(
+        "floor ratio: {:.3} (wall time / (calls / rate limit))",
+        r.floor_ratio
+    );
+    println!(
+        "throttled:   {} (HTTP 400, Graph code 613); other errors {}",
+        r.throttled, r.other_errors
+    );
+    println!(
+        "vs truth:    missing {}, extra {}, misfiled {}, differing {}",
+        r.missing, r.extra, r.misfiled, r.differing
+    );
+}
+
+fn print_ebay(r: &SyncBenchReport) {
     println!(
         "synced:      {} threads, {} messages in {:.2} s",
         r.threads, r.messages, r.wall_s
@@ -359,5 +579,4 @@ pub fn print(r: &SyncBenchReport, json: bool) -> anyhow::Result<()> {
         "vs truth:    missing {}, extra {}, misfiled {}, differing {}",
         r.missing, r.extra, r.misfiled, r.differing
     );
-    Ok(())
 }
