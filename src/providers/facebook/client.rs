@@ -210,13 +210,12 @@ impl GraphClient {
             .bearer_auth(self.token.expose());
         let answer = http::send(req).await?;
         let usage = Usage::of(&answer.headers);
-        if let Ok(mut u) = self.usage.lock() {
-            // An answer without the header says nothing: keep what the last one said.
-            if let Some(pct) = usage.as_ref().map(|u| u.percent) {
-                *u = Some((pct, Instant::now()));
-            }
-        }
         if answer.is_success() {
+            // An answer without the header says nothing: keep what the last one said. A
+            // refusal's usage (100%) is not kept: the pause it causes covers it.
+            if let (Some(now), Ok(mut u)) = (usage, self.usage.lock()) {
+                *u = Some((now.percent, Instant::now()));
+            }
             return answer.json();
         }
         Err(error(&answer, usage, with_cursor))
