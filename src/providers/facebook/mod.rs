@@ -86,14 +86,15 @@ impl Settings {
             })?
             .ok_or_else(|| keys.invalid("a facebook account needs page_id (the Page's id)"))?;
         let instagram_account_id: Option<String> = keys.take("instagram_account_id")?;
-        let platform = match keys.take::<String>("platform")?.as_deref() {
-            None | Some("messenger") => "messenger",
+        let platform = match keys
+            .take_with("platform", |p: &String| match p.as_str() {
+                "messenger" | "instagram" => Ok(()),
+                other => Err(format!("{other:?} is not messenger or instagram")),
+            })?
+            .as_deref()
+        {
             Some("instagram") => "instagram",
-            Some(other) => {
-                return Err(
-                    keys.invalid(format!("platform {other:?} is not messenger or instagram"))
-                )
-            }
+            _ => "messenger",
         };
         let api_version = keys
             .take_with("api_version", |v: &String| {
@@ -291,5 +292,50 @@ fn message_row(m: Message) -> MessageRow {
             .and_then(|a| a.get("data").cloned().or(Some(a)))
             .filter(|v| !v.is_null()),
         status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const FB: &str = "[[accounts]]\nid = \"p\"\nprovider = \"facebook\"\nbase_url = \"http://g\"\ntoken_env = \"T\"\n";
+
+    #[test]
+    fn a_page_is_paced_at_metas_limit_unless_told_otherwise() {
+        let c = Config::parse(&format!("{FB}page_id = \"42\"\n"), "jobs.toml").expect("config");
+        assert_eq!(c.accounts[0].requests_per_second, 2.0);
+        assert_eq!(c.accounts[0].settings.address().as_deref(), Some("42"));
+        let c = Config::parse(
+            &format!("{FB}page_id = \"42\"\nrequests_per_second = 1.5\n"),
+            "jobs.toml",
+        )
+        .expect("config");
+        assert_eq!(c.accounts[0].requests_per_second, 1.5);
+    }
+
+    #[test]
+    fn bad_facebook_keys_name_their_line() {
+        let e = Config::parse(FB, "jobs.toml").unwrap_err();
+        assert!(e.problem.contains("page_id"), "{e}");
+        let e = Config::parse(
+            &format!("{FB}page_id = \"42\"\nplatform = \"whatsapp\"\n"),
+            "jobs.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.problem.contains("messenger or instagram"), "{e}");
+        let e = Config::parse(
+            &format!("{FB}page_id = \"42\"\ninline_messages = 101\n"),
+            "jobs.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        let e = Config::parse(
+            &format!("{FB}page_id = \"42\"\ninstagram_account_id = \"9\"\n"),
+            "jobs.toml",
+        )
+        .unwrap_err();
+        assert!(e.problem.contains("instagram"), "{e}");
     }
 }
