@@ -1,0 +1,76 @@
+//! Smoke tests of `bench sync --provider facebook` and `demo --provider facebook` at small
+//! sizes: they run, make exactly the fewest calls, are never throttled and end exact. Not timed.
+
+use std::process::Command;
+
+/// Runs the CLI on DATABASE_URL's server when it is set, else on a private PostgreSQL.
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_threadsync"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run threadsync");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bench_sync_facebook_makes_the_fewest_calls_and_ends_exact() {
+    // A mean of 30 messages gives some conversations more than the 100 carried inline.
+    let (ok, out, err) = cli(&[
+        "bench",
+        "sync",
+        "--provider",
+        "facebook",
+        "--threads",
+        "300",
+        "--messages",
+        "30",
+        "--rate-limit",
+        "20",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON report");
+    assert_eq!(r["provider"], "facebook");
+    assert_eq!(r["conversations"], 300, "{r}");
+    let min = &r["min_calls"];
+    assert_eq!(min["list_pages"], 3, "{r}");
+    assert!(min["long_conversations"].as_u64() > Some(0), "{r}");
+    assert_eq!(
+        min["with_catch_up"].as_u64(),
+        min["without_catch_up"].as_u64().map(|n| n + 1)
+    );
+    assert_eq!(r["http_calls"], min["with_catch_up"], "{r}");
+    assert_eq!(r["list_calls"], 4, "3 pages and the catch-up read: {r}");
+    assert_eq!(r["message_calls"], min["message_pages"], "{r}");
+    assert_eq!(r["throttled"], 0, "{r}");
+    assert_eq!(r["other_errors"], 0, "{r}");
+    for k in ["missing", "extra", "misfiled", "differing"] {
+        assert_eq!(r[k], 0, "{k}: {r}");
+    }
+    assert!(r["floor_ratio"].as_f64().is_some_and(|f| f > 0.0), "{r}");
+}
+
+#[test]
+fn demo_facebook_says_its_pace_and_ends_exact() {
+    let (ok, out, err) = cli(&[
+        "demo",
+        "--provider",
+        "facebook",
+        "--threads",
+        "150",
+        "--messages",
+        "5",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("Meta's 2 calls/s per Page"), "{out}");
+    assert!(out.contains("0 throttled"), "{out}");
+    assert!(
+        out.contains("the local copy equals the Page's data."),
+        "{out}"
+    );
+}
