@@ -314,6 +314,57 @@ async fn a_worker_killed_mid_run_loses_nothing(p: P) {
     rig.close().await;
 }
 
+/// A web app's refresh of a thread the provider does not have ends failed with "not
+/// found", visibly, and a held thread the provider deleted is marked deleted.
+async fn a_refresh_of_a_thread_the_provider_lacks_fails_saying_so(p: P) {
+    let rig = Rig::new(p.rig(p.sim(40, 9), 1)).await;
+    rig.run(Mode::Full).await;
+    let held: String = sqlx::query_scalar(
+        "SELECT min(thread_id) FROM threadsync.threads WHERE deleted_at IS NULL",
+    )
+    .fetch_one(&rig.db.pool)
+    .await
+    .expect("a thread");
+    rig.sim
+        .mutate(&json!({"account": ACCOUNT, "delete_ids": [held]}))
+        .expect("delete");
+    for thread in ["no-such-thread", held.as_str()] {
+        let job: i64 = sqlx::query_scalar("SELECT threadsync.refresh_thread($1, $2)")
+            .bind(ACCOUNT)
+            .bind(thread)
+            .fetch_one(&rig.db.pool)
+            .await
+            .expect("refresh");
+        rig.db
+            .wait_count(
+                &format!(
+                    "SELECT count(*) FROM threadsync.jobs WHERE id = {job} AND status = 'failed'"
+                ),
+                1,
+                Duration::from_secs(20),
+            )
+            .await;
+        let error: Option<String> =
+            sqlx::query_scalar("SELECT last_error FROM threadsync.jobs WHERE id = $1")
+                .bind(job)
+                .fetch_one(&rig.db.pool)
+                .await
+                .expect("job");
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains(&format!("thread {thread} not found at the provider")),
+            "{error}"
+        );
+    }
+    let deleted: Vec<String> =
+        sqlx::query_scalar("SELECT thread_id FROM threadsync.threads WHERE deleted_at IS NOT NULL")
+            .fetch_all(&rig.db.pool)
+            .await
+            .expect("deleted");
+    assert_eq!(deleted, vec![held]);
+    rig.close().await;
+}
+
 /// A row the provider sends that cannot be decoded is skipped and counted with its
 /// reason; the rest of its page or batch syncs, and later runs move past it.
 async fn a_poison_row_is_skipped_and_recorded(p: P) {
@@ -504,6 +555,7 @@ contract!(
         full_resync_equals_the_truth_both_ways,
         faults_lose_nothing,
         incremental_fetches_only_what_changed,
+        a_refresh_of_a_thread_the_provider_lacks_fails_saying_so,
         a_thread_deleted_between_full_runs_is_marked_deleted,
         a_poison_row_is_skipped_and_recorded,
         a_worker_killed_mid_run_loses_nothing,
@@ -519,6 +571,7 @@ contract!(
         full_resync_equals_the_truth_both_ways,
         faults_lose_nothing,
         incremental_fetches_only_what_changed,
+        a_refresh_of_a_thread_the_provider_lacks_fails_saying_so,
         a_thread_deleted_between_full_runs_is_marked_deleted,
         a_poison_row_is_skipped_and_recorded,
         a_worker_killed_mid_run_loses_nothing,

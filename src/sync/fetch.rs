@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::queue::Finish;
-use crate::worker::{Handler, JobCtx, JobResult};
+use crate::worker::{Handler, JobCtx, JobError, JobResult};
 
 use super::engine::Engine;
 use super::plan::FetchPayload;
@@ -93,6 +93,19 @@ impl Handler for FetchThread {
                     restarted = true;
                     at = head.clone();
                     continue;
+                }
+                // A refresh (no run) of a thread the provider does not have fails saying so,
+                // after marking the thread deleted where it is held.
+                Err(ProviderError::NotFound) if run_id.is_none() => {
+                    let mut tx = job
+                        .begin(Finish::Checkpoint(json!(Checkpoint::of(&at))))
+                        .await?;
+                    store::mark_deleted(&mut tx, &a.id, &p.thread_id).await?;
+                    job.commit(tx).await?;
+                    return Err(JobError::Permanent(format!(
+                        "{}: thread {} not found at the provider",
+                        a.provider, p.thread_id
+                    )));
                 }
                 Err(ProviderError::NotFound) => {
                     // Deleted between list and fetch: not an error for the run.
