@@ -113,7 +113,13 @@ impl Settings {
         }
         let api: ReadApi = keys
             .take_with("api", |api: &ReadApi| {
-                if api.folder_path.starts_with('/') && api.folder_path.contains("{folder}") {
+                if api.folder_path.starts_with("/http_api") {
+                    Err(
+                        ".folder_path: SMSEagle's legacy API v1 (/http_api) is not supported; \
+                         use the device's API v2 (SMSEagle firmware with /api/v2)"
+                            .into(),
+                    )
+                } else if api.folder_path.starts_with('/') && api.folder_path.contains("{folder}") {
                     Ok(())
                 } else {
                     Err(".folder_path must start with / and contain {folder}".into())
@@ -395,5 +401,11 @@ mod tests {
         assert!(e.problem.contains("id_form"), "{e}");
         let s = settings("[accounts.api]\nid_from_param = \"idfrom\"\n").unwrap();
         assert!(s.contains("id_from_param: \"idfrom\""), "{s}");
+        let e = settings("[accounts.api]\nfolder_path = \"/http_api/read_sms?folder={folder}\"\n")
+            .unwrap_err();
+        assert!(
+            e.problem.contains("API v1 (/http_api) is not supported"),
+            "{e}"
+        );
     }
 }
