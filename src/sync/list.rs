@@ -155,8 +155,9 @@ impl Handler for ListPage {
     }
 }
 
-/// Stale cursors in a row after which a walk gives up: the list keeps losing the items
-/// its cursors point to faster than it can be paged.
+/// Restarts from the head after which a walk gives up: the list keeps losing the items
+/// its cursors point to faster than it can be paged. Counted over the whole walk, so a
+/// walk never loops.
 const MAX_RESTARTS: u32 = 3;
 
 /// This page's cursor went stale (its item was deleted): page again from the cursor the
@@ -180,7 +181,7 @@ async fn restart(job: &JobCtx, a: &AccountConfig, p: &ListPayload, detail: &str)
         },
         None => {
             return Err(JobError::Permanent(format!(
-                "{}: the list's cursors went stale {} times in a row: {detail}",
+                "{}: the list's cursors went stale {} times during one walk: {detail}",
                 a.provider,
                 p.restarts + 1
             )))
