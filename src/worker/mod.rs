@@ -431,9 +431,12 @@ async fn ack(s: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Fence>, stop: Cance
             }
         }
         match fence::complete_batch(&s.control, &batch).await {
-            Ok(_) => batch.clear(),
+            Ok(_) => {
+                s.outage.recovered("acks");
+                batch.clear()
+            }
             Err(e) => {
-                debug!(error = %e, "batched completion failed; retrying");
+                s.outage.failed("acks", &e);
                 tokio::select! {
                     _ = sleep(Duration::from_millis(200)) => {}
                     _ = stop.cancelled() => return,
@@ -502,6 +505,7 @@ async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
         let held: Vec<Fence> = lock(&s.inflight).values().map(|f| f.fence).collect();
         match maintenance::heartbeat(&s.control, &held, lease).await {
             Ok(alive) => {
+                s.outage.recovered("heartbeat");
                 let alive: HashSet<i64> = alive.into_iter().collect();
                 let mut missing = HashSet::new();
                 let mut lost = Vec::new();
@@ -525,7 +529,7 @@ async fn heartbeat(s: Arc<Shared>, stop: CancellationToken) {
                 }
                 suspects = missing;
             }
-            Err(e) => debug!(error = %e, "heartbeat failed; will retry"),
+            Err(e) => s.outage.failed("heartbeat", &e),
         }
     }
 }
@@ -535,19 +539,24 @@ async fn maintain(s: Arc<Shared>, stop: CancellationToken) {
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
     loop {
         match maintenance::reap(&s.control, &s.cfg).await {
-            Ok(0) => {}
-            Ok(n) => warn!(jobs = n, "returned jobs with expired leases to the queue"),
-            Err(e) => debug!(error = %e, "reaper failed; will retry"),
+            Ok(n) => {
+                s.outage.recovered("reaper");
+                if n > 0 {
+                    warn!(jobs = n, "returned jobs with expired leases to the queue");
+                }
+            }
+            Err(e) => s.outage.failed("reaper", &e),
         }
-        if let Err(e) = cron::fire_due(&s.control, &s.cfg.schedules, chrono::Utc::now()).await {
-            debug!(error = %e, "cron check failed; will retry");
+        match cron::fire_due(&s.control, &s.cfg.schedules, chrono::Utc::now()).await {
+            Ok(_) => s.outage.recovered("cron"),
+            Err(e) => s.outage.failed("cron", &e),
         }
         if last_prune.elapsed() >= Duration::from_secs(60) {
             let age = Duration::from_secs(s.cfg.tuning.retention_hours * 3600);
             match maintenance::prune(&s.control, age, s.cfg.tuning.prune_batch).await {
                 Ok(0) => {}
                 Ok(n) => info!(jobs = n, "pruned finished jobs past retention"),
-                Err(e) => debug!(error = %e, "prune failed; will retry"),
+                Err(e) => s.outage.failed("prune", &e),
             }
             last_prune = Instant::now();
         }
@@ -607,23 +616,38 @@ async fn drain(s: &Arc<Shared>) {
 }
 
 /// Logs a database outage once when it starts and once when it ends, whichever of the
-/// runtime's tasks (claims, the listener, outcome writes) meets it first.
+/// runtime's tasks (claims, the listener, outcome writes, acks, heartbeat, reaper, cron,
+/// prune) meets it first.
 #[derive(Default)]
 struct Outage {
-    since: Mutex<Option<Instant>>,
+    state: Mutex<OutageState>,
 }
 
+#[derive(Default)]
+struct OutageState {
+    since: Option<Instant>,
+    last_failure: Option<Instant>,
+}
+
+/// The database counts as back once no task has failed on it for this long: after a
+/// restart every pooled connection fails once, each on the task that next takes it.
+const OUTAGE_SETTLE: Duration = Duration::from_secs(2);
+
 impl Outage {
-    fn failed(&self, what: &str, e: &sqlx::Error) {
-        let mut since = lock(&self.since);
-        if since.is_none() {
+    fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        let mut st = lock(&self.state);
+        if st.since.is_none() {
             warn!(task = what, error = %e, "database unavailable; reconnecting with backoff");
-            *since = Some(Instant::now());
+            st.since = Some(Instant::now());
         }
+        st.last_failure = Some(Instant::now());
     }
     fn recovered(&self, what: &str) {
-        if let Some(t) = lock(&self.since).take() {
+        let mut st = lock(&self.state);
+        let settled = st.last_failure.is_none_or(|f| f.elapsed() >= OUTAGE_SETTLE);
+        if let (Some(t), true) = (st.since, settled) {
             info!(task = what, down_for = ?t.elapsed(), "database reachable again");
+            st.since = None;
         }
     }
 }
