@@ -148,25 +148,40 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum JobsCmd {
+    /// Jobs, newest first.
     List {
+        /// Only jobs in this status (pending, running, done, failed, cancelled).
         #[arg(long)]
         status: Option<String>,
+        /// Only jobs of this kind, e.g. ebay.conversation.
         #[arg(long)]
         kind: Option<String>,
+        /// At most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Only jobs older than this id: the next page after a list that stopped at --limit.
+        #[arg(long)]
+        before_id: Option<i64>,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+    /// One job in full: attempts, errors, keys, lease, payload, checkpoint.
     Show {
+        /// The job's id.
         id: i64,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Put a failed or cancelled job back to pending.
     Retry {
+        /// The job's id.
         id: i64,
     },
+    /// Cancel a pending or running job (a running job's commit is then rejected).
     Cancel {
+        /// The job's id.
         id: i64,
     },
 }
@@ -589,6 +604,7 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
             status,
             kind,
             limit,
+            before_id,
             json,
         } => {
             if let Some(s) = &status {
@@ -602,10 +618,16 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                 status,
                 kind,
                 limit,
+                before_id,
                 ..admin::Filter::default()
             };
             let rows = admin::list(&pool, &filter).await?;
+            // A full page may have more behind it: say so, and how to read on.
+            let more = (rows.len() as i64 >= limit)
+                .then(|| rows.last().map(|j| j.id))
+                .flatten();
             if json {
+                // A script compares the array's length with --limit.
                 emit_json(&rows)?;
             } else {
                 emit(|o| {
@@ -628,6 +650,12 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                             format!("{}/{}", j.attempts, max),
                             j.run_at.format("%Y-%m-%d %H:%M:%S"),
                             j.last_error.unwrap_or_default()
+                        )?;
+                    }
+                    if let Some(last) = more {
+                        writeln!(
+                            o,
+                            "stopped at --limit {limit}; older jobs: --before-id {last}"
                         )?;
                     }
                     Ok(())
@@ -658,11 +686,13 @@ async fn run_jobs(cmd: JobsCmd) -> anyhow::Result<()> {
                             .map(|m| m.to_string())
                             .unwrap_or_else(|| "from jobs.toml".into())
                     )?;
-                    writeln!(
-                        o,
-                        "  last error:  {}",
-                        j.last_error.as_deref().unwrap_or("-")
-                    )?;
+                    // A job that succeeded after a retry keeps its earlier error: not current.
+                    let label = match j.status.as_str() {
+                        "done" => "earlier error (then succeeded)",
+                        "failed" | "cancelled" => "error",
+                        _ => "last error",
+                    };
+                    writeln!(o, "  {label}:  {}", j.last_error.as_deref().unwrap_or("-"))?;
                     writeln!(
                         o,
                         "  priority:    {}   run at: {}   run: {}",

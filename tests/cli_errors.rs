@@ -370,3 +370,56 @@ fn a_missing_database_or_role_prints_the_servers_message_once() {
         assert!(!line.contains("at line"), "{line}");
     }
 }
+
+/// `jobs list` says when it stopped at `--limit` and how to read on; `jobs show` of a job
+/// that succeeded after a retry does not present its old error as current.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_list_says_where_it_stopped_and_show_dates_old_errors() {
+    let db = TestDb::new().await;
+    let jobs: Vec<NewJob> = (0..5)
+        .map(|i| NewJob::new("diag.noop", json!({ "i": i })))
+        .collect();
+    enqueue_batch(&db.pool, &jobs).await.expect("enqueue");
+    let text = |out: Output| {
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let first = text(run(&["jobs", "list", "--limit", "2"], Some(&db.url)));
+    let note = first.lines().last().unwrap_or_default().to_string();
+    assert!(
+        note.starts_with("stopped at --limit 2; older jobs: --before-id "),
+        "{first}"
+    );
+    let before = note.rsplit(' ').next().unwrap_or_default().to_string();
+    let next = text(run(
+        &["jobs", "list", "--limit", "2", "--before-id", &before],
+        Some(&db.url),
+    ));
+    assert_eq!(
+        next.lines().count(),
+        4,
+        "header, two jobs, the note: {next}"
+    );
+    assert!(
+        !next.contains(&format!("\n{before:>8} ")),
+        "no job repeated: {next}"
+    );
+    let all = text(run(&["jobs", "list", "--limit", "10"], Some(&db.url)));
+    assert!(!all.contains("stopped at"), "{all}");
+    assert_eq!(all.lines().count(), 6, "{all}");
+
+    let id: i64 = sqlx::query_scalar(
+        "UPDATE threadsync.jobs SET status = 'done', attempts = 2, finished_at = now(),
+                last_error = 'connection reset'
+          WHERE id = (SELECT min(id) FROM threadsync.jobs) RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("a done job");
+    let shown = text(run(&["jobs", "show", &id.to_string()], Some(&db.url)));
+    assert!(
+        shown.contains("earlier error (then succeeded):  connection reset"),
+        "{shown}"
+    );
+    db.close().await;
+}
