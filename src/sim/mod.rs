@@ -141,6 +141,9 @@ pub struct SimConfig {
     pub hostaway_ip_limit: u32,
     pub hostaway_account_limit: u32,
     pub hostaway_window_ms: u64,
+    /// Hostaway: share of generated conversations (and of background steps' new ones) that
+    /// are inquiries, with no reservation.
+    pub hostaway_inquiry_share: f64,
 }
 
 impl Default for SimConfig {
@@ -175,6 +178,7 @@ impl Default for SimConfig {
             hostaway_ip_limit: 15,
             hostaway_account_limit: 20,
             hostaway_window_ms: 10_000,
+            hostaway_inquiry_share: 0.0,
         }
     }
 }
@@ -344,6 +348,8 @@ pub struct SimHandle {
     provider: Arc<dyn SimProvider>,
     /// The same simulator, typed, for its Facebook-only controls.
     facebook: Option<Arc<facebook::FacebookSim>>,
+    /// The same simulator, typed, for its Hostaway-only controls.
+    hostaway: Option<Arc<hostaway::HostawaySim>>,
     cancel: CancellationToken,
     server: tokio::task::JoinHandle<()>,
 }
@@ -456,13 +462,34 @@ impl SimHandle {
     pub fn webhook_stats(&self) -> anyhow::Result<facebook::WebhookStats> {
         Ok(self.facebook()?.webhook().stats())
     }
-    /// Facebook: wait until no webhook delivery is queued or in flight; false on timeout
-    /// (or for another provider).
+    /// Facebook or Hostaway: wait until no webhook delivery is queued or in flight; false on
+    /// timeout (or for another provider).
     pub async fn webhook_idle(&self, timeout: Duration) -> bool {
-        match &self.facebook {
-            Some(f) => f.webhook().idle(timeout).await,
-            None => false,
+        match (&self.facebook, &self.hostaway) {
+            (Some(f), _) => f.webhook().idle(timeout).await,
+            (_, Some(h)) => h.webhook().idle(timeout).await,
+            _ => false,
         }
+    }
+    fn hostaway(&self) -> anyhow::Result<&Arc<hostaway::HostawaySim>> {
+        self.hostaway
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("only the Hostaway simulator has this control"))
+    }
+    /// Hostaway: post every event from now on to `target`; None stops and discards what is
+    /// still queued.
+    pub fn set_hostaway_webhook(
+        &self,
+        target: Option<hostaway::WebhookTarget>,
+    ) -> anyhow::Result<()> {
+        self.hostaway()?
+            .webhook()
+            .set_target(target)
+            .map_err(anyhow::Error::msg)
+    }
+    /// Hostaway: webhook sender counters.
+    pub fn hostaway_webhook_stats(&self) -> anyhow::Result<hostaway::WebhookStats> {
+        Ok(self.hostaway()?.webhook().stats())
     }
     /// Stop serving; open connections get up to 2 s to finish.
     pub async fn shutdown(self) {
@@ -484,7 +511,7 @@ pub async fn start(config: SimConfig) -> anyhow::Result<SimHandle> {
 
 /// Like [`start`] but on a chosen address.
 pub async fn start_on(config: SimConfig, listen: SocketAddr) -> anyhow::Result<SimHandle> {
-    let mut fb = None;
+    let (mut fb, mut ha) = (None, None);
     let provider: Arc<dyn SimProvider> = match config.provider {
         Provider::Ebay => ebay::EbaySim::build(config)?,
         Provider::Smseagle => smseagle::SmsEagleSim::build(config)?,
@@ -493,7 +520,11 @@ pub async fn start_on(config: SimConfig, listen: SocketAddr) -> anyhow::Result<S
             fb = Some(f.clone());
             f
         }
-        Provider::Hostaway => hostaway::HostawaySim::build(config)?,
+        Provider::Hostaway => {
+            let h = hostaway::HostawaySim::new(config);
+            ha = Some(h.clone());
+            h
+        }
     };
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
@@ -502,6 +533,9 @@ pub async fn start_on(config: SimConfig, listen: SocketAddr) -> anyhow::Result<S
     spawn_background(provider.clone(), cancel.clone());
     if let Some(f) = &fb {
         tokio::spawn(f.webhook().clone().run(cancel.clone()));
+    }
+    if let Some(h) = &ha {
+        tokio::spawn(h.webhook().clone().run(cancel.clone()));
     }
     let shutdown = cancel.clone();
     let server = tokio::spawn(async move {
@@ -518,6 +552,7 @@ pub async fn start_on(config: SimConfig, listen: SocketAddr) -> anyhow::Result<S
         addr,
         provider,
         facebook: fb,
+        hostaway: ha,
         cancel,
         server,
     })
@@ -737,6 +772,9 @@ pub struct SimArgs {
     /// Facebook: share of conversations that are Instagram ones.
     #[arg(long, default_value_t = 0.0)]
     pub instagram_share: f64,
+    /// Hostaway: share of conversations that are inquiries (no reservation).
+    #[arg(long, default_value_t = 0.0)]
+    pub hostaway_inquiry_share: f64,
 }
 
 impl SimArgs {
@@ -772,6 +810,7 @@ impl SimArgs {
             status_style: self.status_style,
             drop_rate: self.drop_rate,
             instagram_share: self.instagram_share,
+            hostaway_inquiry_share: self.hostaway_inquiry_share,
             ..SimConfig::default()
         }
     }

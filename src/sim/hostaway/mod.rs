@@ -9,9 +9,18 @@
 //! `hostaway_account_limit` per account, answered with 429
 //! `{"status":"fail","message":...}`. Bad, revoked or not-yet-valid tokens
 //! (minted tokens become valid 1 s after issue) get 403.
+//!
+//! Inquiries (`hostaway_inquiry_share`, mutate `new_inquiries`) are conversations with
+//! `reservationId: null`: listed among the conversations, never under the reservations.
+//! A webhook sender (webhook.rs) posts unified-webhook events while a target is set.
 
+mod control;
 mod routes;
+pub mod webhook;
 
+pub use webhook::{WebhookStats, WebhookTarget};
+
+use super::expected::{utc_ms, Expected, ExpectedMessage, ExpectedThread};
 use super::faults::mix;
 use super::http::{bearer, json, Query};
 use super::stats::SlidingWindow;
@@ -37,6 +46,9 @@ use std::time::Duration;
 const ANCHOR_MS: i64 = super::ebay::data::ANCHOR_MS;
 pub const TOKEN_PREFIX: &str = "sim-hostaway-";
 const DAY_MS: i64 = 86_400_000;
+const CONVERSATION_TYPE: &str = "host-guest-email";
+/// What a poisoned conversation shows as its latest message's `insertedOn`.
+pub const POISON_DATE: &str = "not-a-date";
 const RATE_MESSAGE: &str = "This error occurs because a server detects that your application has exceeded the rate limits or has made too many requests in a given period of time.";
 
 #[derive(Clone, Debug)]
@@ -48,6 +60,7 @@ struct Msg {
     inserted_ms: i64,
 }
 
+/// A reservation and its conversation, or (`inquiry`) a conversation alone.
 #[derive(Clone, Debug)]
 struct Reservation {
     id: u64,
@@ -61,6 +74,11 @@ struct Reservation {
     archived: bool,
     messages: Vec<Msg>,
     deleted: bool,
+    /// No reservation is shown: `reservationId` is null and `id` only keeps the id
+    /// sequence (and so the conversation ids) the same as for a reservation.
+    inquiry: bool,
+    /// The conversation's latest-message `insertedOn` renders as [`POISON_DATE`].
+    poisoned: bool,
 }
 
 impl Reservation {
@@ -69,6 +87,20 @@ impl Reservation {
             .last()
             .map(|m| m.inserted_ms)
             .unwrap_or(self.inserted_ms)
+    }
+
+    /// The reservation id as the API shows it (null for an inquiry).
+    fn reservation_id(&self) -> Option<u64> {
+        (!self.inquiry).then_some(self.id)
+    }
+
+    /// The newest message the API returns without `includeScheduledMessages`.
+    fn latest_sent(&self) -> Option<&Msg> {
+        self.messages.iter().rev().find(|m| m.status == "sent")
+    }
+
+    fn has_unread(&self) -> bool {
+        self.messages.last().is_some_and(|m| m.incoming)
     }
 }
 
@@ -80,6 +112,23 @@ struct Account {
     by_conv: HashMap<u64, usize>,
     next_msg: u64,
     next_res: u64,
+}
+
+/// Live conversations as `/v1/conversations` orders them: latest message desc (a live
+/// order: new messages move threads up), then id.
+fn conversation_order(a: &Account) -> Vec<&Reservation> {
+    let mut rows: Vec<&Reservation> = a.reservations.iter().filter(|r| !r.deleted).collect();
+    rows.sort_by(|x, y| {
+        y.latest_activity()
+            .cmp(&x.latest_activity())
+            .then(x.id.cmp(&y.id))
+    });
+    rows
+}
+
+/// A time as the API prints it (whole seconds).
+fn api_time(ms: i64) -> chrono::DateTime<Utc> {
+    utc_ms(ms - ms.rem_euclid(1000))
 }
 
 fn fmt(ms: i64) -> String {
@@ -102,7 +151,7 @@ const HOST_LINES: &[&str] = &[
 ];
 
 impl Account {
-    fn add_reservation(&mut self, rng: &mut ChaCha8Rng, at: i64) -> usize {
+    fn add_reservation(&mut self, rng: &mut ChaCha8Rng, at: i64, inquiry: bool) -> usize {
         self.next_res += 1;
         let base = 10_000_000 + self.acct_no as u64 * 1_000_000;
         let r = Reservation {
@@ -121,9 +170,13 @@ impl Account {
             archived: rng.gen_bool(0.05),
             messages: Vec::new(),
             deleted: false,
+            inquiry,
+            poisoned: false,
         };
         let idx = self.reservations.len();
-        self.by_res.insert(r.id, idx);
+        if !inquiry {
+            self.by_res.insert(r.id, idx);
+        }
         self.by_conv.insert(r.conversation_id, idx);
         self.reservations.push(r);
         idx
@@ -161,6 +214,7 @@ pub struct HostawaySim {
     minted: RwLock<HashMap<String, (usize, i64)>>,
     revoked: RwLock<HashSet<String>>,
     rng: Mutex<ChaCha8Rng>,
+    webhook: Arc<webhook::WebhookSender>,
 }
 
 fn fail(status: StatusCode, message: &str) -> Response {
@@ -177,10 +231,13 @@ fn envelope(result: Vec<Value>, limit: usize, offset: usize, count: usize) -> Re
 }
 
 impl HostawaySim {
-    pub fn build(config: SimConfig) -> anyhow::Result<Arc<dyn SimProvider>> {
+    pub fn new(config: SimConfig) -> Arc<Self> {
+        let share = config.hostaway_inquiry_share;
         let mut accounts = Vec::new();
         for i in 0..config.accounts {
             let mut rng = ChaCha8Rng::seed_from_u64(mix(config.seed, 0x405 + i as u64));
+            // A stream of its own, so the share changes nothing but which are inquiries.
+            let mut pick = ChaCha8Rng::seed_from_u64(mix(config.seed, 0x4051 + i as u64));
             let mut a = Account {
                 name: format!("acct-{i}"),
                 acct_no: i,
@@ -192,7 +249,8 @@ impl HostawaySim {
             };
             for _ in 0..config.threads {
                 let at = ANCHOR_MS - rng.gen_range(DAY_MS..200 * DAY_MS);
-                let idx = a.add_reservation(&mut rng, at);
+                let inquiry = share > 0.0 && pick.gen_bool(share.min(1.0));
+                let idx = a.add_reservation(&mut rng, at, inquiry);
                 let n = {
                     let u: f64 = rng.gen_range(f64::EPSILON..1.0);
                     ((-u.ln() * config.messages.max(1) as f64).round() as usize).max(1)
@@ -208,7 +266,8 @@ impl HostawaySim {
         }
         let rng = ChaCha8Rng::seed_from_u64(mix(config.seed, 0x4054));
         let window = Duration::from_millis(config.hostaway_window_ms.max(1));
-        Ok(Arc::new(Self {
+        let webhook = Arc::new(webhook::WebhookSender::new(config.seed));
+        Arc::new(Self {
             h: Harness::new(config),
             accounts,
             ip_window: SlidingWindow::new(window),
@@ -216,7 +275,13 @@ impl HostawaySim {
             minted: RwLock::default(),
             revoked: RwLock::default(),
             rng: Mutex::new(rng),
-        }))
+            webhook,
+        })
+    }
+
+    /// The webhook sender; `run` it in a task to post deliveries.
+    pub fn webhook(&self) -> &Arc<webhook::WebhookSender> {
+        &self.webhook
     }
 
     fn account_index(&self, name: &str) -> Option<usize> {
@@ -296,7 +361,7 @@ impl HostawaySim {
 
     fn message_json(a: &Account, r: &Reservation, m: &Msg) -> Value {
         json!({
-            "id": m.id, "accountId": a.acct_no, "listingMapId": r.listing_id, "reservationId": r.id,
+            "id": m.id, "accountId": a.acct_no, "listingMapId": r.listing_id, "reservationId": r.reservation_id(),
             "conversationId": r.conversation_id, "communicationId": Value::Null, "airbnbThreadMessageId": Value::Null,
             "body": m.body, "communicationType": "email", "status": m.status,
             "isIncoming": i32::from(m.incoming), "isSeen": 1, "sentUsingHostaway": i32::from(!m.incoming),
@@ -306,12 +371,14 @@ impl HostawaySim {
         })
     }
 
+    /// The latest message, `messageSentOn` and `messageReceivedOn` count only sent messages,
+    /// as the messages endpoint shows them by default (a scheduled one is not sent yet).
     fn conversation_json(a: &Account, r: &Reservation) -> Value {
         let sent = r
             .messages
             .iter()
             .rev()
-            .find(|m| !m.incoming)
+            .find(|m| !m.incoming && m.status == "sent")
             .map(|m| fmt(m.inserted_ms));
         let recv = r
             .messages
@@ -319,14 +386,82 @@ impl HostawaySim {
             .rev()
             .find(|m| m.incoming)
             .map(|m| fmt(m.inserted_ms));
+        let latest: Vec<Value> = r
+            .latest_sent()
+            .map(|m| {
+                let mut v = Self::message_json(a, r, m);
+                if r.poisoned {
+                    v["insertedOn"] = json!(POISON_DATE);
+                }
+                v
+            })
+            .into_iter()
+            .collect();
         json!({
             "id": r.conversation_id, "accountId": a.acct_no, "listingMapId": r.listing_id,
-            "reservationId": r.id, "type": "host-guest-email", "recipientName": r.guest,
+            "reservationId": r.reservation_id(), "type": CONVERSATION_TYPE, "recipientName": r.guest,
             "recipientEmail": format!("guest{}@example.com", r.id),
-            "hasUnreadMessages": i32::from(r.messages.last().is_some_and(|m| m.incoming)),
-            "messageSentOn": sent, "messageReceivedOn": recv,
-            "conversationMessages": r.messages.last().map(|m| vec![Self::message_json(a, r, m)]).unwrap_or_default(),
+            "hasUnreadMessages": i32::from(r.has_unread()),
+            "messageSentOn": sent, "messageReceivedOn": recv, "conversationMessages": latest,
         })
+    }
+
+    fn message_event(a: &Account, idx: usize) -> Option<Vec<u8>> {
+        let r = &a.reservations[idx];
+        // Only what the API shows by default: a scheduled message is not an event yet.
+        let m = r.messages.last().filter(|m| m.status == "sent")?;
+        Some(webhook::event_body(
+            "message.received",
+            a.acct_no,
+            Self::message_json(a, r, m),
+        ))
+    }
+
+    fn reservation_event(a: &Account, idx: usize, event: &str) -> Vec<u8> {
+        let r = &a.reservations[idx];
+        webhook::event_body(event, a.acct_no, Self::reservation_json(a, r))
+    }
+
+    /// Every live conversation, in list order, as a synced copy holds it.
+    fn expected_of(a: &Account) -> Expected {
+        let party = |guest: bool| Some(if guest { "guest" } else { "host" }.to_string());
+        let threads = conversation_order(a)
+            .into_iter()
+            .map(|r| {
+                let messages: Vec<ExpectedMessage> = r
+                    .messages
+                    .iter()
+                    .filter(|m| m.status == "sent")
+                    .map(|m| ExpectedMessage {
+                        message_id: m.id.to_string(),
+                        sender: party(m.incoming),
+                        recipient: party(!m.incoming),
+                        subject: None,
+                        body: Some(m.body.clone()),
+                        is_read: None,
+                        sent_at: api_time(m.inserted_ms),
+                        media: None,
+                        status: Some(m.status.to_string()),
+                    })
+                    .collect();
+                let latest = r.latest_sent();
+                ExpectedThread {
+                    thread_id: r.conversation_id.to_string(),
+                    conversation_type: Some(CONVERSATION_TYPE.to_string()),
+                    title: Some(r.guest.clone()),
+                    status: (!r.inquiry).then(|| r.status.to_string()),
+                    reference_id: r.reservation_id().map(|id| id.to_string()),
+                    reference_type: (!r.inquiry).then(|| "reservation".to_string()),
+                    unread_count: i32::from(r.has_unread()),
+                    latest_message_id: latest.map(|m| m.id.to_string()),
+                    latest_message_at: latest.map(|m| api_time(m.inserted_ms)),
+                    // The conversation object has no creation time.
+                    created_at: None,
+                    messages,
+                }
+            })
+            .collect();
+        Expected { threads }
     }
 
     fn with_rng<T>(&self, f: impl FnOnce(&mut ChaCha8Rng) -> T) -> T {
@@ -355,6 +490,12 @@ struct MutateBody {
     #[serde(default)]
     thread_ids: Vec<u64>,
     direction: Option<String>,
+    /// New conversations without a reservation, each with one guest message.
+    #[serde(default)]
+    new_inquiries: usize,
+    /// Serve this many live conversations with an undecodable latest-message `insertedOn`.
+    #[serde(default)]
+    poison_threads: usize,
 }
 
 fn acct0() -> String {
@@ -401,19 +542,30 @@ impl SimProvider for HostawaySim {
             .filter_map(|a| a.read().ok())
             .filter(|a| account.is_none_or(|n| n == a.name))
             .map(|a| {
-                let res: Vec<Value> = a
-                    .reservations
-                    .iter()
-                    .filter(|r| !r.deleted)
+                let messages = |r: &Reservation| -> Value {
+                    r.messages
+                        .iter()
+                        .map(|m| Self::message_json(&a, r, m))
+                        .collect()
+                };
+                let live = a.reservations.iter().filter(|r| !r.deleted);
+                let res: Vec<Value> = live
+                    .clone()
+                    .filter(|r| !r.inquiry)
                     .map(|r| {
                         let mut v = Self::reservation_json(&a, r);
                         v["conversationId"] = json!(r.conversation_id);
-                        v["messages"] = r
-                            .messages
-                            .iter()
-                            .map(|m| Self::message_json(&a, r, m))
-                            .collect();
+                        v["messages"] = messages(r);
+                        v["poisoned"] = json!(r.poisoned);
                         v
+                    })
+                    .collect();
+                let inquiries: Vec<Value> = live
+                    .filter(|r| r.inquiry)
+                    .map(|r| {
+                        json!({"conversationId": r.conversation_id, "listingMapId": r.listing_id,
+                               "guestName": r.guest, "insertedOn": fmt(r.inserted_ms),
+                               "poisoned": r.poisoned, "messages": messages(r)})
                     })
                     .collect();
                 let deleted: Vec<u64> = a
@@ -422,7 +574,8 @@ impl SimProvider for HostawaySim {
                     .filter(|r| r.deleted)
                     .map(|r| r.conversation_id)
                     .collect();
-                json!({"account": a.name, "reservations": res, "deleted_conversation_ids": deleted})
+                json!({"account": a.name, "reservations": res, "inquiries": inquiries,
+                       "deleted_conversation_ids": deleted})
             })
             .collect();
         json!({"provider": "hostaway", "accounts": accounts})
@@ -451,7 +604,16 @@ impl SimProvider for HostawaySim {
         let live: Vec<usize> = (0..a.reservations.len())
             .filter(|x| !a.reservations[*x].deleted)
             .collect();
+        let booked: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(|x| !a.reservations[*x].inquiry)
+            .collect();
         let (mut msgs, mut threads, mut deleted, mut updated) = (vec![], vec![], vec![], vec![]);
+        let (mut inquiries, mut poisoned) = (vec![], vec![]);
+        // Webhook bodies, rendered as each change is made.
+        let hooks = self.webhook.is_active();
+        let mut events: Vec<Vec<u8>> = Vec::new();
         self.with_rng(|rng| {
             for n in 0..req.new_messages {
                 if live.is_empty() {
@@ -466,19 +628,43 @@ impl SimProvider for HostawaySim {
                 msgs.push(
                     json!({"conversationId": a.reservations[idx].conversation_id, "messageId": id}),
                 );
+                if hooks {
+                    events.extend(Self::message_event(&a, idx));
+                }
             }
             for _ in 0..req.new_threads {
-                let idx = a.add_reservation(rng, now);
+                let idx = a.add_reservation(rng, now, false);
                 let id = a.add_message(rng, idx, true, now);
                 threads.push(json!({"reservationId": a.reservations[idx].id,
                     "conversationId": a.reservations[idx].conversation_id, "messageId": id}));
+                if hooks {
+                    // Rendered with its first message, as the API shows it from now on.
+                    events.push(Self::reservation_event(&a, idx, "reservation.created"));
+                    events.extend(Self::message_event(&a, idx));
+                }
+            }
+            for _ in 0..req.new_inquiries {
+                let idx = a.add_reservation(rng, now, true);
+                let id = a.add_message(rng, idx, true, now);
+                inquiries.push(
+                    json!({"conversationId": a.reservations[idx].conversation_id,
+                                      "messageId": id}),
+                );
+                if hooks {
+                    events.extend(Self::message_event(&a, idx));
+                }
             }
             for _ in 0..req.update_reservations {
-                if let Some(idx) = (!live.is_empty()).then(|| live[rng.gen_range(0..live.len())]) {
+                if let Some(idx) =
+                    (!booked.is_empty()).then(|| booked[rng.gen_range(0..booked.len())])
+                {
                     let r = &mut a.reservations[idx];
                     r.updated_ms = now.max(r.updated_ms + 1000);
                     r.status = "modified";
                     updated.push(r.id);
+                    if hooks {
+                        events.push(Self::reservation_event(&a, idx, "reservation.updated"));
+                    }
                 }
             }
             for _ in 0..req.delete_threads {
@@ -489,10 +675,25 @@ impl SimProvider for HostawaySim {
                     }
                 }
             }
+            for _ in 0..req.poison_threads {
+                let pool: Vec<usize> = (0..a.reservations.len())
+                    .filter(|x| !a.reservations[*x].deleted && !a.reservations[*x].poisoned)
+                    .collect();
+                if pool.is_empty() {
+                    break;
+                }
+                let idx = pool[rng.gen_range(0..pool.len())];
+                a.reservations[idx].poisoned = true;
+                poisoned.push(a.reservations[idx].conversation_id);
+            }
         });
+        for body in events {
+            self.webhook.enqueue(body);
+        }
         Ok(
             json!({"account": a.name, "newMessages": msgs, "newThreads": threads,
-                  "updatedReservationIds": updated, "deletedConversationIds": deleted}),
+                  "newInquiries": inquiries, "updatedReservationIds": updated,
+                  "deletedConversationIds": deleted, "poisonedConversationIds": poisoned}),
         )
     }
 
@@ -500,15 +701,32 @@ impl SimProvider for HostawaySim {
         if self.accounts.is_empty() {
             return;
         }
-        let (i, new_thread, incoming) = self.with_rng(|r| {
-            (
-                r.gen_range(0..self.accounts.len()),
-                r.gen_bool(0.1),
-                r.gen_bool(0.6),
-            )
+        let share = self.h.config.hostaway_inquiry_share;
+        let (i, new_thread, incoming, inquiry) = self.with_rng(|r| {
+            let i = r.gen_range(0..self.accounts.len());
+            let (new_thread, incoming) = (r.gen_bool(0.1), r.gen_bool(0.6));
+            // Drawn only with a share, so a zero share keeps the same sequence.
+            let inquiry = new_thread && share > 0.0 && r.gen_bool(share.min(1.0));
+            (i, new_thread, incoming, inquiry)
         });
         let _ = self.mutate(&json!({"account": format!("acct-{i}"), "new_messages": usize::from(!new_thread),
-            "new_threads": usize::from(new_thread), "direction": if incoming {"inbound"} else {"outbound"}}));
+            "new_threads": usize::from(new_thread && !inquiry), "new_inquiries": usize::from(inquiry),
+            "direction": if incoming {"inbound"} else {"outbound"}}));
+    }
+
+    /// Every live conversation, inquiries included (poisoned ones too: a sync must show
+    /// them missing). `since` is ignored: conversations have no date filter, so a first
+    /// sync reads every conversation whole.
+    fn expected(
+        &self,
+        account: &str,
+        _since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Expected, String> {
+        let i = self
+            .account_index(account)
+            .ok_or_else(|| format!("unknown account {account}"))?;
+        let a = self.accounts[i].read().map_err(|_| "store poisoned")?;
+        Ok(Self::expected_of(&a))
     }
 
     fn expire_token(&self, account: &str) -> bool {
@@ -540,5 +758,9 @@ impl SimProvider for HostawaySim {
                 get(reservation_conversations),
             )
             .with_state(self)
+    }
+
+    fn control_routes(self: Arc<Self>) -> Router {
+        control::routes(self)
     }
 }

@@ -39,7 +39,11 @@ pub(super) async fn reservations(
     let Ok(a) = sim.accounts[i].read() else {
         return fail(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable");
     };
-    let mut rows: Vec<&Reservation> = a.reservations.iter().filter(|r| !r.deleted).collect();
+    let mut rows: Vec<&Reservation> = a
+        .reservations
+        .iter()
+        .filter(|r| !r.deleted && !r.inquiry)
+        .collect();
     if let Some(v) = q.get(&["isArchived"]) {
         let want = v == "1" || v == "true";
         rows.retain(|r| r.archived == want);
@@ -129,17 +133,10 @@ pub(super) async fn conversations(
     let res_filter = q
         .get(&["reservationId"])
         .and_then(|v| v.parse::<u64>().ok());
-    let mut rows: Vec<&Reservation> = a
-        .reservations
-        .iter()
-        .filter(|r| !r.deleted && res_filter.is_none_or(|x| r.id == x))
-        .collect();
-    // Latest message first (a live order: new messages move threads up).
-    rows.sort_by(|x, y| {
-        y.latest_activity()
-            .cmp(&x.latest_activity())
-            .then(x.id.cmp(&y.id))
-    });
+    let mut rows = conversation_order(&a);
+    if let Some(x) = res_filter {
+        rows.retain(|r| r.reservation_id() == Some(x));
+    }
     let count = rows.len();
     let result = rows
         .iter()
@@ -307,6 +304,11 @@ pub(super) async fn send_message(
     if let Some(m) = r.messages.last_mut() {
         m.body = text;
         m.status = "sent";
+    }
+    if sim.webhook.is_active() {
+        if let Some(body) = HostawaySim::message_event(&a, idx) {
+            sim.webhook.enqueue(body);
+        }
     }
     let r = &a.reservations[idx];
     match r.messages.last() {
