@@ -365,6 +365,41 @@ async fn a_refresh_of_a_thread_the_provider_lacks_fails_saying_so(p: P) {
     rig.close().await;
 }
 
+/// A credential the provider stops accepting pauses the account with a reason that names
+/// the variable to fix, and nothing more is asked of the provider meanwhile.
+async fn a_refused_token_pauses_the_account_naming_its_variable(p: P) {
+    let rig = Rig::new(p.rig(p.sim(40, 10), 1)).await;
+    rig.run(Mode::Full).await;
+    assert!(rig.sim.expire_token(ACCOUNT));
+    let id = rig.start(Mode::Incremental).await;
+    let t = Instant::now();
+    let reason = loop {
+        let a = sync::account_status(&rig.db.pool, ACCOUNT)
+            .await
+            .expect("status")
+            .expect("account");
+        if let (Some(_), Some(r)) = (a.paused_until, a.pause_reason) {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "never paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(reason.contains(rig.provider.token_env()), "{reason}");
+    rig.db
+        .wait_count(
+            &format!(
+                "SELECT least(count(*), 1) FROM threadsync.jobs WHERE run_id = {id} AND status = 'failed'"
+            ),
+            1,
+            Duration::from_secs(20),
+        )
+        .await;
+    let calls = rig.calls();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(rig.calls(), calls, "no call while paused");
+    rig.close().await;
+}
+
 /// A row the provider sends that cannot be decoded is skipped and counted with its
 /// reason; the rest of its page or batch syncs, and later runs move past it.
 async fn a_poison_row_is_skipped_and_recorded(p: P) {
@@ -558,6 +593,7 @@ contract!(
         a_refresh_of_a_thread_the_provider_lacks_fails_saying_so,
         a_thread_deleted_between_full_runs_is_marked_deleted,
         a_poison_row_is_skipped_and_recorded,
+        a_refused_token_pauses_the_account_naming_its_variable,
         a_worker_killed_mid_run_loses_nothing,
         a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
         a_run_whose_last_job_the_reaper_fails_still_ends,
@@ -574,6 +610,7 @@ contract!(
         a_refresh_of_a_thread_the_provider_lacks_fails_saying_so,
         a_thread_deleted_between_full_runs_is_marked_deleted,
         a_poison_row_is_skipped_and_recorded,
+        a_refused_token_pauses_the_account_naming_its_variable,
         a_worker_killed_mid_run_loses_nothing,
         a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
         a_run_whose_last_job_the_reaper_fails_still_ends,
@@ -591,6 +628,7 @@ contract!(
         faults_lose_nothing,
         incremental_fetches_only_what_changed,
         a_poison_row_is_skipped_and_recorded,
+        a_refused_token_pauses_the_account_naming_its_variable,
         a_worker_killed_mid_run_loses_nothing,
         a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
         a_run_whose_last_job_the_reaper_fails_still_ends,
