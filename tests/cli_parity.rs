@@ -165,3 +165,61 @@ async fn resync_and_sync_speak_json_for_scripts() {
     assert_eq!(v["run"], serde_json::Value::Null, "no --follow: {v}");
     rig.close().await;
 }
+
+/// `jobs retry` puts a failed job back to pending with its attempts reset; `jobs cancel`
+/// cancels a pending one; both refuse a job in the wrong state with one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_retry_and_cancel_from_the_command_line() {
+    let rig = Rig::new(Opts {
+        provider: Provider::Ebay,
+        workers: 0,
+        ..Opts::default()
+    })
+    .await;
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT threadsync.enqueue(kind => 'diag.noop', payload => jsonb_build_object('i', i))
+           FROM generate_series(1, 2) i",
+    )
+    .fetch_all(&rig.db.pool)
+    .await
+    .expect("enqueue");
+    let (failed, pending) = (ids[0].to_string(), ids[1].to_string());
+    sqlx::query(
+        "UPDATE threadsync.jobs SET status = 'failed', attempts = 3, finished_at = now(),
+                last_error = 'boom' WHERE id = $1",
+    )
+    .bind(ids[0])
+    .execute(&rig.db.pool)
+    .await
+    .expect("fail it");
+    let state = |id: i64| {
+        let pool = rig.db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, i32)>(
+                "SELECT status, attempts FROM threadsync.jobs WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("job")
+        }
+    };
+
+    let (ok, _, err) = cli(&rig, &["jobs", "retry", &failed]);
+    assert!(ok, "{err}");
+    assert_eq!(state(ids[0]).await, ("pending".to_string(), 0));
+    let (ok, _, err) = cli(&rig, &["jobs", "retry", &pending]);
+    assert!(!ok, "a pending job is not retried");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let (ok, _, err) = cli(&rig, &["jobs", "cancel", &pending]);
+    assert!(ok, "{err}");
+    assert_eq!(state(ids[1]).await.0, "cancelled");
+    let (ok, _, err) = cli(&rig, &["jobs", "cancel", &pending]);
+    assert!(!ok, "already cancelled");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (ok, _, err) = cli(&rig, &["jobs", "cancel", "999999"]);
+    assert!(!ok);
+    assert!(err.contains("999999"), "{err}");
+    rig.close().await;
+}
