@@ -152,7 +152,7 @@ async fn smseagle_expects_numbers_as_threads_within_the_window() {
 }
 
 #[tokio::test]
-async fn facebook_and_hostaway_are_not_supported_yet() {
+async fn facebook_and_hostaway_serve_the_same_rows_over_http() {
     for provider in [Provider::Facebook, Provider::Hostaway] {
         let h = sim::start(SimConfig {
             provider,
@@ -162,17 +162,14 @@ async fn facebook_and_hostaway_are_not_supported_yet() {
         })
         .await
         .unwrap();
-        let err = h.expected("acct-0").unwrap_err().to_string();
-        assert!(err.contains("not supported yet"), "{provider:?}: {err}");
+        let rows = h.expected("acct-0").unwrap();
+        assert_eq!(rows.threads.len(), 3, "{provider:?}");
         let (status, body) = get(&h, "account=acct-0").await;
-        assert_eq!(status, 400, "{provider:?}: {body}");
-        assert!(
-            body["error"]
-                .as_str()
-                .unwrap()
-                .contains("not supported yet"),
-            "{provider:?}: {body}"
-        );
+        assert_eq!(status, 200, "{provider:?}: {body}");
+        let served: threadsync::sim::Expected = serde_json::from_value(body).unwrap();
+        assert_eq!(served, rows, "{provider:?}");
+        let (status, _) = get(&h, "account=acct-9").await;
+        assert_eq!(status, 400, "{provider:?}: an unknown account");
         h.shutdown().await;
     }
 }
