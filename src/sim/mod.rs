@@ -716,8 +716,8 @@ pub struct SimArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
-    /// Daily quota per account; 0 = unlimited.
-    #[arg(long, default_value_t = 5000)]
+    /// Daily quota per account (eBay's is 5000); 0, the default, is unlimited.
+    #[arg(long, default_value_t = 0)]
     pub quota: u64,
     /// Requests per second per account (sliding 1 s window).
     #[arg(long)]
@@ -832,4 +832,23 @@ pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     handle.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: super::SimArgs,
+    }
+
+    #[test]
+    fn the_simulator_has_no_quota_unless_asked() {
+        let c = Cli::parse_from(["sim"]).sim.to_config();
+        assert_eq!(c.daily_quota, None);
+        let c = Cli::parse_from(["sim", "--quota", "5000"]).sim.to_config();
+        assert_eq!(c.daily_quota, Some(5000));
+    }
 }
