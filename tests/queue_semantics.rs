@@ -441,8 +441,10 @@ async fn notify_wakes_an_idle_worker_well_before_the_poll_floor() {
     let cfg = config("[queue]\npoll_ms = 1000\n");
     let (stop, task) = start_worker(&db, cfg, "w");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut worst = 0.0f64;
-    for _ in 0..5 {
+    // Without NOTIFY a pickup waits for the next poll (up to 1 s, 200 ms or more four
+    // times in five); one slow pickup on a loaded machine is not a failure.
+    let mut pickups = Vec::new();
+    for _ in 0..7 {
         let id = enqueue(&db.pool, &NewJob::new("diag.noop", json!({})))
             .await
             .unwrap();
@@ -457,12 +459,13 @@ async fn notify_wakes_an_idle_worker_well_before_the_poll_floor() {
             .fetch_one(&db.pool)
             .await
             .unwrap();
-        worst = worst.max(ms);
+        pickups.push(ms);
         tokio::time::sleep(Duration::from_millis(rand_ms())).await;
     }
+    let quick = pickups.iter().filter(|ms| **ms < 200.0).count();
     assert!(
-        worst < 500.0,
-        "pickup took {worst} ms: LISTEN/NOTIFY is not waking the worker"
+        quick >= 5,
+        "pickups {pickups:?} ms: LISTEN/NOTIFY is not waking the worker"
     );
     stop.cancel();
     task.await.unwrap().unwrap();
