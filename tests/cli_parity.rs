@@ -163,6 +163,17 @@ async fn resync_and_sync_speak_json_for_scripts() {
     assert_eq!(v["mode"], "incremental", "{v}");
     assert!(v["request"]["run_id"].is_i64(), "{v}");
     assert_eq!(v["run"], serde_json::Value::Null, "no --follow: {v}");
+    // As text, the final block says how long the run took.
+    rig.db
+        .wait_count(
+            "SELECT count(*) FROM threadsync.sync_runs WHERE finished_at IS NULL",
+            0,
+            Duration::from_secs(30),
+        )
+        .await;
+    let (ok, out, err) = cli(&rig, &["resync", "acct-0", "--follow"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(" done") && out.contains("  took "), "{out}");
     rig.close().await;
 }
 
