@@ -384,6 +384,8 @@ async fn a_signed_webhook_refreshes_its_conversation_once_and_a_forged_one_nothi
     assert!(sync::flow::pause_by_operator(&rig.db.pool, ACCOUNT, "test")
         .await
         .expect("pause"));
+    // A worker holds "not paused" for up to a second (src/sync/flow.rs): let it lapse.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let convs = order(&rig);
     let (target, other) = (
         convs[5]["id"].as_str().expect("id").to_string(),
@@ -446,6 +448,29 @@ async fn a_signed_webhook_refreshes_its_conversation_once_and_a_forged_one_nothi
         .expect("post");
     assert_eq!(signed.status(), 200);
     assert_eq!(refreshes(&rig, &other_id).await, 1);
+    // Meta batches events: a delivery well over the API's 64 KiB body limit is read whole.
+    let events: Vec<Value> = (0..2000)
+        .map(|i| {
+            json!({"sender": {"id": user}, "recipient": {"id": ACCOUNT}, "timestamp": i,
+                         "message": {"mid": format!("m_batch_{i}"), "text": "a batched event"}})
+        })
+        .collect();
+    let batch =
+        json!({"object": "page", "entry": [{"id": ACCOUNT, "time": 1, "messaging": events}]})
+            .to_string();
+    assert!(batch.len() > 200 * 1024, "{} bytes", batch.len());
+    let big = http
+        .post(&url)
+        .header(
+            "x-hub-signature-256",
+            signature(batch.as_bytes(), APP_SECRET),
+        )
+        .body(batch)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(big.status(), 200);
+    assert_eq!(refreshes(&rig, &other_id).await, 1, "still one refresh");
 
     // A person with no conversation held yet: an incremental run finds it.
     let runs_before = rig
@@ -462,7 +487,16 @@ async fn a_signed_webhook_refreshes_its_conversation_once_and_a_forged_one_nothi
         .await;
     assert_eq!(runs_after, runs_before + 1);
 
-    // Resumed, the refreshes and the run bring the copy level with the provider.
+    // Resumed, the refreshes and the run bring the copy level with the provider. Every job
+    // is parked first: one still parking as the resume lands would look again only after
+    // its minute.
+    rig.db
+        .wait_count(
+            "SELECT count(*) FROM threadsync.jobs WHERE status = 'running'",
+            0,
+            Duration::from_secs(20),
+        )
+        .await;
     assert!(sync::flow::resume(&rig.db.pool, ACCOUNT)
         .await
         .expect("resume"));

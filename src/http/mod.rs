@@ -98,7 +98,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::serve))
         .route(
             "/webhooks/{provider}",
-            get(webhooks::handshake).post(webhooks::deliver),
+            get(webhooks::handshake)
+                .post(webhooks::deliver)
+                .layer(DefaultBodyLimit::max(webhooks::BODY_LIMIT)),
         )
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -16,6 +16,9 @@ use crate::sync::provider::{Webhook, WebhookSecrets};
 use super::error::ApiError;
 use super::AppState;
 
+/// Largest delivery a receiver reads: Meta batches many events into one.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
 /// Webhook secrets by provider name.
 pub type Secrets = Arc<HashMap<&'static str, WebhookSecrets>>;
 
