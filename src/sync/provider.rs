@@ -25,7 +25,7 @@ pub trait Provider: Send + Sync + 'static {
 /// A provider's parsed account settings, ready to connect once the secret is known.
 pub trait Connect: std::fmt::Debug + Send + Sync + 'static {
     fn connect(&self, account: &AccountConfig, secret: String) -> anyhow::Result<Source>;
-    /// The id the provider's pushes name the account by (a Facebook Page id).
+    /// The id the provider's pushes name the account by (a page or account id of its own).
     fn address(&self) -> Option<String> {
         None
     }
@@ -54,7 +54,7 @@ impl std::fmt::Debug for WebhookSecrets {
 pub enum ThreadRef {
     /// By the provider's thread id.
     Id(String),
-    /// By the reference thread rows carry (`reference_id`: a Facebook user id).
+    /// By the reference thread rows carry (`reference_id`, e.g. the person the thread is with).
     Reference(String),
 }
 
