@@ -1267,3 +1267,335 @@ async fn background_steps_queue_webhooks_and_other_providers_refuse_the_control(
     assert!(fb.hostaway_webhook_stats().is_err());
     fb.shutdown().await;
 }
+
+#[tokio::test]
+async fn include_resources_adds_the_reservation_and_null_for_an_inquiry() {
+    let h = sim::start(SimConfig {
+        hostaway_inquiry_share: 0.3,
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let c = Client::new();
+    let t = h.token("acct-0");
+    let plain = walk(&c, &h, "/v1/conversations", &t, 20).await;
+    let with = walk(&c, &h, "/v1/conversations?includeResources=1", &t, 20).await;
+    assert_eq!(plain.len(), 45);
+    assert_eq!(with.len(), plain.len());
+    assert!(plain.iter().all(|x| x.get("Reservation").is_none()));
+    let (mut inquiries, mut booked) = (Vec::new(), Vec::new());
+    for (p, w) in plain.iter().zip(&with) {
+        let mut rest = w.clone();
+        let res = rest.as_object_mut().unwrap().remove("Reservation");
+        assert_eq!(&rest, p, "nothing else changes");
+        let res = res.expect("Reservation present");
+        match p["reservationId"].as_u64() {
+            None => {
+                assert!(res.is_null(), "an inquiry has no reservation: {res}");
+                inquiries.push(p["id"].as_u64().unwrap());
+            }
+            Some(rid) => {
+                let (s, v) = get(&c, &h, &format!("/v1/reservations/{rid}"), &t).await;
+                assert_eq!(s, 200);
+                assert_eq!(res, v["result"], "as /v1/reservations/{{id}} renders it");
+                booked.push((p["id"].as_u64().unwrap(), rid));
+            }
+        }
+    }
+    assert!(!inquiries.is_empty() && !booked.is_empty());
+    // One conversation, both kinds; any other value of the parameter changes nothing.
+    let (s, v) = get(
+        &c,
+        &h,
+        &format!("/v1/conversations/{}?includeResources=1", inquiries[0]),
+        &t,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(v["result"]["Reservation"].is_null());
+    assert!(v["result"].as_object().unwrap().contains_key("Reservation"));
+    let (cid, rid) = booked[0];
+    let (_, one) = get(&c, &h, &format!("/v1/reservations/{rid}"), &t).await;
+    let (_, v) = get(
+        &c,
+        &h,
+        &format!("/v1/conversations/{cid}?includeResources=1"),
+        &t,
+    )
+    .await;
+    assert_eq!(v["result"]["Reservation"], one["result"]);
+    for q in ["", "?includeResources=0"] {
+        let (_, v) = get(&c, &h, &format!("/v1/conversations/{cid}{q}"), &t).await;
+        assert!(v["result"].get("Reservation").is_none(), "{q}");
+        let (_, v) = get(
+            &c,
+            &h,
+            &format!("/v1/reservations/{rid}/conversations{q}"),
+            &t,
+        )
+        .await;
+        assert!(v["result"][0].get("Reservation").is_none(), "{q}");
+    }
+    let (s, v) = get(
+        &c,
+        &h,
+        &format!("/v1/reservations/{rid}/conversations?includeResources=1"),
+        &t,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["result"][0]["id"], cid);
+    assert_eq!(v["result"][0]["Reservation"], one["result"]);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_numeric_client_id_mints_a_token_for_that_account() {
+    let h = sim::start(SimConfig {
+        accounts: 3,
+        threads: 5,
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let c = Client::new();
+    let mint = |client: &'static str, secret: &'static str| {
+        let c = c.clone();
+        let u = format!("{}/v1/accessTokens", h.base_url());
+        async move {
+            let r = c
+                .post(u)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client),
+                    ("client_secret", secret),
+                    ("scope", "general"),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = mint("2", "sim-secret-acct-2").await;
+    assert_eq!(s, 200, "{v}");
+    let tok = v["access_token"].as_str().unwrap().to_string();
+    assert_eq!(get(&c, &h, "/v1/conversations?limit=1", &tok).await.0, 403);
+    h.advance_clock(1.0);
+    let (s, v) = get(&c, &h, "/v1/conversations?limit=1", &tok).await;
+    assert_eq!(s, 200, "valid 1 s after issue");
+    assert_eq!(v["result"][0]["accountId"], 2);
+    // The account-name form still works; the secret is the same for both.
+    let (s, _) = mint("acct-2", "sim-secret-acct-2").await;
+    assert_eq!(s, 200);
+    for (client, secret) in [
+        ("2", "sim-secret-2"),
+        ("2", "sim-secret-acct-1"),
+        ("3", "sim-secret-acct-3"),
+        ("02", "sim-secret-acct-2"),
+        ("-1", "sim-secret-acct--1"),
+        ("", "sim-secret-acct-"),
+    ] {
+        let (s, v) = mint(client, secret).await;
+        assert_eq!(
+            (s, v["status"].as_str()),
+            (StatusCode::FORBIDDEN, Some("fail")),
+            "{client}"
+        );
+    }
+    h.shutdown().await;
+}
+
+/// One metered request from `ip` with `token`.
+async fn from_ip(c: &Client, h: &SimHandle, token: &str, ip: &str) -> StatusCode {
+    c.get(format!("{}/v1/conversations?limit=1", h.base_url()))
+        .bearer_auth(token)
+        .header("X-Sim-Client-IP", ip)
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn windows(c: &Client, h: &SimHandle) -> Value {
+    let r = c
+        .get(format!("{}/_sim/windows", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn window_peaks_count_admitted_and_throttled_requests_until_a_reset() {
+    let h = sim::start(cfg()).await.unwrap();
+    let c = Client::new();
+    h.set_hostaway_limits(5, 100, 1000).unwrap();
+    let t = h.token("acct-0");
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(from_ip(&c, &h, &t, "10.1.0.1").await);
+    }
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert!(throttled > 0, "{statuses:?}");
+    assert!(statuses[..5].iter().all(|s| *s == 200), "{statuses:?}");
+    // Neither a bad token nor the token endpoint counts.
+    assert_eq!(from_ip(&c, &h, "nope", "10.1.0.1").await, 403);
+    let r = c
+        .post(format!("{}/v1/accessTokens", h.base_url()))
+        .header("X-Sim-Client-IP", "10.1.0.1")
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "0"),
+            ("client_secret", "sim-secret-acct-0"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let p = h.hostaway_window_peaks().unwrap();
+    assert_eq!(p.window_ms, 1000);
+    assert_eq!(p.by_ip.get("10.1.0.1"), Some(&12), "{p:?}");
+    assert_eq!(p.by_ip.len(), 1, "{p:?}");
+    assert_eq!(p.by_account.get("acct-0"), Some(&12), "{p:?}");
+    assert_eq!(p.by_account.len(), 1, "{p:?}");
+    assert_eq!(h.stats().accounts["acct-0"].throttled_429, throttled as u64);
+    let v = windows(&c, &h).await;
+    assert_eq!(
+        v,
+        json!({"window_ms": 1000, "by_ip": {"10.1.0.1": 12}, "by_account": {"acct-0": 12}})
+    );
+    h.reset_stats();
+    let p = h.hostaway_window_peaks().unwrap();
+    assert!(p.by_ip.is_empty() && p.by_account.is_empty(), "{p:?}");
+    assert_eq!(p.window_ms, 1000);
+    // The peak windows were cleared too: the account's next requests start from zero.
+    assert_eq!(from_ip(&c, &h, &t, "10.1.0.2").await, 200);
+    assert_eq!(from_ip(&c, &h, &t, "10.1.0.2").await, 200);
+    let v = windows(&c, &h).await;
+    assert_eq!(v["by_ip"], json!({"10.1.0.2": 2}));
+    assert_eq!(v["by_account"], json!({"acct-0": 2}));
+    // The HTTP reset clears them as well.
+    let r = c
+        .post(format!("{}/_sim/stats/reset", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = windows(&c, &h).await;
+    assert_eq!(v, json!({"window_ms": 1000, "by_ip": {}, "by_account": {}}));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn runtime_limits_replace_what_is_admitted() {
+    let h = sim::start(cfg()).await.unwrap();
+    let c = Client::new();
+    let t = h.token("acct-0");
+    for _ in 0..4 {
+        assert_eq!(from_ip(&c, &h, &t, "10.2.0.1").await, 200);
+    }
+    h.set_hostaway_limits(2, 3, 60_000).unwrap();
+    // Fresh windows: the four earlier requests do not count, and the peaks restarted.
+    let p = h.hostaway_window_peaks().unwrap();
+    assert_eq!(p.window_ms, 60_000);
+    assert!(p.by_ip.is_empty() && p.by_account.is_empty(), "{p:?}");
+    assert_eq!(from_ip(&c, &h, &t, "10.2.0.1").await, 200);
+    assert_eq!(from_ip(&c, &h, &t, "10.2.0.1").await, 200);
+    assert_eq!(from_ip(&c, &h, &t, "10.2.0.1").await, 429, "ip limit 2");
+    assert_eq!(from_ip(&c, &h, &t, "10.2.0.2").await, 200);
+    assert_eq!(
+        from_ip(&c, &h, &t, "10.2.0.3").await,
+        429,
+        "account limit 3"
+    );
+    let p = h.hostaway_window_peaks().unwrap();
+    assert_eq!(p.by_ip["10.2.0.1"], 3);
+    assert_eq!(p.by_account["acct-0"], 5);
+    // Over HTTP: the answer is the limits now enforced, and everything restarts.
+    let post = |body: Value| {
+        let c = c.clone();
+        let u = format!("{}/_sim/hostaway_limits", h.base_url());
+        async move {
+            let r = c.post(u).json(&body).send().await.unwrap();
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+    let want = json!({"ip_limit": 1, "account_limit": 10, "window_ms": 60_000});
+    let (s, v) = post(want.clone()).await;
+    assert_eq!((s, &v), (StatusCode::OK, &want));
+    let r = c
+        .get(format!("{}/_sim/hostaway_limits", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), want);
+    assert_eq!(windows(&c, &h).await["by_ip"], json!({}));
+    assert_eq!(from_ip(&c, &h, &t, "10.2.0.3").await, 200);
+    assert_eq!(from_ip(&c, &h, &t, "10.2.0.3").await, 429, "ip limit 1");
+    // A short window admits again once it has passed.
+    h.set_hostaway_limits(1, 100, 200).unwrap();
+    assert_eq!(from_ip(&c, &h, &t, "10.2.0.4").await, 200);
+    assert_eq!(from_ip(&c, &h, &t, "10.2.0.4").await, 429);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(from_ip(&c, &h, &t, "10.2.0.4").await, 200);
+    assert_eq!(h.hostaway_window_peaks().unwrap().window_ms, 200);
+    // Bad bodies: 400 with one message, and nothing changes.
+    for (body, needle) in [
+        (
+            json!({"ip_limit": 1, "account_limit": 1}),
+            "missing window_ms",
+        ),
+        (json!({"window_ms": 5}), "missing ip_limit, account_limit"),
+        (
+            json!({"ip_limit": 1, "account_limit": 1, "window_ms": 0}),
+            "at least 1",
+        ),
+        (
+            json!({"ip_limit": -1, "account_limit": 1, "window_ms": 5}),
+            "invalid value",
+        ),
+        (
+            json!({"ip_limit": 1, "account_limit": 1, "window_ms": 5, "burst": 2}),
+            "unknown field",
+        ),
+        (json!("15/20"), "invalid type"),
+    ] {
+        let (s, v) = post(body.clone()).await;
+        assert_eq!(s, 400, "{body}");
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains("\"window_ms\": u64 >= 1"), "{e}");
+        assert!(e.contains(needle), "{body}: {e}");
+    }
+    let r = c
+        .post(format!("{}/_sim/hostaway_limits", h.base_url()))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(h.set_hostaway_limits(1, 1, 0).is_err());
+    let r = c
+        .get(format!("{}/_sim/hostaway_limits", h.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"ip_limit": 1, "account_limit": 100, "window_ms": 200})
+    );
+    h.shutdown().await;
+    let fb = sim::start(SimConfig {
+        provider: Provider::Facebook,
+        threads: 2,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    assert!(fb.hostaway_window_peaks().is_err());
+    assert!(fb.set_hostaway_limits(15, 20, 10_000).is_err());
+    fb.shutdown().await;
+}

@@ -491,6 +491,25 @@ impl SimHandle {
     pub fn hostaway_webhook_stats(&self) -> anyhow::Result<hostaway::WebhookStats> {
         Ok(self.hostaway()?.webhook().stats())
     }
+    /// Hostaway: the largest number of requests with a valid token (admitted or answered 429)
+    /// in any sliding window, per client IP and per account, since start, the last
+    /// [`reset_stats`](Self::reset_stats) or the last
+    /// [`set_hostaway_limits`](Self::set_hostaway_limits).
+    pub fn hostaway_window_peaks(&self) -> anyhow::Result<hostaway::WindowPeaks> {
+        Ok(self.hostaway()?.window_peaks())
+    }
+    /// Hostaway: enforce these limits from now on (empty windows; the peaks restart over
+    /// `window_ms`). The `SimConfig` fields keep the initial values. `window_ms` must be >= 1.
+    pub fn set_hostaway_limits(
+        &self,
+        ip_limit: u32,
+        account_limit: u32,
+        window_ms: u64,
+    ) -> anyhow::Result<()> {
+        self.hostaway()?
+            .set_limits(ip_limit, account_limit, window_ms)
+            .map_err(anyhow::Error::msg)
+    }
     /// Stop serving; open connections get up to 2 s to finish.
     pub async fn shutdown(self) {
         self.cancel.cancel();

@@ -2,7 +2,8 @@
 //! 429 counts and the highest request count seen in any 1 s sliding window.
 
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Stats {
     inner: Mutex<Inner>,
+    /// How many times [`Stats::reset`] ran, so provider-side counters can follow it.
+    resets: AtomicU64,
 }
 
 pub const UNAUTHENTICATED: &str = "_unauthenticated";
@@ -119,6 +122,13 @@ impl Stats {
         if let Ok(mut inner) = self.inner.lock() {
             *inner = Inner::default();
         }
+        self.resets.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The number of resets so far: a provider keeping counters of its own clears them when
+    /// this differs from the value it last saw.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::SeqCst)
     }
 }
 
@@ -169,5 +179,52 @@ impl SlidingWindow {
         if let Ok(mut hits) = self.hits.lock() {
             hits.clear();
         }
+    }
+}
+
+/// The largest number of events per key seen in any sliding window of `window`
+/// (counted over windows `(t - window, t]`, the same ageing as [`SlidingWindow`]).
+/// Not locked: the owner keeps it behind its own mutex.
+pub struct PeakWindow {
+    window: Duration,
+    /// key -> (event times still in the window, peak so far)
+    keys: HashMap<String, (VecDeque<Instant>, u64)>,
+}
+
+impl PeakWindow {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            keys: HashMap::new(),
+        }
+    }
+
+    /// Count one event for `key` now (read under the owner's lock, so times stay in order).
+    pub fn record(&mut self, key: &str) {
+        let now = Instant::now();
+        let (q, peak) = match self.keys.get_mut(key) {
+            Some(e) => e,
+            None => self.keys.entry(key.to_string()).or_default(),
+        };
+        while let Some(front) = q.front() {
+            if now.saturating_duration_since(*front) >= self.window {
+                q.pop_front();
+            } else {
+                break;
+            }
+        }
+        q.push_back(now);
+        *peak = (*peak).max(q.len() as u64);
+    }
+
+    pub fn peaks(&self) -> BTreeMap<String, u64> {
+        self.keys
+            .iter()
+            .map(|(k, (_, peak))| (k.clone(), *peak))
+            .collect()
+    }
+
+    pub fn clear(&mut self) {
+        self.keys.clear();
     }
 }

@@ -7,8 +7,13 @@
 //! Limits: `hostaway_ip_limit` requests per `hostaway_window_ms` per client IP
 //! (the `X-Sim-Client-IP` header overrides the socket address) and
 //! `hostaway_account_limit` per account, answered with 429
-//! `{"status":"fail","message":...}`. Bad, revoked or not-yet-valid tokens
-//! (minted tokens become valid 1 s after issue) get 403.
+//! `{"status":"fail","message":...}`; replaceable at run time
+//! (`/_sim/hostaway_limits`). Every request with a valid token, admitted or not, also
+//! counts toward the window peaks (`/_sim/windows`). Bad, revoked or not-yet-valid
+//! tokens (minted tokens become valid 1 s after issue) get 403.
+//!
+//! `includeResources=1` on the conversation routes adds each conversation's
+//! `Reservation` (null for an inquiry).
 //!
 //! Inquiries (`hostaway_inquiry_share`, mutate `new_inquiries`) are conversations with
 //! `reservationId: null`: listed among the conversations, never under the reservations.
@@ -23,7 +28,7 @@ pub use webhook::{WebhookStats, WebhookTarget};
 use super::expected::{utc_ms, Expected, ExpectedMessage, ExpectedThread};
 use super::faults::mix;
 use super::http::{bearer, json, Query};
-use super::stats::SlidingWindow;
+use super::stats::{PeakWindow, SlidingWindow};
 use super::{Harness, SimConfig, SimProvider};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -36,9 +41,9 @@ use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use routes::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -205,11 +210,74 @@ impl Account {
     }
 }
 
+/// The largest number of requests with a valid token (admitted or answered 429) seen in
+/// any sliding window of `window_ms`, per client IP (the limiter's key) and per account.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowPeaks {
+    pub window_ms: u64,
+    pub by_ip: BTreeMap<String, u64>,
+    pub by_account: BTreeMap<String, u64>,
+}
+
+struct Peaks {
+    /// `Stats::resets()` when these were last cleared: a stats reset clears them too.
+    resets_seen: u64,
+    by_ip: PeakWindow,
+    by_account: PeakWindow,
+}
+
+/// The limits enforced now, their windows, and the peaks counted over the same window.
+/// Replaced whole by [`HostawaySim::set_limits`], so everything restarts empty.
+struct Limiter {
+    ip_limit: u32,
+    account_limit: u32,
+    window_ms: u64,
+    ip_window: SlidingWindow,
+    acct_window: SlidingWindow,
+    peaks: Mutex<Peaks>,
+}
+
+impl Limiter {
+    fn new(ip_limit: u32, account_limit: u32, window_ms: u64, resets_seen: u64) -> Self {
+        let window = Duration::from_millis(window_ms);
+        Self {
+            ip_limit,
+            account_limit,
+            window_ms,
+            ip_window: SlidingWindow::new(window),
+            acct_window: SlidingWindow::new(window),
+            peaks: Mutex::new(Peaks {
+                resets_seen,
+                by_ip: PeakWindow::new(window),
+                by_account: PeakWindow::new(window),
+            }),
+        }
+    }
+
+    /// The peaks, cleared first if the stats were reset since they were last looked at.
+    fn peaks(&self, resets: u64) -> std::sync::MutexGuard<'_, Peaks> {
+        let mut p = self.peaks.lock().unwrap_or_else(|e| e.into_inner());
+        if p.resets_seen != resets {
+            p.by_ip.clear();
+            p.by_account.clear();
+            p.resets_seen = resets;
+        }
+        p
+    }
+}
+
+/// The limits as `/_sim/hostaway_limits` shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+struct LimitsView {
+    ip_limit: u32,
+    account_limit: u32,
+    window_ms: u64,
+}
+
 pub struct HostawaySim {
     h: Harness,
     accounts: Vec<RwLock<Account>>,
-    ip_window: SlidingWindow,
-    acct_window: SlidingWindow,
+    limiter: RwLock<Arc<Limiter>>,
     /// Minted token -> (account, valid from ms).
     minted: RwLock<HashMap<String, (usize, i64)>>,
     revoked: RwLock<HashSet<String>>,
@@ -265,13 +333,17 @@ impl HostawaySim {
             accounts.push(RwLock::new(a));
         }
         let rng = ChaCha8Rng::seed_from_u64(mix(config.seed, 0x4054));
-        let window = Duration::from_millis(config.hostaway_window_ms.max(1));
+        let limiter = Limiter::new(
+            config.hostaway_ip_limit,
+            config.hostaway_account_limit,
+            config.hostaway_window_ms.max(1),
+            0,
+        );
         let webhook = Arc::new(webhook::WebhookSender::new(config.seed));
         Arc::new(Self {
             h: Harness::new(config),
             accounts,
-            ip_window: SlidingWindow::new(window),
-            acct_window: SlidingWindow::new(window),
+            limiter: RwLock::new(Arc::new(limiter)),
             minted: RwLock::default(),
             revoked: RwLock::default(),
             rng: Mutex::new(rng),
@@ -316,7 +388,60 @@ impl HostawaySim {
             .or_else(|| self.minted.read().ok()?.get(token).map(|x| x.0))
     }
 
-    /// 403 for bad tokens, then the per-IP and per-account windows.
+    fn limiter(&self) -> Arc<Limiter> {
+        match self.limiter.read() {
+            Ok(l) => l.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The limits enforced now.
+    fn limits(&self) -> LimitsView {
+        let l = self.limiter();
+        LimitsView {
+            ip_limit: l.ip_limit,
+            account_limit: l.account_limit,
+            window_ms: l.window_ms,
+        }
+    }
+
+    /// Enforce these limits from now on, with empty windows; the peaks restart over the
+    /// new window. Refuses a zero window.
+    pub fn set_limits(
+        &self,
+        ip_limit: u32,
+        account_limit: u32,
+        window_ms: u64,
+    ) -> Result<(), String> {
+        if window_ms == 0 {
+            return Err("window_ms must be at least 1".into());
+        }
+        let fresh = Arc::new(Limiter::new(
+            ip_limit,
+            account_limit,
+            window_ms,
+            self.h.stats.resets(),
+        ));
+        match self.limiter.write() {
+            Ok(mut l) => *l = fresh,
+            Err(p) => *p.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// The window peaks since start, the last stats reset or the last limits change.
+    pub fn window_peaks(&self) -> WindowPeaks {
+        let l = self.limiter();
+        let p = l.peaks(self.h.stats.resets());
+        WindowPeaks {
+            window_ms: l.window_ms,
+            by_ip: p.by_ip.peaks(),
+            by_account: p.by_account.peaks(),
+        }
+    }
+
+    /// 403 for bad tokens, then the per-IP and per-account windows (a request with a valid
+    /// token counts toward the peaks whether it is admitted or not).
     fn admit(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<usize, Response> {
         let i = match bearer(headers).and_then(|t| self.owner(t)) {
             Some((i, true)) => i,
@@ -332,14 +457,16 @@ impl HostawaySim {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .unwrap_or_else(|| peer.ip().to_string());
-        let cfg = &self.h.config;
-        if self
-            .ip_window
-            .try_acquire(&ip, cfg.hostaway_ip_limit as f64)
-            .is_err()
-            || self
-                .acct_window
-                .try_acquire(&format!("acct-{i}"), cfg.hostaway_account_limit as f64)
+        let account = format!("acct-{i}");
+        let l = self.limiter();
+        {
+            let mut p = l.peaks(self.h.stats.resets());
+            p.by_ip.record(&ip);
+            p.by_account.record(&account);
+        }
+        if l.ip_window.try_acquire(&ip, f64::from(l.ip_limit)).is_err()
+            || l.acct_window
+                .try_acquire(&account, f64::from(l.account_limit))
                 .is_err()
         {
             return Err(fail(StatusCode::TOO_MANY_REQUESTS, RATE_MESSAGE));
@@ -404,6 +531,20 @@ impl HostawaySim {
             "hasUnreadMessages": i32::from(r.has_unread()),
             "messageSentOn": sent, "messageReceivedOn": recv, "conversationMessages": latest,
         })
+    }
+
+    /// A conversation as the conversation routes render it; with `includeResources=1` it
+    /// carries its `Reservation` as `/v1/reservations/{id}` renders it (null for an inquiry).
+    fn conversation_view(a: &Account, r: &Reservation, resources: bool) -> Value {
+        let mut v = Self::conversation_json(a, r);
+        if resources {
+            v["Reservation"] = if r.inquiry {
+                Value::Null
+            } else {
+                Self::reservation_json(a, r)
+            };
+        }
+        v
     }
 
     fn message_event(a: &Account, idx: usize) -> Option<Vec<u8>> {

@@ -4,6 +4,11 @@ use super::*;
 
 type S = Arc<HostawaySim>;
 
+/// `includeResources=1`: conversations carry their `Reservation`.
+fn include_resources(q: &Query) -> bool {
+    q.get(&["includeResources"]) == Some("1")
+}
+
 fn usize_param(q: &Query, name: &str, default: usize) -> Result<usize, Response> {
     match q.get(&[name]) {
         None | Some("") => Ok(default),
@@ -137,12 +142,13 @@ pub(super) async fn conversations(
     if let Some(x) = res_filter {
         rows.retain(|r| r.reservation_id() == Some(x));
     }
+    let resources = include_resources(&q);
     let count = rows.len();
     let result = rows
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|r| HostawaySim::conversation_json(&a, r))
+        .map(|r| HostawaySim::conversation_view(&a, r, resources))
         .collect();
     envelope(result, limit, offset, count)
 }
@@ -237,11 +243,13 @@ pub(super) async fn reservation_conversations(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let i = match sim.admit(&headers, peer) {
         Ok(i) => i,
         Err(r) => return r,
     };
+    let resources = include_resources(&Query::parse(raw.as_deref()));
     let Ok(a) = sim.accounts[i].read() else {
         return fail(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable");
     };
@@ -251,7 +259,12 @@ pub(super) async fn reservation_conversations(
         .and_then(|x| a.by_res.get(&x))
         .map(|idx| &a.reservations[*idx])
     {
-        Some(r) if !r.deleted => envelope(vec![HostawaySim::conversation_json(&a, r)], 100, 0, 1),
+        Some(r) if !r.deleted => envelope(
+            vec![HostawaySim::conversation_view(&a, r, resources)],
+            100,
+            0,
+            1,
+        ),
         _ => fail(StatusCode::NOT_FOUND, "Reservation not found"),
     }
 }
@@ -325,11 +338,13 @@ pub(super) async fn conversation(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let i = match sim.admit(&headers, peer) {
         Ok(i) => i,
         Err(r) => return r,
     };
+    let resources = include_resources(&Query::parse(raw.as_deref()));
     let Ok(a) = sim.accounts[i].read() else {
         return fail(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable");
     };
@@ -341,13 +356,28 @@ pub(super) async fn conversation(
     {
         Some(r) if !r.deleted => json(
             StatusCode::OK,
-            &json!({"status": "success", "result": HostawaySim::conversation_json(&a, r)}),
+            &json!({"status": "success",
+                    "result": HostawaySim::conversation_view(&a, r, resources)}),
         ),
         _ => fail(StatusCode::NOT_FOUND, "Conversation not found"),
     }
 }
 
-/// Form body: grant_type=client_credentials&client_id=acct-N&client_secret=sim-secret-acct-N&scope=general
+/// The account a `client_id` names: `acct-N`, or `N` (the numeric `accountId`, written as
+/// the API renders it), with the secret `sim-secret-acct-N` either way.
+fn client_account(sim: &HostawaySim, client: &str, secret: Option<&str>) -> Option<usize> {
+    let numeric = client
+        .parse::<usize>()
+        .ok()
+        .filter(|i| i.to_string() == client);
+    let (i, name) = match numeric {
+        Some(i) => ((i < sim.accounts.len()).then_some(i)?, format!("acct-{i}")),
+        None => (sim.account_index(client)?, client.to_string()),
+    };
+    (secret == Some(format!("sim-secret-{name}").as_str())).then_some(i)
+}
+
+/// Form body: grant_type=client_credentials&client_id=acct-N (or N)&client_secret=sim-secret-acct-N&scope=general
 pub(super) async fn mint_token(State(sim): State<S>, body: Bytes) -> Response {
     let form = Query::parse(std::str::from_utf8(&body).ok());
     if form.get(&["grant_type"]) != Some("client_credentials") {
@@ -357,8 +387,7 @@ pub(super) async fn mint_token(State(sim): State<S>, body: Bytes) -> Response {
         );
     }
     let client = form.get(&["client_id"]).unwrap_or("");
-    let secret_ok = form.get(&["client_secret"]) == Some(format!("sim-secret-{client}").as_str());
-    let Some(i) = sim.account_index(client).filter(|_| secret_ok) else {
+    let Some(i) = client_account(&sim, client, form.get(&["client_secret"])) else {
         return fail(StatusCode::FORBIDDEN, "Invalid client credentials");
     };
     let Ok(mut m) = sim.minted.write() else {
