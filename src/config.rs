@@ -43,8 +43,23 @@ pub struct AccountConfig {
     pub requests_per_second: f64,
     pub max_in_flight: i32,
     pub request_timeout: Duration,
+    /// Sliding-window limits every request of the account counts against, fleet-wide:
+    /// its own, and its limit group's.
+    pub windows: Vec<Window>,
     pub settings: Arc<dyn Connect>,
 }
+
+/// At most `requests` in any `secs` seconds, shared by everything that names `key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// `account:ID` or `group:NAME`.
+    pub key: String,
+    pub requests: u32,
+    pub secs: u32,
+}
+
+const WINDOW_REQUESTS: RangeInclusive<i64> = 1..=100_000;
+const WINDOW_SECS: RangeInclusive<i64> = 1..=86_400;
 
 /// The keys of one `[[accounts]]` entry not read yet, each with where it stands in the
 /// file, so a provider's errors name the line of the key itself.
@@ -135,6 +150,8 @@ struct RawConfig {
     schedules: Vec<Spanned<RawSchedule>>,
     #[serde(default)]
     accounts: Vec<Spanned<RawTable>>,
+    #[serde(default)]
+    limit_groups: BTreeMap<String, Spanned<RawTable>>,
 }
 
 #[derive(Deserialize)]
@@ -299,6 +316,7 @@ const QUEUE_KEYS: &[&str] = &[
     "synchronous_commit",
 ];
 const RETRY_KEYS: &[&str] = &["max_attempts", "backoff_base_ms", "backoff_cap_ms"];
+const LIMIT_GROUP_KEYS: &[&str] = &["requests", "window_secs"];
 const KIND_KEYS: &[&str] = &[
     "max_attempts",
     "backoff_base_ms",
@@ -394,10 +412,33 @@ impl Config {
             );
         }
 
+        let mut groups = BTreeMap::new();
+        for (name, g) in raw.limit_groups {
+            let mut t = Table::new(Some(g), format!("limit_groups.{name}"), text, file);
+            let at = t.at;
+            let requests = t.int("requests", WINDOW_REQUESTS)?;
+            let secs = t.int("window_secs", WINDOW_SECS)?;
+            t.finish(LIMIT_GROUP_KEYS)?;
+            let (Some((requests, _)), Some((secs, _))) = (requests, secs) else {
+                return Err(err(
+                    Some(at..at),
+                    format!("limit_groups.{name} needs requests and window_secs"),
+                ));
+            };
+            groups.insert(
+                name.clone(),
+                Window {
+                    key: format!("group:{name}"),
+                    requests: u32::try_from(requests).unwrap_or(1),
+                    secs: u32::try_from(secs).unwrap_or(1),
+                },
+            );
+        }
+
         // Accounts first: a schedule's payload may name one.
         let mut accounts: Vec<AccountConfig> = Vec::new();
         for a in raw.accounts {
-            let a = account(a, &accounts, text, file)?;
+            let a = account(a, &accounts, &groups, text, file)?;
             accounts.push(a);
         }
 
@@ -481,6 +522,7 @@ impl Config {
 fn account(
     entry: Spanned<BTreeMap<String, Spanned<toml::Value>>>,
     seen: &[AccountConfig],
+    groups: &BTreeMap<String, Window>,
     text: &str,
     file: &str,
 ) -> Result<AccountConfig, ConfigError> {
@@ -553,6 +595,39 @@ fn account(
             }
         })?
         .unwrap_or(30.0);
+    let in_range = |range: RangeInclusive<i64>| {
+        move |n: &i64| match range.contains(n) {
+            true => Ok(()),
+            false => Err(format!("must be {}..={}", range.start(), range.end())),
+        }
+    };
+    let window_requests = keys.take_with("window_requests", in_range(0..=100_000))?;
+    let window_secs = keys.take_with("window_secs", in_range(WINDOW_SECS))?;
+    let own = match (window_requests, window_secs) {
+        (Some(0), _) => None,
+        (Some(r), Some(s)) => Some((r, s)),
+        (None, None) => provider
+            .default_window()
+            .map(|(r, s)| (i64::from(r), i64::from(s))),
+        _ => return Err(keys.invalid("window_requests and window_secs go together")),
+    };
+    // `window_requests = 0`: no window of its own.
+    let mut windows: Vec<Window> = own
+        .map(|(r, s)| Window {
+            key: format!("account:{id}"),
+            requests: u32::try_from(r).unwrap_or(1),
+            secs: u32::try_from(s).unwrap_or(1),
+        })
+        .into_iter()
+        .collect();
+    let group: Option<String> =
+        keys.take_with("limit_group", |g: &String| match groups.contains_key(g) {
+            true => Ok(()),
+            false => Err(format!(
+                "names {g:?}, which no [limit_groups.{g}] table defines"
+            )),
+        })?;
+    windows.extend(group.and_then(|g| groups.get(&g).cloned()));
     let settings = provider.settings(&mut keys)?;
     keys.finish(provider.name())?;
     Ok(AccountConfig {
@@ -564,6 +639,7 @@ fn account(
         requests_per_second,
         max_in_flight,
         request_timeout: Duration::from_secs_f64(timeout),
+        windows,
         settings: Arc::from(settings),
     })
 }

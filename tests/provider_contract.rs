@@ -33,6 +33,17 @@ impl P {
                 rps_limit: Some(10_000.0),
                 ..SimConfig::default()
             },
+            // Hostaway's windows are the subject of their own tests; a share of inquiries
+            // (conversations without a reservation).
+            P::Hostaway => SimConfig {
+                threads,
+                messages: 6,
+                seed,
+                hostaway_ip_limit: 100_000,
+                hostaway_account_limit: 100_000,
+                hostaway_inquiry_share: 0.2,
+                ..SimConfig::default()
+            },
             P::SmsEagle => SimConfig {
                 threads: threads / 4,
                 messages: 24,
@@ -63,6 +74,11 @@ impl P {
             // Small pages and a small inline window: runs of several list pages, and
             // conversations both completed inline and fetched on their own.
             P::Facebook => "page_id = \"acct-0\"\npage_size = 25\ninline_messages = 3\n",
+            // Small pages: runs of several list pages; a window that never binds, so an
+            // injected 429 holds back for 1 s.
+            P::Hostaway => {
+                "client_id = \"0\"\npage_size = 25\nwindow_requests = 100000\nwindow_secs = 1\n"
+            }
             P::SmsEagle => "cold_start_days = 36500\nbatch_size = 50\n",
         }
     }
@@ -72,6 +88,7 @@ impl P {
         match self {
             P::Ebay => "ebay.conversation".into(),
             P::Facebook => "facebook.conversation".into(),
+            P::Hostaway => "hostaway.conversation".into(),
             P::SmsEagle => "smseagle.folder".into(),
         }
     }
@@ -79,7 +96,7 @@ impl P {
     /// Makes `n` new messages at the provider; returns the threads they went to.
     fn add_messages(self, sim: &SimHandle, n: usize) -> Vec<String> {
         let body = match self {
-            P::Ebay | P::Facebook => {
+            P::Ebay | P::Facebook | P::Hostaway => {
                 json!({"account": ACCOUNT, "new_messages": n, "direction": "inbound"})
             }
             P::SmsEagle => json!({"account": ACCOUNT, "inbox": n}),
@@ -88,6 +105,7 @@ impl P {
         match self {
             P::Ebay => ids(&changed["newMessages"], "conversationId"),
             P::Facebook => ids(&changed["new_messages"], "conversation_id"),
+            P::Hostaway => ids(&changed["newMessages"], "conversationId"),
             P::SmsEagle => ids(&changed["inbox_ids"], ""),
         }
     }
@@ -96,14 +114,17 @@ impl P {
     /// how many messages they hide (a poisoned eBay thread hides all of its messages).
     fn poison(self, sim: &SimHandle, n: usize) -> (Vec<String>, usize) {
         let body = match self {
-            P::Ebay | P::Facebook => json!({"account": ACCOUNT, "poison_threads": n}),
+            P::Ebay | P::Facebook | P::Hostaway => {
+                json!({"account": ACCOUNT, "poison_threads": n})
+            }
             P::SmsEagle => json!({"account": ACCOUNT, "poison": n}),
         };
         let changed = sim.mutate(&body).expect("mutate");
         match self {
-            P::Ebay | P::Facebook => {
+            P::Ebay | P::Facebook | P::Hostaway => {
                 let key = match self {
                     P::Ebay => "poisonedThreadIds",
+                    P::Hostaway => "poisonedConversationIds",
                     _ => "poisoned_thread_ids",
                 };
                 let ids = ids(&changed[key], "");
@@ -134,6 +155,9 @@ impl P {
             // One list: its head and the page after it, the catch-up's the same, one page
             // of slack; plus a fetch where a thread's new messages overflow the inline window.
             P::Facebook => 5 + changed as u64,
+            // Two heads (reservations, conversations), one page each; per changed thread
+            // its reservation's conversations and its fetch; one page of slack per list.
+            P::Hostaway => 4 + 2 * changed as u64,
             // One read per folder (none full), and the folders' reads in catch-up: none.
             P::SmsEagle => 3,
         }
@@ -144,7 +168,7 @@ impl P {
     fn threads_fetched(self, c: &Comparison) -> i64 {
         match self {
             // Completed inline from the list or by their own fetch: each counted once.
-            P::Ebay | P::Facebook => c.truth_threads as i64,
+            P::Ebay | P::Facebook | P::Hostaway => c.truth_threads as i64,
             P::SmsEagle => 0,
         }
     }
@@ -243,6 +267,7 @@ async fn a_thread_deleted_between_full_runs_is_marked_deleted(p: P) {
         .expect("delete");
     let key = match p {
         P::Facebook => "deleted_ids",
+        P::Hostaway => "deletedConversationIds",
         _ => "deletedThreadIds",
     };
     let gone = ids(&gone[key], "");
@@ -412,7 +437,7 @@ async fn a_poison_row_is_skipped_and_recorded(p: P) {
     assert!(s.first_bad_row.is_some(), "{s:?}");
     let c = rig.compare().await;
     let (missing_threads, missing_messages) = match p {
-        P::Ebay | P::Facebook => (3, hidden),
+        P::Ebay | P::Facebook | P::Hostaway => (3, hidden),
         P::SmsEagle => (0, 3),
     };
     assert_eq!(
@@ -603,6 +628,23 @@ contract!(
 contract!(
     facebook,
     Facebook,
+    [
+        full_resync_equals_the_truth_both_ways,
+        faults_lose_nothing,
+        incremental_fetches_only_what_changed,
+        a_refresh_of_a_thread_the_provider_lacks_fails_saying_so,
+        a_thread_deleted_between_full_runs_is_marked_deleted,
+        a_poison_row_is_skipped_and_recorded,
+        a_refused_token_pauses_the_account_naming_its_variable,
+        a_worker_killed_mid_run_loses_nothing,
+        a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
+        a_run_whose_last_job_the_reaper_fails_still_ends,
+    ]
+);
+
+contract!(
+    hostaway,
+    Hostaway,
     [
         full_resync_equals_the_truth_both_ways,
         faults_lose_nothing,

@@ -92,5 +92,9 @@ pub async fn deliver(
     let touches = hook.touches(&body).map_err(ApiError::bad_request)?;
     let provider = crate::providers::find(&provider).map_or("", |p| p.name());
     let applied = crate::sync::pushes::apply(&s.pool, provider, &touches).await?;
-    Ok((StatusCode::OK, Json(applied)).into_response())
+    let status = match hook.retry_unknown() && applied.runs > 0 {
+        true => StatusCode::SERVICE_UNAVAILABLE,
+        false => StatusCode::OK,
+    };
+    Ok((status, Json(applied)).into_response())
 }

@@ -4,13 +4,19 @@
 
 pub mod ebay;
 pub mod facebook;
+pub mod hostaway;
 mod http;
 pub mod smseagle;
 
 use crate::sync::Provider;
 
 /// Every provider threadsync syncs.
-pub static ALL: &[&dyn Provider] = &[&ebay::Ebay, &facebook::Facebook, &smseagle::SmsEagle];
+pub static ALL: &[&dyn Provider] = &[
+    &ebay::Ebay,
+    &facebook::Facebook,
+    &hostaway::Hostaway,
+    &smseagle::SmsEagle,
+];
 
 pub fn find(name: &str) -> Option<&'static dyn Provider> {
     ALL.iter().copied().find(|p| p.name() == name)

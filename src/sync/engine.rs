@@ -161,7 +161,10 @@ impl Account {
             _ => None,
         };
         let rate = super::flow::slowed(self.cfg.requests_per_second, usage);
-        let slot = engine.flow.acquire(pool, &self.cfg.id, rate).await;
+        let slot = engine
+            .flow
+            .acquire(pool, &self.cfg.id, rate, &self.cfg.windows)
+            .await;
         super::metrics::paced(self.cfg.provider, &self.cfg.id, t.elapsed());
         match slot {
             Ok(()) => Ok(()),

@@ -82,6 +82,9 @@ impl Handler for FetchThread {
         };
         let mut restarted = false;
         loop {
+            if let Err(e) = source.ready().await {
+                return Err(account.classify(&self.engine, &job.pool, e).await);
+            }
             account.pace(&self.engine, &job.pool).await?;
             let page = source.messages(&p.thread_id, list.as_deref(), &at).await;
             account.observe(&page);

@@ -1,6 +1,8 @@
 //! Fleet-wide flow control per account, shared by every worker process through PostgreSQL:
 //! - pacing: each request reserves the account's next send slot (slots 1/rate apart), so
 //!   any number of processes together stay under the provider's rate without retry storms;
+//! - windows: at most N requests in any W seconds, per account and per named limit group
+//!   (accounts that leave through one IP), from the send times the fleet recorded;
 //! - in-flight cap: the queue's concurrency key (one HTTP call per running job);
 //! - pauses: an account paused (daily quota spent, token rejected) parks its jobs until then.
 
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+
+use crate::config::Window;
 
 /// Slots are spaced for this share of the configured rate: request arrival jitters by a few
 /// milliseconds, and a provider counting a sliding 1 s window must never see more than its limit.
@@ -39,18 +43,21 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// Waits for this account's next request slot. `requests_per_second = 0` means unpaced:
-    /// then only pauses apply.
+    /// Waits for this account's next request slot, then for room in each of its windows.
+    /// `requests_per_second = 0` means unpaced: then only pauses and windows apply.
     pub async fn acquire(
         &self,
         pool: &PgPool,
         account: &str,
         requests_per_second: f64,
+        windows: &[Window],
     ) -> Result<(), FlowError> {
         if requests_per_second <= 0.0 {
-            return self.check_cached(pool, account).await;
+            self.check_cached(pool, account).await?;
+        } else {
+            reserve_slot(pool, account, requests_per_second).await?;
         }
-        reserve_slot(pool, account, requests_per_second).await
+        reserve_windows(pool, windows).await
     }
 
     async fn check_cached(&self, pool: &PgPool, account: &str) -> Result<(), FlowError> {
@@ -212,6 +219,98 @@ async fn reserve_slot(
         tokio::time::sleep_until(slot.into()).await;
         let late = Instant::now().saturating_duration_since(slot).as_secs_f64();
         if late <= interval / 2.0 || attempt == MAX_RESLOTS {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Extra seconds a window's sends are spaced by, of the window's length, beyond a fixed
+/// part: a request leaves a few milliseconds after its slot and the provider counts its
+/// arrival.
+const WINDOW_MARGIN: f64 = 0.02;
+const WINDOW_PAD_SECS: f64 = 0.1;
+
+/// Waits until every window has room, counting this request in each: the send time is the
+/// earliest at which each window's N-th latest send is a whole window (and a margin) old,
+/// and never before a send already recorded, so each window's times stay in order. The
+/// rows are locked in key order, so accounts sharing a group never deadlock.
+async fn reserve_windows(pool: &PgPool, windows: &[Window]) -> Result<(), FlowError> {
+    if windows.is_empty() {
+        return Ok(());
+    }
+    let mut windows: Vec<&Window> = windows.iter().collect();
+    windows.sort_by(|a, b| a.key.cmp(&b.key));
+    let keys: Vec<String> = windows.iter().map(|w| w.key.clone()).collect();
+    let pad = |w: &Window| f64::from(w.secs) * (1.0 + WINDOW_MARGIN) + WINDOW_PAD_SECS;
+    let tolerance = windows
+        .iter()
+        .map(|w| (pad(w) - f64::from(w.secs)) / 2.0)
+        .fold(f64::INFINITY, f64::min);
+    for attempt in 0..=MAX_RESLOTS {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO threadsync.limit_windows (key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+        )
+        .bind(&keys)
+        .execute(&mut *tx)
+        .await?;
+        let rows: Vec<(String, Vec<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT key, sends, clock_timestamp() FROM threadsync.limit_windows
+              WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?;
+        let now = rows.first().map_or_else(Utc::now, |r| r.2);
+        let mut slot = now;
+        for (key, sends, _) in &rows {
+            let Some(w) = windows.iter().find(|w| w.key == *key) else {
+                continue;
+            };
+            if let Some(last) = sends.last() {
+                slot = slot.max(*last);
+            }
+            let n = w.requests as usize;
+            if sends.len() >= n {
+                let nth = sends[sends.len() - n];
+                let room = nth + chrono::Duration::milliseconds((pad(w) * 1000.0) as i64);
+                slot = slot.max(room);
+            }
+        }
+        let mut kept: Vec<String> = Vec::new();
+        let mut lists: Vec<String> = Vec::new();
+        for (key, sends, _) in &rows {
+            let Some(w) = windows.iter().find(|w| w.key == *key) else {
+                continue;
+            };
+            let n = w.requests as usize;
+            // Sends older than a window constrain nothing: keep the rest, at most N.
+            let horizon = now - chrono::Duration::milliseconds((pad(w) * 1000.0) as i64);
+            let mut sends: Vec<DateTime<Utc>> =
+                sends.iter().copied().filter(|t| *t > horizon).collect();
+            sends.push(slot);
+            let from = sends.len().saturating_sub(n);
+            let literal: Vec<String> = sends[from..].iter().map(|t| t.to_rfc3339()).collect();
+            kept.push(key.clone());
+            lists.push(format!("{{{}}}", literal.join(",")));
+        }
+        sqlx::query(
+            "UPDATE threadsync.limit_windows w SET sends = u.sends::timestamptz[]
+               FROM unnest($1::text[], $2::text[]) AS u(key, sends) WHERE w.key = u.key",
+        )
+        .bind(&kept)
+        .bind(&lists)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let wait = (slot - now).to_std().unwrap_or_default();
+        let at = Instant::now() + wait;
+        tokio::time::sleep_until(at.into()).await;
+        let late = Instant::now().saturating_duration_since(at).as_secs_f64();
+        // A send much later than the time it recorded would make its window look emptier
+        // than it is: record a new time (the stale one only makes the window stricter).
+        if late <= tolerance || attempt == MAX_RESLOTS {
             return Ok(());
         }
     }

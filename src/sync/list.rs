@@ -12,7 +12,7 @@ use crate::worker::{Handler, JobCtx, JobError, JobResult};
 use super::engine::Engine;
 use super::plan::{self, ListPayload, Walk, MAX_FANOUT};
 use super::store::{self, Progress};
-use super::vocab::{MessageRow, PageAt, ProviderError, ThreadPage};
+use super::vocab::{ListRole, MessageRow, PageAt, ProviderError, ThreadPage};
 
 pub struct ListPage {
     pub provider: &'static str,
@@ -31,6 +31,9 @@ impl Handler for ListPage {
             Some(c) => PageAt::Cursor(c.clone()),
             None => PageAt::Offset(p.offset),
         };
+        if let Err(e) = source.ready().await {
+            return Err(account.classify(&self.engine, &job.pool, e).await);
+        }
         account.pace(&self.engine, &job.pool).await?;
         let page = source.list(&p.list, &at, p.since).await;
         account.observe(&page);
@@ -39,6 +42,16 @@ impl Handler for ListPage {
             Err(ProviderError::StaleCursor(detail)) if p.cursor.is_some() => {
                 return restart(job, a, &p, &detail).await;
             }
+            // A group gone since it was listed (a deleted booking) holds nothing to read.
+            Err(ProviderError::NotFound) if p.group_version.is_some() => {
+                let progress = Progress {
+                    http_calls: 1,
+                    ..Progress::default()
+                };
+                let mut tx = job.begin(Finish::Done).await?;
+                store::add_progress(&mut tx, run_id, None, &progress).await?;
+                return job.commit(tx).await;
+            }
             Err(e) => return Err(account.classify(&self.engine, &job.pool, e).await),
         };
         let ThreadPage {
@@ -46,24 +59,30 @@ impl Handler for ListPage {
             total,
             next,
             mut inline,
+            groups,
         } = page;
         let mut progress = Progress {
             pages_listed: 1,
             http_calls: 1,
             ..Progress::default()
         };
-        let listed = threads.len();
+        let listed = threads.len() + groups.len();
         let mut rows = progress.take_good(threads);
+        let groups = progress.take_good(groups);
         for r in &mut rows {
             r.conversation_type.get_or_insert_with(|| p.list.clone());
         }
 
         let ids: Vec<String> = rows.iter().map(|r| r.thread_id.clone()).collect();
         let fetched = store::fetched_ids(&job.pool, &a.id, &ids).await?;
-        let cutoff = match p.walk {
-            Walk::EarlyStop { cutoff, .. } => Some(cutoff),
-            _ => None,
+        let (cutoff, ordered) = match p.walk {
+            Walk::EarlyStop {
+                cutoff, ordered, ..
+            } => (Some(cutoff), ordered),
+            _ => (None, false),
         };
+        // Entries with a time before the cutoff: in a strictly ordered list, the end.
+        let mut older = 0;
         let mut follow_ups = Vec::new();
         // Messages the list carried inline, and the threads they complete.
         let mut messages: BTreeMap<String, Vec<MessageRow>> = BTreeMap::new();
@@ -78,6 +97,7 @@ impl Handler for ListPage {
             };
             if let (Some(at), Some(cut)) = (r.latest_message_at, cutoff) {
                 recent |= at >= cut;
+                older += usize::from(at < cut);
             }
             if !is_changed {
                 continue;
@@ -105,6 +125,30 @@ impl Handler for ListPage {
             }
             messages.insert(r.thread_id.clone(), rows);
         }
+        // Groups that changed since they were last read in full, each read by a job of its own.
+        let names: Vec<String> = groups.iter().map(|g| g.list.clone()).collect();
+        let held = match names.is_empty() {
+            true => Default::default(),
+            false => store::group_versions(&job.pool, &a.id, &names).await?,
+        };
+        for g in &groups {
+            let in_window = match (g.activity, cutoff) {
+                (Some(at), Some(cut)) => {
+                    recent |= at >= cut;
+                    older += usize::from(at < cut);
+                    at >= cut
+                }
+                _ => true,
+            };
+            if let (true, Some(run_id)) = (in_window, run_id) {
+                if held.get(&g.list) != Some(&g.version) {
+                    changed += 1;
+                    let mut head = plan::list_head(a, &g.list, None, Walk::Next { total: None });
+                    head.group_version = Some(g.version.clone());
+                    follow_ups.push(plan::list_job(a, run_id, head));
+                }
+            }
+        }
         // Counted before this page's threads are written: at worst one page too many.
         let unseen = match (p.walk, run_id, total) {
             (
@@ -115,11 +159,18 @@ impl Handler for ListPage {
                 Some(run_id),
                 Some(total),
             ) => {
-                let seen = store::threads_listed_in_run(&job.pool, &a.id, &p.list, run_id).await?;
+                // A list of every thread counts them all; else those of its type.
+                let every = source
+                    .lists()
+                    .iter()
+                    .any(|l| l.name == p.list && l.role == ListRole::All);
+                let of_type = (!every).then_some(p.list.as_str());
+                let seen = store::threads_listed_in_run(&job.pool, &a.id, of_type, run_id).await?;
                 i64::from(total) > seen
             }
             _ => false,
         };
+        let mut group_done = false;
         if let Some(run_id) = run_id {
             let page = PageSeen {
                 total,
@@ -127,9 +178,15 @@ impl Handler for ListPage {
                 listed,
                 page_size: source.page_size(),
             };
-            let keep_going = changed > 0 || recent || unseen;
+            let keep_going = unseen
+                || match ordered {
+                    true => listed > 0 && older == 0,
+                    false => changed > 0 || recent,
+                };
+            let after = next_pages(&p, &page, keep_going);
+            group_done = after.is_empty() && p.group_version.is_some();
             follow_ups.extend(
-                next_pages(&p, &page, keep_going)
+                after
                     .into_iter()
                     .map(|next| plan::list_job(a, run_id, next)),
             );
@@ -145,6 +202,9 @@ impl Handler for ListPage {
         progress.messages_written = i32::try_from(written).unwrap_or(i32::MAX);
         store::mark_fetched(&mut tx, &a.id, &complete).await?;
         store::add_progress(&mut tx, run_id, None, &progress).await?;
+        if let (true, Some(version)) = (group_done, &p.group_version) {
+            store::set_group_version(&mut tx, &a.id, &p.list, version).await?;
+        }
         // Last, so the thread rows (which overlapping pages also write) stay locked briefly.
         store::upsert_threads(&mut tx, &a.id, a.provider, &rows).await?;
         job.commit(tx).await
@@ -294,6 +354,7 @@ mod tests {
             walk,
             back: None,
             restarts: 0,
+            group_version: None,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::queue::NewJob;
 
 use super::keys;
 use super::runs::{MainPass, Mode};
-use super::vocab::{Incremental, ListSpec, PageAt};
+use super::vocab::{Incremental, ListRole, ListSpec, PageAt};
 
 /// Incremental `since` and catch-up cutoffs reach back this far: clock skew between us
 /// and the provider, and messages committed late on their side.
@@ -39,6 +39,10 @@ pub enum Walk {
         cutoff: DateTime<Utc>,
         #[serde(default)]
         until_all_seen: bool,
+        /// The list is strictly in recency order: a page reaching back before `cutoff` is
+        /// the last one, changed threads on it or not.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ordered: bool,
     },
 }
 
@@ -66,6 +70,10 @@ pub struct ListPayload {
     /// Times this walk started again from the head because its cursors went stale.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
+    /// A group's list ([`super::vocab::Group`]): the version recorded once it is read to
+    /// its end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_version: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -136,6 +144,7 @@ pub fn list_head(
         walk,
         back: None,
         restarts: 0,
+        group_version: None,
     }
 }
 
@@ -197,6 +206,7 @@ pub fn check_job(a: &AccountConfig, id: i64, origin_run: Option<i64>, at: DateTi
 }
 
 /// The first jobs of a thread-list run: every list, from the watermark when incremental.
+/// Lists of groups are a changes feed: a walk of whole lists skips them.
 pub fn plan_lists(
     a: &AccountConfig,
     lists: &[ListSpec],
@@ -204,48 +214,66 @@ pub fn plan_lists(
     mode: Mode,
     watermark: Option<DateTime<Utc>>,
 ) -> Vec<NewJob> {
+    let since = match (mode, watermark) {
+        (Mode::Incremental, Some(w)) => Some(w - Duration::minutes(LOOKBACK_MINUTES)),
+        // Full, or incremental with no completed run yet: walk every list.
+        _ => None,
+    };
     lists
         .iter()
+        .filter(|l| since.is_some() || l.role != ListRole::Groups)
         .map(|l| {
-            let head = match (mode, watermark) {
-                (Mode::Incremental, Some(w)) => {
-                    let since = w - Duration::minutes(LOOKBACK_MINUTES);
-                    match l.incremental {
-                        Incremental::Since => list_head(a, &l.name, Some(since), Walk::Fanout),
-                        Incremental::EarlyStop => list_head(
-                            a,
-                            &l.name,
-                            None,
-                            Walk::EarlyStop {
-                                cutoff: since,
-                                until_all_seen: false,
-                            },
-                        ),
-                    }
-                }
-                // Full, or incremental with no completed run yet: walk every list.
-                _ => list_head(a, &l.name, None, Walk::Fanout),
+            let head = match since {
+                Some(since) => match l.incremental {
+                    Incremental::Since => list_head(a, &l.name, Some(since), Walk::Fanout),
+                    Incremental::EarlyStop | Incremental::Ordered => list_head(
+                        a,
+                        &l.name,
+                        None,
+                        Walk::EarlyStop {
+                            cutoff: since,
+                            until_all_seen: false,
+                            ordered: l.incremental == Incremental::Ordered,
+                        },
+                    ),
+                },
+                None => list_head(a, &l.name, None, Walk::Fanout),
             };
             list_job(a, run_id, head)
         })
         .collect()
 }
 
-/// Jobs that re-read the head of every list after the main pass: threads that gained
-/// messages while the run paged through them jumped ahead of its offsets.
+/// Jobs that re-read the head of lists after the main pass: threads that gained
+/// messages while the run paged through them jumped ahead of its offsets or cursors.
 ///
 /// Each jump also pushes every thread above the old position one place down. The main
 /// pass reads its fanned-out pages in parallel, in no set order, so a thread pushed from a
 /// page not yet read onto one already read is listed by neither. After a main pass over
 /// whole lists the catch-up therefore reads on, page by page (where a push only repeats a
-/// thread), until the run has listed as many threads as the list holds.
-pub fn catch_up(a: &AccountConfig, lists: &[ListSpec], run_id: i64, main: MainPass) -> Vec<NewJob> {
-    let walk = Walk::EarlyStop {
-        cutoff: main.started_at - Duration::minutes(LOOKBACK_MINUTES),
-        until_all_seen: main.walked_whole_lists,
-    };
+/// thread), until the run has listed as many threads as the list holds. An incremental
+/// pass re-reads only the lists it paged past the head of: a walk that ended on its first
+/// page cannot have been overtaken, and what changed after it is the next run's.
+pub fn catch_up(
+    a: &AccountConfig,
+    lists: &[ListSpec],
+    run_id: i64,
+    main: &MainPass,
+) -> Vec<NewJob> {
+    let cutoff = main.started_at - Duration::minutes(LOOKBACK_MINUTES);
     lists
         .iter()
-        .map(|l| list_job(a, run_id, list_head(a, &l.name, None, walk)))
+        .filter(|l| match main.walked_whole_lists {
+            true => l.role != ListRole::Groups,
+            false => main.paged.contains(&l.name),
+        })
+        .map(|l| {
+            let walk = Walk::EarlyStop {
+                cutoff,
+                until_all_seen: main.walked_whole_lists,
+                ordered: l.incremental == Incremental::Ordered && !main.walked_whole_lists,
+            };
+            list_job(a, run_id, list_head(a, &l.name, None, walk))
+        })
         .collect()
 }

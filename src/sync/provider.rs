@@ -13,6 +13,10 @@ pub trait Provider: Send + Sync + 'static {
     fn default_rate(&self) -> f64 {
         10.0
     }
+    /// The account's sliding-window limit (requests, seconds) when jobs.toml sets none.
+    fn default_window(&self) -> Option<(u32, u32)> {
+        None
+    }
     /// Reads the provider's own keys of one `[[accounts]]` entry (the common keys are
     /// already taken); errors name the key's line.
     fn settings(&self, keys: &mut AccountKeys) -> Result<Box<dyn Connect>, ConfigError>;
@@ -81,4 +85,9 @@ pub trait Webhook: Send + Sync + 'static {
     ) -> bool;
     /// The changes a delivery reports.
     fn touches(&self, body: &[u8]) -> Result<Vec<Touch>, String>;
+    /// Answer a delivery naming a thread not held yet with a 5xx, so the provider delivers
+    /// it again (by then the incremental run it started has found the thread).
+    fn retry_unknown(&self) -> bool {
+        false
+    }
 }

@@ -1,7 +1,7 @@
 //! What a provider's push (a webhook delivery) changes in the copy: each thread it names
 //! is refreshed (deduplicated with any refresh already pending), and an account whose
-//! named thread is not held yet gets an incremental run, which finds it at the head of
-//! its list.
+//! named thread is not held yet (no row, or none with that reference) gets an incremental
+//! run, which finds it at the head of its list.
 
 use sqlx::PgPool;
 
@@ -34,7 +34,16 @@ pub async fn apply(pool: &PgPool, provider: &str, touches: &[Touch]) -> sqlx::Re
         }
         for account in accounts {
             let threads: Vec<String> = match &t.thread {
-                ThreadRef::Id(id) => vec![id.clone()],
+                ThreadRef::Id(id) => {
+                    sqlx::query_scalar(
+                        "SELECT thread_id FROM threadsync.threads
+                          WHERE account_id = $1 AND thread_id = $2 AND deleted_at IS NULL",
+                    )
+                    .bind(&account)
+                    .bind(id)
+                    .fetch_all(pool)
+                    .await?
+                }
                 ThreadRef::Reference(r) => {
                     sqlx::query_scalar(
                         "SELECT thread_id FROM threadsync.threads

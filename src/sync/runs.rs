@@ -156,12 +156,14 @@ pub enum Phase {
 }
 
 /// What the catch-up pass is planned from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct MainPass {
     pub started_at: DateTime<Utc>,
     /// The main pass walked whole lists (a full run, or the first incremental one), not
     /// only what changed since the last run.
     pub walked_whole_lists: bool,
+    /// The lists the main pass read a page of beyond the head.
+    pub paged: Vec<String>,
 }
 
 /// Called after each run job commits: the last job to finish moves the run on. Cheap when
@@ -172,7 +174,7 @@ pub async fn advance_if_idle(
     pool: &PgPool,
     run_id: i64,
     reconcile: bool,
-    catch_up: impl FnOnce(MainPass) -> Vec<NewJob>,
+    catch_up: impl FnOnce(&MainPass) -> Vec<NewJob>,
 ) -> sqlx::Result<Phase> {
     if active_jobs(pool, run_id).await? {
         return Ok(Phase::Busy);
@@ -202,11 +204,21 @@ pub async fn advance_if_idle(
                 .bind(run_id)
                 .execute(&mut *tx)
                 .await?;
+            // List pages carry a cursor or an offset beyond the first page.
+            let paged: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT payload->>'list' FROM threadsync.jobs
+                  WHERE run_id = $1 AND kind LIKE '%.list_page'
+                    AND (payload->>'cursor' IS NOT NULL OR coalesce((payload->>'offset')::bigint, 0) > 0)",
+            )
+            .bind(run_id)
+            .fetch_all(&mut *tx)
+            .await?;
             let main = MainPass {
                 started_at,
                 walked_whole_lists,
+                paged,
             };
-            crate::queue::enqueue_batch(&mut *tx, &catch_up(main)).await?;
+            crate::queue::enqueue_batch(&mut *tx, &catch_up(&main)).await?;
             tx.commit().await?;
             Ok(Phase::CatchUp)
         }

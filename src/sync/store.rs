@@ -70,9 +70,11 @@ pub async fn upsert_threads(
     let col = |f: fn(&ThreadRow) -> Option<String>| rows.iter().map(|r| f(r)).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO threadsync.threads AS t (account_id, provider, thread_id, conversation_type, title, status,
-                reference_id, reference_type, unread_count, latest_message_id, latest_message_at, created_at)
+                reference_id, reference_type, unread_count, latest_message_id, latest_message_at, created_at,
+                details)
          SELECT $1, $2, * FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                                       $9::int[], $10::text[], $11::timestamptz[], $12::timestamptz[])
+                                       $9::int[], $10::text[], $11::timestamptz[], $12::timestamptz[],
+                                       $13::jsonb[])
          ON CONFLICT (account_id, thread_id) DO UPDATE SET
                 conversation_type = coalesce(excluded.conversation_type, t.conversation_type),
                 title = excluded.title, status = excluded.status,
@@ -81,6 +83,7 @@ pub async fn upsert_threads(
                 latest_message_id = excluded.latest_message_id,
                 latest_message_at = excluded.latest_message_at,
                 created_at = coalesce(excluded.created_at, t.created_at),
+                details = coalesce(excluded.details, t.details),
                 deleted_at = NULL, synced_at = now()",
     )
     .bind(account)
@@ -95,22 +98,58 @@ pub async fn upsert_threads(
     .bind(col(|r| r.latest_message_id.clone()))
     .bind(rows.iter().map(|r| r.latest_message_at).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.details.clone()).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// Threads of one list (conversation type) that a run has written so far and that are not
+/// The versions held of the named groups (a group read in full records its version).
+pub async fn group_versions(
+    pool: &PgPool,
+    account: &str,
+    lists: &[String],
+) -> sqlx::Result<HashMap<String, String>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT list, version FROM threadsync.list_groups WHERE account_id = $1 AND list = ANY($2)",
+    )
+    .bind(account)
+    .bind(lists)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A group was read to its end at `version`.
+pub async fn set_group_version(
+    conn: &mut PgConnection,
+    account: &str,
+    list: &str,
+    version: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO threadsync.list_groups (account_id, list, version) VALUES ($1, $2, $3)
+         ON CONFLICT (account_id, list) DO UPDATE SET version = excluded.version, read_at = now()",
+    )
+    .bind(account)
+    .bind(list)
+    .bind(version)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Threads of one list (conversation type; None: of every type) that a run has written so far and that are not
 /// known to be deleted: every list page upserts the threads it lists, stamping `synced_at`.
 pub async fn threads_listed_in_run(
     pool: &PgPool,
     account: &str,
-    conversation_type: &str,
+    conversation_type: Option<&str>,
     run_id: i64,
 ) -> sqlx::Result<i64> {
     sqlx::query_scalar(
         "SELECT count(*) FROM threadsync.threads t, threadsync.sync_runs r
-          WHERE r.id = $3 AND t.account_id = $1 AND t.conversation_type = $2
+          WHERE r.id = $3 AND t.account_id = $1 AND ($2::text IS NULL OR t.conversation_type = $2)
             AND t.synced_at >= r.started_at AND t.deleted_at IS NULL",
     )
     .bind(account)

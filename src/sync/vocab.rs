@@ -22,6 +22,9 @@ pub struct ThreadRow {
     pub latest_message_id: Option<String>,
     pub latest_message_at: Option<DateTime<Utc>>,
     pub created_at: Option<DateTime<Utc>>,
+    /// What else the provider says about the thread that a web app reads (a booking's
+    /// listing and dates), as one JSON object; None keeps what is held.
+    pub details: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +113,22 @@ pub struct ThreadPage {
     /// The newest messages of listed threads, where the list carries them inline, by
     /// thread id: their first message page (newest first, `next` going back in time).
     pub inline: HashMap<String, MessagePage>,
+    /// Entries of a [`ListRole::Groups`] list: each a list of threads of its own.
+    pub groups: Vec<Decoded<Group>>,
+}
+
+/// An entry of a list that is itself a short list of threads (a booking's conversations),
+/// read by a list job of its own when it changed.
+#[derive(Debug, Clone)]
+pub struct Group {
+    /// The list name its threads are read under (passed back to [`ThreadSource::list`]).
+    pub list: String,
+    /// Its latest activity: an early stop ends the walk at the first page older than the
+    /// cutoff.
+    pub activity: Option<DateTime<Utc>>,
+    /// Changes whenever anything in the group does (e.g. its update and activity times):
+    /// a group whose version is held is not read again.
+    pub version: String,
 }
 
 /// One page of a thread's messages.
@@ -126,12 +145,29 @@ pub enum Incremental {
     Since,
     /// Newest first, stopping at the first page with nothing changed since the watermark.
     EarlyStop,
+    /// Strictly newest activity first: the walk ends with the first page that reaches
+    /// back before the watermark.
+    Ordered,
+}
+
+/// What a list's entries are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListRole {
+    /// Threads of one type: the list's name is their `conversation_type` unless the rows
+    /// say otherwise.
+    Threads,
+    /// Every thread of the account, whatever its type.
+    All,
+    /// Groups of threads ([`Group`]): a changes feed for incremental runs, which whole
+    /// walks (full runs, a first run) skip.
+    Groups,
 }
 
 #[derive(Debug, Clone)]
 pub struct ListSpec {
     pub name: String,
     pub incremental: Incremental,
+    pub role: ListRole,
 }
 
 /// "List threads, then fetch each thread": providers whose threads are listed and fetched.
@@ -141,6 +177,11 @@ pub trait ThreadSource: Send + Sync + 'static {
     fn lists(&self) -> Vec<ListSpec>;
     /// Entries per list page (offset lists step by it).
     fn page_size(&self) -> u32;
+    /// Makes the credential usable (a token minted and valid) before a request takes its
+    /// send slot, so the request leaves at its slot.
+    async fn ready(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
     async fn list(
         &self,
         list: &str,

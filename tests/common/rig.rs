@@ -37,6 +37,7 @@ pub enum Provider {
     #[default]
     Ebay,
     Facebook,
+    Hostaway,
     SmsEagle,
 }
 
@@ -46,6 +47,7 @@ impl Provider {
         match self {
             Provider::Ebay => "ebay",
             Provider::Facebook => "facebook",
+            Provider::Hostaway => "hostaway",
             Provider::SmsEagle => "smseagle",
         }
     }
@@ -54,6 +56,7 @@ impl Provider {
         match self {
             Provider::Ebay => sim::Provider::Ebay,
             Provider::Facebook => sim::Provider::Facebook,
+            Provider::Hostaway => sim::Provider::Hostaway,
             Provider::SmsEagle => sim::Provider::Smseagle,
         }
     }
@@ -63,7 +66,17 @@ impl Provider {
         match self {
             Provider::Ebay => "EBAY_TOKEN_ACCT0",
             Provider::Facebook => "FACEBOOK_TOKEN_ACCT0",
+            Provider::Hostaway => "HOSTAWAY_SECRET_ACCT0",
             Provider::SmsEagle => "SMSEAGLE_TOKEN_ACCT0",
+        }
+    }
+
+    /// The secret a worker is given for the account: the simulator's static token, or for
+    /// Hostaway the client secret threadsync mints its tokens with.
+    pub fn secret(self, sim: &SimHandle) -> String {
+        match self {
+            Provider::Hostaway => format!("sim-secret-{ACCOUNT}"),
+            _ => sim.token(ACCOUNT),
         }
     }
 
@@ -73,7 +86,9 @@ impl Provider {
         const DATA: &str = "max_attempts = 20\nbackoff_base_ms = 50\nbackoff_cap_ms = 500\n";
         const CHECKS: &str = "backoff_base_ms = 50\nbackoff_cap_ms = 500\n";
         match self {
-            Provider::Ebay | Provider::Facebook => &[("list_page", DATA), ("conversation", DATA)],
+            Provider::Ebay | Provider::Facebook | Provider::Hostaway => {
+                &[("list_page", DATA), ("conversation", DATA)]
+            }
             Provider::SmsEagle => &[("folder", DATA), ("status_check", CHECKS)],
         }
     }
@@ -172,7 +187,10 @@ impl Rig {
         sync::register_accounts(&db.pool, &cfg.accounts)
             .await
             .expect("register");
-        let tokens = Tokens::Given(HashMap::from([(ACCOUNT.to_string(), sim.token(ACCOUNT))]));
+        let tokens = Tokens::Given(HashMap::from([(
+            ACCOUNT.to_string(),
+            opts.provider.secret(&sim),
+        )]));
         let stop = CancellationToken::new();
         let workers = (0..opts.workers)
             .map(|i| {
@@ -202,7 +220,7 @@ impl Rig {
     /// A `threadsync worker` process on the rig's database and config, with the
     /// account's token in its environment.
     pub fn process(&self, name: &str) -> WorkerProc {
-        let token = self.sim.token(ACCOUNT);
+        let token = self.provider.secret(&self.sim);
         WorkerProc::start_with_env(
             &self.db.url,
             &self.config_path,

@@ -10,8 +10,8 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::config::{AccountConfig, AccountKeys, ConfigError};
 use crate::sync::vocab::{
-    decode, Incremental, ListSpec, MessagePage, MessageRow, PageAt, ProviderError, Shape, Source,
-    ThreadPage, ThreadRow, ThreadSource,
+    decode, Incremental, ListRole, ListSpec, MessagePage, MessageRow, PageAt, ProviderError, Shape,
+    Source, ThreadPage, ThreadRow, ThreadSource,
 };
 use crate::sync::{Connect, Provider};
 
@@ -100,10 +100,12 @@ impl ThreadSource for EbayClient {
             ListSpec {
                 name: FROM_MEMBERS.into(),
                 incremental: Incremental::Since,
+                role: ListRole::Threads,
             },
             ListSpec {
                 name: FROM_EBAY.into(),
                 incremental: Incremental::EarlyStop,
+                role: ListRole::Threads,
             },
         ]
     }
@@ -133,6 +135,7 @@ impl ThreadSource for EbayClient {
                 .map(|v| decode::<Conversation>("conversation", v).map(thread_row))
                 .collect(),
             inline: Default::default(),
+            groups: Vec::new(),
         })
     }
 
@@ -170,6 +173,7 @@ fn thread_row(c: Conversation) -> ThreadRow {
         latest_message_id: c.latest_message.as_ref().map(|m| m.message_id.clone()),
         latest_message_at: c.latest_message.as_ref().map(|m| m.created_date),
         created_at: c.created_date,
+        details: None,
     }
 }
 

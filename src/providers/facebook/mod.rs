@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{AccountConfig, AccountKeys, ConfigError};
 use crate::sync::vocab::{
-    decode, Decoded, Incremental, ListSpec, MessagePage, MessageRow, PageAt, ProviderError, Shape,
-    Source, ThreadPage, ThreadRow, ThreadSource,
+    decode, Decoded, Incremental, ListRole, ListSpec, MessagePage, MessageRow, PageAt,
+    ProviderError, Shape, Source, ThreadPage, ThreadRow, ThreadSource,
 };
 use crate::sync::{Connect, Provider};
 
@@ -210,6 +210,7 @@ impl GraphClient {
             latest_message_id: newest.map(|m| m.message_id.clone()),
             latest_message_at: Some(newest.map_or(c.updated_time, |m| m.sent_at)),
             created_at: None,
+            details: None,
         };
         (row, inline)
     }
@@ -222,6 +223,7 @@ impl ThreadSource for GraphClient {
         vec![ListSpec {
             name: self.platform.to_string(),
             incremental: Incremental::EarlyStop,
+            role: ListRole::Threads,
         }]
     }
 
@@ -256,6 +258,7 @@ impl ThreadSource for GraphClient {
             total: None,
             next,
             inline,
+            groups: Vec::new(),
         })
     }
 
