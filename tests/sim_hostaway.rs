@@ -1599,3 +1599,292 @@ async fn runtime_limits_replace_what_is_admitted() {
     assert!(fb.set_hostaway_limits(15, 20, 10_000).is_err());
     fb.shutdown().await;
 }
+
+/// The contract tests' dataset: 120 conversations, a fifth of them inquiries.
+fn contract_cfg() -> SimConfig {
+    SimConfig {
+        threads: 120,
+        messages: 6,
+        seed: 4,
+        hostaway_inquiry_share: 0.2,
+        ..cfg()
+    }
+}
+
+/// Live conversation ids in the truth, both kinds.
+fn live_conversations(h: &SimHandle) -> HashSet<u64> {
+    let truth = h.truth(Some("acct-0"));
+    let a = &truth["accounts"][0];
+    ["reservations", "inquiries"]
+        .iter()
+        .flat_map(|k| a[*k].as_array().unwrap().iter())
+        .map(|r| r["conversationId"].as_u64().unwrap())
+        .collect()
+}
+
+fn u64s(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn delete_threads_deletes_exactly_n_distinct_conversations_of_either_kind() {
+    let h = sim::start(contract_cfg()).await.unwrap();
+    let before = live_conversations(&h);
+    assert_eq!(before.len(), 120);
+    let gone = u64s(&h.mutate(&json!({"delete_threads": 4})).unwrap()["deletedConversationIds"]);
+    assert_eq!(gone.len(), 4, "{gone:?}");
+    let distinct: HashSet<u64> = gone.iter().copied().collect();
+    assert_eq!(distinct.len(), 4);
+    let after = live_conversations(&h);
+    assert_eq!(
+        before.difference(&after).copied().collect::<HashSet<_>>(),
+        distinct
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn delete_ids_deletes_exactly_those_conversations_numbers_or_strings() {
+    let h = sim::start(contract_cfg()).await.unwrap();
+    let c = Client::new();
+    let t = h.token("acct-0");
+    let truth = h.truth(Some("acct-0"));
+    let a = &truth["accounts"][0];
+    let booked = a["reservations"][0]["conversationId"].as_u64().unwrap();
+    let inquiry = a["inquiries"][0]["conversationId"].as_u64().unwrap();
+    let before = live_conversations(&h);
+    // A decimal string (as the shared contract test sends), a number, an unknown id.
+    let v = h
+        .mutate(&json!({"delete_ids": [inquiry.to_string(), booked, 999]}))
+        .unwrap();
+    assert_eq!(u64s(&v["deletedConversationIds"]), vec![inquiry, booked]);
+    let after = live_conversations(&h);
+    assert_eq!(
+        before.difference(&after).copied().collect::<HashSet<_>>(),
+        HashSet::from([inquiry, booked])
+    );
+    let deleted = u64s(&h.truth(Some("acct-0"))["accounts"][0]["deleted_conversation_ids"]);
+    assert_eq!(
+        deleted.into_iter().collect::<HashSet<_>>(),
+        HashSet::from([inquiry, booked])
+    );
+    for id in [inquiry, booked] {
+        let (s, _) = get(&c, &h, &format!("/v1/conversations/{id}"), &t).await;
+        assert_eq!(s, 404);
+    }
+    // Ids no longer live are ignored; delete_threads deletes N others besides.
+    let v = h
+        .mutate(&json!({"delete_ids": [booked.to_string()], "delete_threads": 2}))
+        .unwrap();
+    let gone = u64s(&v["deletedConversationIds"]);
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    assert!(gone.iter().all(|id| after.contains(id)));
+    assert_eq!(live_conversations(&h).len(), 116);
+    // An id that is neither a number nor a decimal string is refused, and nothing changes.
+    for bad in [
+        json!(["12a"]),
+        json!([""]),
+        json!([-1]),
+        json!(["+5"]),
+        json!([1.5]),
+    ] {
+        assert!(h.mutate(&json!({"delete_ids": bad})).is_err(), "{bad}");
+    }
+    assert_eq!(live_conversations(&h).len(), 116);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn reservation_ids_target_update_reservations() {
+    let h = sim::start(contract_cfg()).await.unwrap();
+    let (hook, got) = receiver(0).await;
+    let c = Client::new();
+    let t = h.token("acct-0");
+    let r = c
+        .post(format!("{}/_sim/webhook", h.base_url()))
+        .json(&json!({"url": hook}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let truth = h.truth(Some("acct-0"));
+    let res = truth["accounts"][0]["reservations"].as_array().unwrap();
+    let (r1, r2) = (
+        res[3]["id"].as_u64().unwrap(),
+        res[7]["id"].as_u64().unwrap(),
+    );
+    let not_a_reservation = res[0]["conversationId"].as_u64().unwrap();
+    h.advance_clock(5.0);
+    // update_reservations omitted: each of reservation_ids once; unknown ids ignored.
+    let v = h
+        .mutate(&json!({"reservation_ids": [r1.to_string(), r2, 77, not_a_reservation, r1]}))
+        .unwrap();
+    assert_eq!(u64s(&v["updatedReservationIds"]), vec![r1, r2]);
+    assert!(h.webhook_idle(Duration::from_secs(10)).await);
+    let events: Vec<(String, u64)> = bodies(&got)
+        .iter()
+        .map(|b| {
+            (
+                b["event"].as_str().unwrap().to_string(),
+                b["data"]["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            ("reservation.updated".to_string(), r1),
+            ("reservation.updated".to_string(), r2)
+        ]
+    );
+    for id in [r1, r2] {
+        let (s, v) = get(&c, &h, &format!("/v1/reservations/{id}"), &t).await;
+        assert_eq!(s, 200);
+        assert_eq!(v["result"]["status"], "modified");
+    }
+    // They are now the most recently updated ones.
+    let (_, v) = get(&c, &h, "/v1/reservations?limit=2", &t).await;
+    assert_eq!(
+        ids(&v).into_iter().collect::<HashSet<_>>(),
+        HashSet::from([r1, r2])
+    );
+    // With a count they are updated in turn; with none known nothing is.
+    let v = h
+        .mutate(&json!({"reservation_ids": [r2, r1], "update_reservations": 3}))
+        .unwrap();
+    assert_eq!(u64s(&v["updatedReservationIds"]), vec![r2, r1, r2]);
+    let v = h
+        .mutate(&json!({"reservation_ids": [77], "update_reservations": 2}))
+        .unwrap();
+    assert!(u64s(&v["updatedReservationIds"]).is_empty());
+    assert!(h.mutate(&json!({"reservation_ids": ["r1"]})).is_err());
+    h.shutdown().await;
+}
+
+/// `POST /v1/accessTokens` for `client` with its right secret: status and body.
+async fn mint(c: &Client, h: &SimHandle, client: &str) -> (StatusCode, Value) {
+    let name = if client.starts_with("acct-") {
+        client.to_string()
+    } else {
+        format!("acct-{client}")
+    };
+    let secret = format!("sim-secret-{name}");
+    let r = c
+        .post(format!("{}/v1/accessTokens", h.base_url()))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", client),
+            ("client_secret", secret.as_str()),
+            ("scope", "general"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let s = r.status();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+fn access_token(v: &Value) -> String {
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn expire_token_revokes_minted_tokens_and_the_client_secret() {
+    let h = sim::start(SimConfig {
+        accounts: 2,
+        threads: 5,
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let c = Client::new();
+    let (s, v) = mint(&c, &h, "acct-0").await;
+    assert_eq!(s, 200);
+    let minted = access_token(&v);
+    let other = access_token(&mint(&c, &h, "acct-1").await.1);
+    h.advance_clock(1.0);
+    let q = "/v1/conversations?limit=1";
+    assert_eq!(get(&c, &h, q, &minted).await.0, 200);
+    let r = c
+        .post(format!("{}/_sim/expire_token", h.base_url()))
+        .json(&json!({"account": "acct-0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for tok in [minted, h.token("acct-0")] {
+        let (s, v) = get(&c, &h, q, &tok).await;
+        assert_eq!(
+            (s, v["status"].as_str()),
+            (StatusCode::FORBIDDEN, Some("fail"))
+        );
+    }
+    // The secret is refused under either form of the client id.
+    for client in ["acct-0", "0"] {
+        let (s, v) = mint(&c, &h, client).await;
+        assert_eq!(
+            (s, v["status"].as_str()),
+            (StatusCode::FORBIDDEN, Some("fail"))
+        );
+        assert!(v["message"].as_str().unwrap().contains("revoked"), "{v}");
+    }
+    // Other accounts are untouched.
+    assert_eq!(get(&c, &h, q, &other).await.0, 200);
+    assert_eq!(get(&c, &h, q, &h.token("acct-1")).await.0, 200);
+    assert_eq!(mint(&c, &h, "1").await.0, 200);
+    assert!(h.expire_token("acct-1"));
+    assert_eq!(get(&c, &h, q, &other).await.0, 403);
+    assert_eq!(mint(&c, &h, "acct-1").await.0, 403);
+    assert!(!h.expire_token("acct-2"));
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoke_minted_revokes_the_tokens_minted_so_far_but_not_the_secret() {
+    let h = sim::start(SimConfig {
+        accounts: 2,
+        threads: 5,
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let c = Client::new();
+    let t1 = access_token(&mint(&c, &h, "acct-0").await.1);
+    let t2 = access_token(&mint(&c, &h, "0").await.1);
+    let other = access_token(&mint(&c, &h, "acct-1").await.1);
+    h.advance_clock(1.0);
+    let q = "/v1/conversations?limit=1";
+    for tok in [&t1, &t2, &other] {
+        assert_eq!(get(&c, &h, q, tok).await.0, 200);
+    }
+    let v = h.mutate(&json!({"revoke_minted": true})).unwrap();
+    assert_eq!(v["revokedTokens"], 2);
+    for tok in [&t1, &t2] {
+        assert_eq!(get(&c, &h, q, tok).await.0, 403);
+    }
+    // The static token, other accounts and minting again still work.
+    assert_eq!(get(&c, &h, q, &h.token("acct-0")).await.0, 200);
+    assert_eq!(get(&c, &h, q, &other).await.0, 200);
+    let (s, v) = mint(&c, &h, "acct-0").await;
+    assert_eq!(s, 200);
+    let t3 = access_token(&v);
+    h.advance_clock(1.0);
+    assert_eq!(get(&c, &h, q, &t3).await.0, 200);
+    // Only what is not revoked yet is counted; without the flag nothing is revoked.
+    assert_eq!(
+        h.mutate(&json!({"new_messages": 1})).unwrap()["revokedTokens"],
+        0
+    );
+    assert_eq!(get(&c, &h, q, &t3).await.0, 200);
+    let v = h
+        .mutate(&json!({"account": "acct-0", "revoke_minted": true}))
+        .unwrap();
+    assert_eq!(v["revokedTokens"], 1);
+    assert_eq!(get(&c, &h, q, &t3).await.0, 403);
+    assert_eq!(get(&c, &h, q, &other).await.0, 200);
+    h.shutdown().await;
+}

@@ -10,7 +10,9 @@
 //! `{"status":"fail","message":...}`; replaceable at run time
 //! (`/_sim/hostaway_limits`). Every request with a valid token, admitted or not, also
 //! counts toward the window peaks (`/_sim/windows`). Bad, revoked or not-yet-valid
-//! tokens (minted tokens become valid 1 s after issue) get 403.
+//! tokens (minted tokens become valid 1 s after issue) get 403. `expire_token` revokes
+//! the static token and the client secret: every token minted for the account, and minting
+//! again (403). Mutate `revoke_minted` revokes only the minted tokens.
 //!
 //! `includeResources=1` on the conversation routes adds each conversation's
 //! `Reservation` (null for an inquiry).
@@ -281,6 +283,8 @@ pub struct HostawaySim {
     /// Minted token -> (account, valid from ms).
     minted: RwLock<HashMap<String, (usize, i64)>>,
     revoked: RwLock<HashSet<String>>,
+    /// Accounts whose client secret was revoked (`expire_token`): no more minting.
+    refused: RwLock<HashSet<usize>>,
     rng: Mutex<ChaCha8Rng>,
     webhook: Arc<webhook::WebhookSender>,
 }
@@ -346,6 +350,7 @@ impl HostawaySim {
             limiter: RwLock::new(Arc::new(limiter)),
             minted: RwLock::default(),
             revoked: RwLock::default(),
+            refused: RwLock::default(),
             rng: Mutex::new(rng),
             webhook,
         })
@@ -386,6 +391,32 @@ impl HostawaySim {
             .strip_prefix(TOKEN_PREFIX)
             .and_then(|n| self.account_index(n))
             .or_else(|| self.minted.read().ok()?.get(token).map(|x| x.0))
+    }
+
+    /// Revoke every token minted so far for account `i`; how many were not revoked yet.
+    fn revoke_minted(&self, i: usize) -> usize {
+        let tokens: Vec<String> = self
+            .minted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, (owner, _))| *owner == i)
+            .map(|(t, _)| t.clone())
+            .collect();
+        let mut r = self.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let mut newly = 0;
+        for t in tokens {
+            newly += usize::from(r.insert(t));
+        }
+        newly
+    }
+
+    /// Whether account `i`'s client secret was revoked (minting refused).
+    fn secret_refused(&self, i: usize) -> bool {
+        self.refused
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&i)
     }
 
     fn limiter(&self) -> Arc<Limiter> {
@@ -624,12 +655,22 @@ struct MutateBody {
     new_threads: usize,
     #[serde(default)]
     delete_threads: usize,
-    /// Bump `updatedOn` of N random reservations (the afterId shift pitfall).
-    #[serde(default)]
-    update_reservations: usize,
+    /// Bump `updatedOn` of N random reservations (the afterId shift pitfall), or of the
+    /// `reservation_ids` in turn (omitted: each of them once).
+    update_reservations: Option<usize>,
+    /// Reservation ids to target with `update_reservations` (unknown ones are ignored).
+    #[serde(default, deserialize_with = "opt_ids")]
+    reservation_ids: Option<Vec<u64>>,
     /// Conversation ids to target with new messages.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ids")]
     thread_ids: Vec<u64>,
+    /// Conversation ids to delete (either kind; ones not live are ignored), before the
+    /// `delete_threads` random ones.
+    #[serde(default, deserialize_with = "ids")]
+    delete_ids: Vec<u64>,
+    /// Revoke every token minted so far for the account (minting still works).
+    #[serde(default)]
+    revoke_minted: bool,
     direction: Option<String>,
     /// New conversations without a reservation, each with one guest message.
     #[serde(default)]
@@ -641,6 +682,31 @@ struct MutateBody {
 
 fn acct0() -> String {
     "acct-0".into()
+}
+
+/// Ids given as JSON numbers or decimal strings (`10500007` or `"10500007"`).
+fn ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    Vec::<Value>::deserialize(d)?
+        .iter()
+        .map(|v| {
+            match v {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                    s.parse().ok()
+                }
+                _ => None,
+            }
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "id {v} is neither a non-negative integer nor a decimal string"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn opt_ids<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u64>>, D::Error> {
+    ids(d).map(Some)
 }
 
 impl SimProvider for HostawaySim {
@@ -750,6 +816,17 @@ impl SimProvider for HostawaySim {
             .copied()
             .filter(|x| !a.reservations[*x].inquiry)
             .collect();
+        // `reservation_ids`: the live reservations named, once each, in the order given.
+        let chosen: Option<Vec<usize>> = req.reservation_ids.as_ref().map(|rs| {
+            let mut seen = HashSet::new();
+            rs.iter()
+                .filter_map(|id| a.by_res.get(id).copied())
+                .filter(|x| !a.reservations[*x].deleted && seen.insert(*x))
+                .collect()
+        });
+        let updates = req
+            .update_reservations
+            .unwrap_or_else(|| chosen.as_ref().map_or(0, Vec::len));
         let (mut msgs, mut threads, mut deleted, mut updated) = (vec![], vec![], vec![], vec![]);
         let (mut inquiries, mut poisoned) = (vec![], vec![]);
         // Webhook bodies, rendered as each change is made.
@@ -795,10 +872,12 @@ impl SimProvider for HostawaySim {
                     events.extend(Self::message_event(&a, idx));
                 }
             }
-            for _ in 0..req.update_reservations {
-                if let Some(idx) =
-                    (!booked.is_empty()).then(|| booked[rng.gen_range(0..booked.len())])
-                {
+            for n in 0..updates {
+                let idx = match &chosen {
+                    Some(c) => c.get(n % c.len().max(1)).copied(),
+                    None => (!booked.is_empty()).then(|| booked[rng.gen_range(0..booked.len())]),
+                };
+                if let Some(idx) = idx {
                     let r = &mut a.reservations[idx];
                     r.updated_ms = now.max(r.updated_ms + 1000);
                     r.status = "modified";
@@ -808,13 +887,27 @@ impl SimProvider for HostawaySim {
                     }
                 }
             }
-            for _ in 0..req.delete_threads {
-                if let Some(idx) = (!live.is_empty()).then(|| live[rng.gen_range(0..live.len())]) {
+            // The `delete_ids` first, then N distinct others drawn from what is still live.
+            for c in &req.delete_ids {
+                if let Some(idx) = a.by_conv.get(c).copied() {
                     if !a.reservations[idx].deleted {
                         a.reservations[idx].deleted = true;
-                        deleted.push(a.reservations[idx].conversation_id);
+                        deleted.push(*c);
                     }
                 }
+            }
+            let mut pool: Vec<usize> = live
+                .iter()
+                .copied()
+                .filter(|x| !a.reservations[*x].deleted)
+                .collect();
+            for _ in 0..req.delete_threads {
+                if pool.is_empty() {
+                    break;
+                }
+                let idx = pool.swap_remove(rng.gen_range(0..pool.len()));
+                a.reservations[idx].deleted = true;
+                deleted.push(a.reservations[idx].conversation_id);
             }
             for _ in 0..req.poison_threads {
                 let pool: Vec<usize> = (0..a.reservations.len())
@@ -831,10 +924,16 @@ impl SimProvider for HostawaySim {
         for body in events {
             self.webhook.enqueue(body);
         }
+        let revoked = if req.revoke_minted {
+            self.revoke_minted(i)
+        } else {
+            0
+        };
         Ok(
             json!({"account": a.name, "newMessages": msgs, "newThreads": threads,
                   "newInquiries": inquiries, "updatedReservationIds": updated,
-                  "deletedConversationIds": deleted, "poisonedConversationIds": poisoned}),
+                  "deletedConversationIds": deleted, "poisonedConversationIds": poisoned,
+                  "revokedTokens": revoked}),
         )
     }
 
@@ -870,13 +969,23 @@ impl SimProvider for HostawaySim {
         Ok(Self::expected_of(&a))
     }
 
+    /// Revokes the static token and the client secret: every token minted so far for the
+    /// account gets 403, and `POST /v1/accessTokens` refuses its client id from then on.
     fn expire_token(&self, account: &str) -> bool {
-        if self.account_index(account).is_none() {
+        let Some(i) = self.account_index(account) else {
             return false;
-        }
-        if let Ok(mut r) = self.revoked.write() {
-            r.insert(format!("{TOKEN_PREFIX}{account}"));
-        }
+        };
+        // Refused before the minted tokens are revoked: a mint racing this one either
+        // sees the refusal or is already among the minted (see `mint_token`).
+        self.refused
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(i);
+        self.revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{TOKEN_PREFIX}acct-{i}"));
+        self.revoke_minted(i);
         true
     }
 

@@ -393,6 +393,13 @@ pub(super) async fn mint_token(State(sim): State<S>, body: Bytes) -> Response {
     let Ok(mut m) = sim.minted.write() else {
         return fail(StatusCode::INTERNAL_SERVER_ERROR, "store unavailable");
     };
+    // Checked under the minted lock, so `expire_token` revokes whatever got through.
+    if sim.secret_refused(i) {
+        return fail(
+            StatusCode::FORBIDDEN,
+            "Invalid client credentials: the client secret was revoked",
+        );
+    }
     let token = format!("sim-hostaway-jwt-{i}-{}", m.len() + 1);
     // Tokens become usable 1 s after issue, as Hostaway documents.
     m.insert(token.clone(), (i, sim.h.clock.now_ms() + 1000));
