@@ -144,6 +144,7 @@ pub enum Report {
     Facebook(FacebookBenchReport),
 }
 
+#[derive(Clone)]
 pub struct LabOptions {
     pub account: String,
     pub sim: SimConfig,
@@ -162,6 +163,7 @@ pub struct Lab {
     pub account: String,
     scratch: Scratch,
     workers: Workers,
+    options: LabOptions,
 }
 
 enum Workers {
@@ -176,6 +178,32 @@ enum Workers {
     },
 }
 
+/// The lab's jobs.toml: quick retries for every sync kind, and the one account.
+fn lab_config(o: &LabOptions, base_url: &str) -> String {
+    let provider = match o.sim.provider {
+        sim::Provider::Smseagle => "smseagle",
+        sim::Provider::Facebook => "facebook",
+        sim::Provider::Hostaway => "hostaway",
+        _ => "ebay",
+    };
+    let mut text = String::from("[queue]\nlease_secs = 15\n");
+    for kind in ["list_page", "conversation", "folder"] {
+        for p in ["ebay", "facebook", "hostaway", "smseagle"] {
+            if (kind == "folder") == (p == "smseagle") {
+                text += &format!(
+                    "[kinds.\"{p}.{kind}\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n"
+                );
+            }
+        }
+    }
+    text += &format!(
+        "[[accounts]]\nid = \"{}\"\nprovider = \"{provider}\"\nbase_url = \"{base_url}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
+         requests_per_second = {}\nmax_in_flight = {}\nrequest_timeout_secs = 10\n{}",
+        o.account, o.requests_per_second, o.in_flight, o.account_keys
+    );
+    text
+}
+
 impl Lab {
     pub async fn start(o: LabOptions) -> anyhow::Result<Lab> {
         let scratch = Scratch::create("threadsync_lab", o.durability).await?;
@@ -184,79 +212,25 @@ impl Lab {
         let sim = sim::start(o.sim.clone())
             .await
             .context("starting the simulator")?;
-        let provider = match o.sim.provider {
-            sim::Provider::Smseagle => "smseagle",
-            sim::Provider::Facebook => "facebook",
-            _ => "ebay",
-        };
-        let text = format!(
-            "[queue]\nlease_secs = 15\n\
-             [kinds.\"ebay.list_page\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
-             [kinds.\"ebay.conversation\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
-             [kinds.\"smseagle.folder\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
-             [kinds.\"facebook.list_page\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
-             [kinds.\"facebook.conversation\"]\nmax_attempts = 10\nbackoff_base_ms = 200\nbackoff_cap_ms = 5000\n\
-             [[accounts]]\nid = \"{}\"\nprovider = \"{provider}\"\nbase_url = \"{}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
-             requests_per_second = {}\nmax_in_flight = {}\nrequest_timeout_secs = 10\n{}",
-            o.account,
-            sim.base_url(),
-            o.requests_per_second,
-            o.in_flight,
-            o.account_keys
-        );
-        let cfg = Arc::new(Config::parse(&text, "lab jobs.toml")?);
-        let settings = Arc::new(cfg.queue.clone());
-        sync::register_accounts(&pool, &cfg.accounts).await?;
-        let token = sim.token(SIM_ACCOUNT);
-        let workers = if o.processes == 0 {
-            let tokens = Tokens::Given(HashMap::from([(o.account.clone(), token)]));
-            let stop = CancellationToken::new();
-            let tasks = (0..2)
-                .map(|i| {
-                    let registry = crate::jobs::registry(&cfg, &tokens);
-                    let w = Worker::new(
-                        pool.clone(),
-                        settings.clone(),
-                        registry,
-                        &format!("lab-{i}"),
-                        48,
-                    );
-                    tokio::spawn(w.run(stop.clone()))
-                })
-                .collect();
-            Workers::InProcess { stop, tasks }
-        } else {
-            let mut file = tempfile::NamedTempFile::new().context("writing the workers' config")?;
-            file.write_all(text.as_bytes())?;
-            let config = file.into_temp_path();
-            let exe = std::env::current_exe().context("locating the threadsync binary")?;
-            let children = (0..o.processes)
-                .map(|i| {
-                    Command::new(&exe)
-                        .arg("--config")
-                        .arg(&config)
-                        .args(["worker", "--concurrency", "48"])
-                        .args(["--name", &format!("lab-p{i}")])
-                        .env("DATABASE_URL", &scratch.url)
-                        .env(TOKEN_ENV, &token)
-                        .env("RUST_LOG", "warn")
-                        .stdin(Stdio::null())
-                        .spawn()
-                        .context("starting a worker process")
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            Workers::Processes {
-                children,
-                _config: config,
-            }
-        };
+        let workers = start_workers(&o, &pool, &sim, &scratch.url).await?;
         Ok(Lab {
             pool,
             sim,
-            account: o.account,
+            account: o.account.clone(),
             scratch,
             workers,
+            options: o,
         })
+    }
+
+    /// Stops the workers and starts them again with the account's own keys replaced by
+    /// `account_keys`.
+    pub async fn reconfigure(&mut self, account_keys: String) -> anyhow::Result<()> {
+        self.options.account_keys = account_keys;
+        let fresh = start_workers(&self.options, &self.pool, &self.sim, &self.scratch.url).await?;
+        let old = std::mem::replace(&mut self.workers, fresh);
+        old.stop().await;
+        Ok(())
     }
 
     /// Starts a run and waits for it, showing the progress bar when `show` is set.
@@ -353,7 +327,75 @@ impl Lab {
     }
 
     pub async fn stop(self) {
-        match self.workers {
+        self.workers.stop().await;
+        self.pool.close().await;
+        self.sim.shutdown().await;
+        self.scratch.close().await;
+    }
+}
+
+/// The lab's workers: two runtimes in this process, or `processes` worker processes.
+async fn start_workers(
+    o: &LabOptions,
+    pool: &PgPool,
+    sim: &SimHandle,
+    db_url: &str,
+) -> anyhow::Result<Workers> {
+    let text = lab_config(o, &sim.base_url());
+    let cfg = Arc::new(Config::parse(&text, "lab jobs.toml")?);
+    let settings = Arc::new(cfg.queue.clone());
+    sync::register_accounts(pool, &cfg.accounts).await?;
+    // Hostaway's secret is the client secret threadsync mints its tokens with.
+    let token = match o.sim.provider {
+        sim::Provider::Hostaway => format!("sim-secret-{SIM_ACCOUNT}"),
+        _ => sim.token(SIM_ACCOUNT),
+    };
+    if o.processes == 0 {
+        let tokens = Tokens::Given(HashMap::from([(o.account.clone(), token)]));
+        let stop = CancellationToken::new();
+        let tasks = (0..2)
+            .map(|i| {
+                let registry = crate::jobs::registry(&cfg, &tokens);
+                let w = Worker::new(
+                    pool.clone(),
+                    settings.clone(),
+                    registry,
+                    &format!("lab-{i}"),
+                    48,
+                );
+                tokio::spawn(w.run(stop.clone()))
+            })
+            .collect();
+        return Ok(Workers::InProcess { stop, tasks });
+    }
+    let mut file = tempfile::NamedTempFile::new().context("writing the workers' config")?;
+    file.write_all(text.as_bytes())?;
+    let config = file.into_temp_path();
+    let exe = std::env::current_exe().context("locating the threadsync binary")?;
+    let children = (0..o.processes)
+        .map(|i| {
+            Command::new(&exe)
+                .arg("--config")
+                .arg(&config)
+                .args(["worker", "--concurrency", "48"])
+                .args(["--name", &format!("lab-p{i}")])
+                .env("DATABASE_URL", db_url)
+                .env(TOKEN_ENV, &token)
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .spawn()
+                .context("starting a worker process")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Workers::Processes {
+        children,
+        _config: config,
+    })
+}
+
+impl Workers {
+    async fn stop(self) {
+        match self {
             Workers::InProcess { stop, tasks } => {
                 stop.cancel();
                 for t in tasks {
@@ -370,9 +412,6 @@ impl Lab {
                 }
             }
         }
-        self.pool.close().await;
-        self.sim.shutdown().await;
-        self.scratch.close().await;
     }
 }
 

@@ -87,7 +87,7 @@ impl Handler for ListPage {
         // Messages the list carried inline, and the threads they complete.
         let mut messages: BTreeMap<String, Vec<MessageRow>> = BTreeMap::new();
         let mut complete: Vec<(String, String)> = Vec::new();
-        let mut changed = 0;
+        let (mut changed, mut groups_changed) = (0, 0);
         let mut recent = false;
         for r in &rows {
             let marker = fetched.get(&r.thread_id);
@@ -142,7 +142,7 @@ impl Handler for ListPage {
             };
             if let (true, Some(run_id)) = (in_window, run_id) {
                 if held.get(&g.list) != Some(&g.version) {
-                    changed += 1;
+                    groups_changed += 1;
                     let mut head = plan::list_head(a, &g.list, None, Walk::Next { total: None });
                     head.group_version = Some(g.version.clone());
                     follow_ups.push(plan::list_job(a, run_id, head));
@@ -181,7 +181,7 @@ impl Handler for ListPage {
             let keep_going = unseen
                 || match ordered {
                     true => listed > 0 && older == 0,
-                    false => changed > 0 || recent,
+                    false => changed + groups_changed > 0 || recent,
                 };
             let after = next_pages(&p, &page, keep_going);
             group_done = after.is_empty() && p.group_version.is_some();
@@ -194,7 +194,7 @@ impl Handler for ListPage {
 
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         progress.threads_seen = count(rows.len());
-        progress.threads_skipped = count(rows.len() - changed);
+        progress.threads_skipped = count(rows.len().saturating_sub(changed));
         progress.threads_fetched = count(complete.len());
         let mut tx = job.begin(Finish::Done).await?;
         crate::queue::enqueue_batch(&mut *tx, &follow_ups).await?;

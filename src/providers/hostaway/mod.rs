@@ -386,9 +386,8 @@ impl ThreadSource for Account {
         _list: Option<&str>,
         at: &PageAt,
     ) -> Result<MessagePage, ProviderError> {
-        let id: u64 = thread_id.parse().map_err(|_| {
-            ProviderError::Rejected(format!("{thread_id:?} is not a conversation id"))
-        })?;
+        // Conversation ids are numbers: any other id names no conversation.
+        let id: u64 = thread_id.parse().map_err(|_| ProviderError::NotFound)?;
         let limit = self.settings.page_size;
         let offset = offset_of(at)?;
         let mut query = vec![("limit", limit.to_string()), ("offset", offset.to_string())];
