@@ -2,7 +2,8 @@
 //! with 5,000 threads of about 20 messages, workers in this process; a full resync with the
 //! live progress bar, new messages, an incremental sync, and a comparison with the truth.
 //! `--provider smseagle` shows an SMS gateway instead (see demo_sms.rs); `--provider
-//! facebook` a Facebook Page of 2,000 conversations at Meta's 2 calls/s (`facebook` below).
+//! facebook` a Facebook Page of 2,000 conversations at Meta's 2 calls/s (`facebook` below);
+//! `--provider hostaway` a Hostaway account (demo_hostaway.rs).
 
 use serde_json::json;
 
@@ -17,6 +18,7 @@ pub enum DemoProvider {
     Ebay,
     Smseagle,
     Facebook,
+    Hostaway,
 }
 
 #[derive(Debug, clap::Args)]
@@ -25,7 +27,7 @@ pub struct DemoArgs {
     #[arg(long, value_enum, default_value_t = DemoProvider::Ebay)]
     pub provider: DemoProvider,
     /// Threads (eBay, default 5000), phone numbers (SMSEagle, default 200) or
-    /// conversations (Facebook, default 2000).
+    /// conversations (Facebook, default 2000; Hostaway, default 300).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Mean messages per thread, number or conversation; default 20.
@@ -36,6 +38,10 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.provider == DemoProvider::Smseagle {
         return crate::demo_sms::run(args.threads.unwrap_or(200), args.messages.unwrap_or(20))
+            .await;
+    }
+    if args.provider == DemoProvider::Hostaway {
+        return crate::demo_hostaway::run(args.threads.unwrap_or(300), args.messages.unwrap_or(10))
             .await;
     }
     if args.provider == DemoProvider::Facebook {

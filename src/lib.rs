@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod demo_hostaway;
 pub mod demo_sms;
 pub mod http;
 pub mod jobs;

@@ -5,15 +5,12 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::rig::{Opts, Provider, Rig, ACCOUNT};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use threadsync::http::{auth, AppState};
 use threadsync::sim::facebook::WebhookTarget;
 use threadsync::sim::{Limits, SimConfig};
 use threadsync::sync::provider::WebhookSecrets;
@@ -244,8 +241,8 @@ async fn an_expired_token_pauses_the_page_with_the_reason() {
         reason.contains("FACEBOOK_TOKEN_ACCT0"),
         "names the variable: {reason}"
     );
-    // The job that met the refusal failed with the reason; the rest of the run waits for
-    // a fresh token without calling the provider.
+    // The job that met the refusal failed with the reason, and with it the run (its walk
+    // was that one page); nothing calls the provider until a fresh token is set.
     rig.db
         .wait_count(
             &format!(
@@ -259,7 +256,14 @@ async fn an_expired_token_pauses_the_page_with_the_reason() {
     let calls = rig.calls();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(rig.calls(), calls);
-    assert!(rig.status(id).await.finished_at.is_none());
+    let s = rig.finish(id, Duration::from_secs(20)).await;
+    assert_eq!(s.state, "failed", "{s:?}");
+    assert!(
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("re-authorize the Page token")),
+        "{s:?}"
+    );
     rig.close().await;
 }
 
@@ -326,25 +330,13 @@ fn signature(body: &[u8], secret: &str) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// `threadsync serve`'s router over the rig's database, with Facebook's webhook secrets.
+/// The webhook receiver over the rig's database, with Facebook's secrets.
 async fn serve(rig: &Rig) -> (String, tokio::task::JoinHandle<()>) {
     let secrets = WebhookSecrets {
         signing: Some(APP_SECRET.into()),
         verify: Some("verify-me".into()),
     };
-    let state = AppState {
-        pool: rig.db.pool.clone(),
-        tokens: auth::Tokens::new("admin-token".into(), None),
-        webhooks: Arc::new(HashMap::from([("facebook", secrets)])),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("listen");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, threadsync::http::router(state)).await;
-    });
-    (format!("http://{addr}/webhooks/facebook"), server)
+    rig.serve_webhooks("facebook", secrets).await
 }
 
 /// Refresh jobs (priority 100) for `thread`.

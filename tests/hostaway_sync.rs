@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use common::rig::{Opts, Provider, Rig, ACCOUNT};
 use common::TestDb;
 use serde_json::{json, Value};
 use threadsync::config::Config;
-use threadsync::http::{auth, AppState};
 use threadsync::sim::hostaway::WebhookTarget;
 use threadsync::sim::{self, RuleAction, SimConfig};
 use threadsync::sync::provider::WebhookSecrets;
@@ -250,25 +248,13 @@ async fn two_accounts_in_one_limit_group_stay_under_the_ip_window() {
 const HOOK_USER: &str = "hostaway-hook";
 const HOOK_PASSWORD: &str = "hook-secret";
 
-/// `threadsync serve`'s router over the rig's database, with Hostaway's webhook credentials.
+/// The webhook receiver over the rig's database, with Hostaway's secrets.
 async fn serve(rig: &Rig) -> (String, tokio::task::JoinHandle<()>) {
     let secrets = WebhookSecrets {
         signing: Some(HOOK_PASSWORD.into()),
         verify: Some(HOOK_USER.into()),
     };
-    let state = AppState {
-        pool: rig.db.pool.clone(),
-        tokens: auth::Tokens::new("admin-token".into(), None),
-        webhooks: Arc::new(HashMap::from([("hostaway", secrets)])),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("listen");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, threadsync::http::router(state)).await;
-    });
-    (format!("http://{addr}/webhooks/hostaway"), server)
+    rig.serve_webhooks("hostaway", secrets).await
 }
 
 /// Refresh jobs (priority 100) by thread.

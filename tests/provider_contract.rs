@@ -608,56 +608,31 @@ macro_rules! contract {
     };
 }
 
-contract!(
-    ebay,
-    Ebay,
-    [
-        full_resync_equals_the_truth_both_ways,
-        faults_lose_nothing,
-        incremental_fetches_only_what_changed,
-        a_refresh_of_a_thread_the_provider_lacks_fails_saying_so,
-        a_thread_deleted_between_full_runs_is_marked_deleted,
-        a_poison_row_is_skipped_and_recorded,
-        a_refused_token_pauses_the_account_naming_its_variable,
-        a_worker_killed_mid_run_loses_nothing,
-        a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
-        a_run_whose_last_job_the_reaper_fails_still_ends,
-    ]
-);
+/// The whole contract, for a provider of thread lists.
+macro_rules! thread_list_contract {
+    ($provider:ident, $p:ident) => {
+        contract!(
+            $provider,
+            $p,
+            [
+                full_resync_equals_the_truth_both_ways,
+                faults_lose_nothing,
+                incremental_fetches_only_what_changed,
+                a_refresh_of_a_thread_the_provider_lacks_fails_saying_so,
+                a_thread_deleted_between_full_runs_is_marked_deleted,
+                a_poison_row_is_skipped_and_recorded,
+                a_refused_token_pauses_the_account_naming_its_variable,
+                a_worker_killed_mid_run_loses_nothing,
+                a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
+                a_run_whose_last_job_the_reaper_fails_still_ends,
+            ]
+        );
+    };
+}
 
-contract!(
-    facebook,
-    Facebook,
-    [
-        full_resync_equals_the_truth_both_ways,
-        faults_lose_nothing,
-        incremental_fetches_only_what_changed,
-        a_refresh_of_a_thread_the_provider_lacks_fails_saying_so,
-        a_thread_deleted_between_full_runs_is_marked_deleted,
-        a_poison_row_is_skipped_and_recorded,
-        a_refused_token_pauses_the_account_naming_its_variable,
-        a_worker_killed_mid_run_loses_nothing,
-        a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
-        a_run_whose_last_job_the_reaper_fails_still_ends,
-    ]
-);
-
-contract!(
-    hostaway,
-    Hostaway,
-    [
-        full_resync_equals_the_truth_both_ways,
-        faults_lose_nothing,
-        incremental_fetches_only_what_changed,
-        a_refresh_of_a_thread_the_provider_lacks_fails_saying_so,
-        a_thread_deleted_between_full_runs_is_marked_deleted,
-        a_poison_row_is_skipped_and_recorded,
-        a_refused_token_pauses_the_account_naming_its_variable,
-        a_worker_killed_mid_run_loses_nothing,
-        a_run_whose_last_job_is_cancelled_ends_and_retries_to_done,
-        a_run_whose_last_job_the_reaper_fails_still_ends,
-    ]
-);
+thread_list_contract!(ebay, Ebay);
+thread_list_contract!(facebook, Facebook);
+thread_list_contract!(hostaway, Hostaway);
 
 // A stream provider has no thread list to reconcile deletions against: a message deleted
 // on an SMS gateway stays in the copy (docs/smseagle.md), so that property is not part of

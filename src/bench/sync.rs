@@ -1,5 +1,6 @@
 //! `threadsync bench sync`: a full resync of one account against the eBay simulator (or,
-//! with `--provider facebook`, the Facebook Page simulator at Meta's 2 calls/s), with
+//! with `--provider facebook`, the Facebook Page simulator at Meta's 2 calls/s; Hostaway's
+//! full and incremental phases are in hostaway.rs), with
 //! workers in this process or in worker processes, compared with the simulator's truth.
 //! The demos use the same lab.
 
@@ -41,6 +42,7 @@ pub const FB_RATE: f64 = 2.0;
 pub enum BenchProvider {
     Ebay,
     Facebook,
+    Hostaway,
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +66,14 @@ pub struct SyncBenchArgs {
     /// Requests in flight per account (fleet-wide).
     #[arg(long, default_value_t = LAB_IN_FLIGHT)]
     pub in_flight: i32,
+    /// Hostaway: reservations that gain a message before the incremental run.
+    #[arg(long, default_value_t = 50)]
+    pub changed: usize,
+    /// Hostaway: the window (seconds) of the full phase's limits; the incremental phase
+    /// runs on Hostaway's documented 10 s.
+    #[arg(long, default_value_t = 1)]
+    pub full_window_secs: u32,
+    /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
 }
@@ -142,6 +152,7 @@ pub struct MinCalls {
 pub enum Report {
     Ebay(SyncBenchReport),
     Facebook(FacebookBenchReport),
+    Hostaway(super::hostaway::HostawayBenchReport),
 }
 
 #[derive(Clone)]
@@ -427,6 +438,7 @@ pub async fn run(args: SyncBenchArgs) -> anyhow::Result<Report> {
     match args.provider {
         BenchProvider::Ebay => run_ebay(args).await.map(Report::Ebay),
         BenchProvider::Facebook => run_facebook(args).await.map(Report::Facebook),
+        BenchProvider::Hostaway => super::hostaway::run(args).await.map(Report::Hostaway),
     }
 }
 
@@ -562,6 +574,7 @@ pub fn print(r: &Report, json: bool) -> anyhow::Result<()> {
     match r {
         Report::Ebay(r) => print_ebay(r),
         Report::Facebook(r) => print_facebook(r),
+        Report::Hostaway(r) => super::hostaway::print(r),
     }
     Ok(())
 }

@@ -252,8 +252,9 @@ pub fn plan_lists(
 /// page not yet read onto one already read is listed by neither. After a main pass over
 /// whole lists the catch-up therefore reads on, page by page (where a push only repeats a
 /// thread), until the run has listed as many threads as the list holds. An incremental
-/// pass re-reads only the lists it paged past the head of: a walk that ended on its first
-/// page cannot have been overtaken, and what changed after it is the next run's.
+/// pass re-reads the lists it read through a time filter, and those it paged past the head
+/// of: a walk that ended on its first page cannot have been overtaken, and what changed
+/// after it is the next run's.
 pub fn catch_up(
     a: &AccountConfig,
     lists: &[ListSpec],
@@ -265,7 +266,9 @@ pub fn catch_up(
         .iter()
         .filter(|l| match main.walked_whole_lists {
             true => l.role != ListRole::Groups,
-            false => main.paged.contains(&l.name),
+            // A time filter can hide changes (eBay's `start_time` and seller replies):
+            // its catch-up reads the unfiltered head.
+            false => l.incremental == Incremental::Since || main.paged.contains(&l.name),
         })
         .map(|l| {
             let walk = Walk::EarlyStop {

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use threadsync::config::Config;
+use threadsync::http::{auth, AppState};
 use threadsync::sim::{self, SimConfig, SimHandle};
+use threadsync::sync::provider::WebhookSecrets;
 use threadsync::sync::{self, Mode, RunStatus, Tokens};
 use threadsync::verify::{self, Comparison};
 use threadsync::worker::Worker;
@@ -317,6 +319,28 @@ impl Rig {
                 .flat_map(|(_, by_status)| by_status.values())
                 .sum()
         })
+    }
+
+    /// `threadsync serve`'s router over the rig's database on 127.0.0.1:0, with `provider`'s
+    /// webhook secrets; returns the receiver's URL (`/webhooks/{provider}`) and the server.
+    pub async fn serve_webhooks(
+        &self,
+        provider: &'static str,
+        secrets: WebhookSecrets,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        let state = AppState {
+            pool: self.db.pool.clone(),
+            tokens: auth::Tokens::new("admin-token".into(), None),
+            webhooks: Arc::new(HashMap::from([(provider, secrets)])),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, threadsync::http::router(state)).await;
+        });
+        (format!("http://{addr}/webhooks/{provider}"), server)
     }
 
     /// Stops the in-process workers (each must stop cleanly), the simulator and the

@@ -1,5 +1,6 @@
-//! Smoke tests of `bench sync --provider facebook` and `demo --provider facebook` at small
-//! sizes: they run, make exactly the fewest calls, are never throttled and end exact. Not timed.
+//! Smoke tests of `bench sync` and `demo` for Facebook and Hostaway at small sizes: they
+//! run, make the fewest calls (Hostaway: at most those plus the head read), are never
+//! throttled and end exact. Not timed.
 
 use std::process::Command;
 
@@ -71,6 +72,57 @@ fn demo_facebook_says_its_pace_and_ends_exact() {
     assert!(out.contains("0 throttled"), "{out}");
     assert!(
         out.contains("the local copy equals the Page's data."),
+        "{out}"
+    );
+}
+
+#[test]
+fn bench_sync_hostaway_stays_within_the_fewest_calls_and_ends_exact() {
+    let (ok, out, err) = cli(&[
+        "bench",
+        "sync",
+        "--provider",
+        "hostaway",
+        "--threads",
+        "150",
+        "--messages",
+        "4",
+        "--changed",
+        "4",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON report");
+    assert_eq!(r["provider"], "hostaway");
+    for phase in ["full", "incremental"] {
+        let p = &r[phase];
+        let (calls, min, head) = (
+            p["calls"].as_u64().unwrap_or(u64::MAX),
+            p["min_calls"].as_u64().unwrap_or(0),
+            p["head_read"].as_u64().unwrap_or(0),
+        );
+        assert!(calls >= min && calls <= min + head, "{phase}: {r}");
+        assert_eq!(p["throttled_429"], 0, "{phase}: {r}");
+        assert!(p["ip_window_peak"].as_u64() <= Some(15), "{phase}: {r}");
+        for k in ["missing", "extra", "misfiled", "differing"] {
+            assert_eq!(p[k], 0, "{phase} {k}: {r}");
+        }
+    }
+    let inc = &r["incremental"];
+    assert_eq!(inc["reservation_list_calls"], 1, "{r}");
+    assert_eq!(inc["reservation_conversation_calls"], 4, "{r}");
+    assert_eq!(inc["message_calls"], 4, "{r}");
+    assert_eq!(r["full"]["conversations"], 150, "{r}");
+}
+
+#[test]
+fn demo_hostaway_says_its_window_and_ends_exact() {
+    let (ok, out, err) = cli(&["demo", "--provider", "hostaway", "--threads", "60"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("15 requests per window per IP"), "{out}");
+    assert!(out.contains("0 answered 429"), "{out}");
+    assert!(
+        out.contains("the local copy equals the account's data."),
         "{out}"
     );
 }
