@@ -139,8 +139,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Sync thousands of threads from a provider simulator (eBay; --provider smseagle or
-    /// facebook), with a live progress bar.
+    /// Sync thousands of threads from a provider simulator (eBay; --provider smseagle,
+    /// facebook or hostaway), with a live progress bar.
     Demo(threadsync::demo::DemoArgs),
     /// Serve one provider simulator over HTTP until Ctrl-C.
     Sim(threadsync::sim::SimArgs),

@@ -1,4 +1,5 @@
-//! The CLI reads what the API reads: `accounts` (list, pause, resume) and `workers`.
+//! The CLI reads what the API reads: `accounts` (list, pause, resume), `workers`, `resync`,
+//! `sync`, `jobs`, `runs`, `migrate` and `sim`, each run as the binary.
 
 mod common;
 
@@ -6,6 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::rig::{Opts, Provider, Rig};
+use threadsync::sync::Mode;
 
 fn cli(rig: &Rig, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_threadsync"))
@@ -233,4 +235,99 @@ async fn jobs_retry_and_cancel_from_the_command_line() {
     assert!(!ok);
     assert!(err.contains("999999"), "{err}");
     rig.close().await;
+}
+
+/// `migrate` registers the config's accounts (so `refresh_thread` works before any worker
+/// has started), and `runs retry` reopens a failed run, which then ends done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_registers_accounts_and_runs_retry_reopens_a_run() {
+    let rig = Rig::new(Opts {
+        provider: Provider::Ebay,
+        workers: 1,
+        ..Opts::default()
+    })
+    .await;
+    sqlx::query("DELETE FROM threadsync.flow")
+        .execute(&rig.db.pool)
+        .await
+        .expect("flow");
+    sqlx::query("DELETE FROM threadsync.accounts")
+        .execute(&rig.db.pool)
+        .await
+        .expect("accounts");
+    let (ok, _, err) = cli(&rig, &["migrate"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        rig.db
+            .count("SELECT count(*) FROM threadsync.accounts WHERE id = 'acct-0'")
+            .await,
+        1
+    );
+
+    let s = rig.run(Mode::Full).await;
+    // One of its jobs fails for good after the fact: the run is failed.
+    sqlx::query(
+        "UPDATE threadsync.jobs SET status = 'failed', last_error = 'injected'
+          WHERE id = (SELECT max(id) FROM threadsync.jobs WHERE run_id = $1)",
+    )
+    .bind(s.run_id)
+    .execute(&rig.db.pool)
+    .await
+    .expect("fail a job");
+    sqlx::query("UPDATE threadsync.sync_runs SET state = 'failed' WHERE id = $1")
+        .bind(s.run_id)
+        .execute(&rig.db.pool)
+        .await
+        .expect("fail the run");
+    let (ok, _, err) = cli(&rig, &["runs", "retry", &s.run_id.to_string()]);
+    assert!(ok, "{err}");
+    let done = rig.finish(s.run_id, Duration::from_secs(30)).await;
+    assert_eq!(done.state, "done", "{done:?}");
+    let (ok, _, err) = cli(&rig, &["runs", "retry", "987654"]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    rig.close().await;
+}
+
+/// `sim` serves a simulator and prints where, with each account's credentials.
+#[test]
+fn sim_prints_its_url_and_credentials_and_serves() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_threadsync"))
+        .args(["sim", "--provider", "hostaway", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the simulator");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    let second = lines.next().and_then(Result::ok).unwrap_or_default();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .map(String::from);
+    // A plain HTTP/1.0 request over loopback: the status line of the answer.
+    let answer = url.as_ref().and_then(|u| {
+        use std::io::{Read, Write};
+        let addr = u.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).ok()?;
+        conn.write_all(b"GET /v1/conversations HTTP/1.0\r\n\r\n")
+            .ok()?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).ok()?;
+        reply.lines().next().map(String::from)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.starts_with("Hostaway simulator listening on http://"),
+        "{first}"
+    );
+    assert!(
+        second.contains("client_id 0") && second.contains("client secret sim-secret-acct-0"),
+        "{second}"
+    );
+    assert!(
+        answer.as_deref().is_some_and(|l| l.contains(" 403")),
+        "no token: refused ({answer:?})"
+    );
 }

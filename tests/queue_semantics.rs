@@ -373,64 +373,74 @@ async fn jobs_claimed_past_a_kind_limit_are_handed_back_with_that_reason() {
 #[tokio::test]
 async fn a_handler_whose_lease_was_lost_commits_nothing() {
     let db = TestDb::new().await;
-    let id = enqueue(&db.pool, &NewJob::new("diag.write", json!({})))
+    let cfg = config("[queue]\nlease_secs = 60\npoll_ms = 50\nshutdown_grace_secs = 0\n");
+    // diag.sleep's own handler: it sleeps, then writes its row and completes the job in one
+    // fenced statement.
+    let id = enqueue(&db.pool, &NewJob::new("diag.sleep", json!({"ms": 1500})))
         .await
         .unwrap();
-    let job = claim(&db.pool, "old", 1, Duration::from_secs(30), &[])
-        .await
-        .unwrap()
-        .remove(0);
-    // The lease expires and the reaper hands the job to someone else.
-    sqlx::query(
-        "UPDATE threadsync.jobs SET lease_expires_at = now() - interval '1 s' WHERE id = $1",
+    let (stop_old, old) = start_worker(&db, cfg.clone(), "old");
+    db.wait_count(
+        "SELECT count(*) FROM threadsync.jobs WHERE status = 'running'",
+        1,
+        Duration::from_secs(10),
     )
-    .bind(id)
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        maintenance::reap(&db.pool, &Config::default().queue)
-            .await
-            .unwrap(),
-        1
-    );
+    .await;
+    // While it sleeps, its lease runs out and the reaper hands the job to another claimer.
+    let expire = || async {
+        sqlx::query(
+            "UPDATE threadsync.jobs SET lease_expires_at = now() - interval '1 s' WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        maintenance::reap(&db.pool, &cfg.queue).await.unwrap()
+    };
+    assert_eq!(expire().await, 1);
     let newer = claim(&db.pool, "new", 1, Duration::from_secs(30), &[])
         .await
         .unwrap()
         .remove(0);
     assert_eq!(newer.attempts, 2, "the lost attempt counts");
-
-    let old = threadsync::queue::Fence {
-        id,
-        token: job.lease_token,
+    // The old handler wakes and commits: the fence refuses it, and its row is not written.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop_old.cancel();
+    old.await.unwrap().unwrap();
+    let rows = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT worker FROM threadsync.diag_writes WHERE job_id = $1 ORDER BY worker",
+        )
+        .bind(id)
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
     };
-    assert!(
-        !fenced(&db, old, &threadsync::queue::Finish::Done).await,
-        "stale token is rejected"
-    );
-    // The one-statement form: the stale statement fails as a whole, its row is not written.
-    let stale = one_statement_write(&db, old).await.unwrap_err();
-    assert!(
-        matches!(&stale, sqlx::Error::Database(e) if e.code().as_deref() == Some(fence::LEASE_LOST)),
-        "{stale}"
-    );
     assert_eq!(
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM threadsync.diag_writes")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap(),
-        0,
-        "a stale one-statement write leaves nothing"
+        rows().await,
+        Vec::<String>::new(),
+        "a stale handler writes nothing"
     );
-    let new = threadsync::queue::Fence {
+    assert_eq!(db.status_of(id).await, "running", "still the new claimer's");
+    let stale = threadsync::queue::Fence {
         id,
         token: newer.lease_token,
     };
-    one_statement_write(&db, new).await.unwrap();
-    assert_eq!(db.status_of(id).await, "done");
+    // That claimer goes silent too; a worker that holds the job now completes it once.
+    assert_eq!(expire().await, 1);
+    let (stop, task) = start_worker(&db, cfg, "w2");
+    db.wait_count(
+        &format!("SELECT count(*) FROM threadsync.jobs WHERE id = {id} AND status = 'done'"),
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(rows().await, vec!["w2".to_string()]);
     assert!(
-        !fenced(&db, new, &threadsync::queue::Finish::Done).await,
-        "a finished job takes no second completion"
+        !fenced(&db, stale, &threadsync::queue::Finish::Done).await,
+        "a stale token takes no completion"
     );
     db.close().await;
 }
@@ -654,19 +664,4 @@ async fn fenced(
         .await
         .unwrap();
     held
-}
-
-/// diag.write's statement: one row and the job's completion in one fenced statement.
-async fn one_statement_write(
-    db: &TestDb,
-    f: threadsync::queue::Fence,
-) -> Result<sqlx::postgres::PgQueryResult, sqlx::Error> {
-    let q = sqlx::query(
-        "WITH fence AS MATERIALIZED (SELECT threadsync.fence_or_raise($2, $3, $4, $5, $6))
-         INSERT INTO threadsync.diag_writes (job_id, worker) SELECT $1, 'test' FROM fence",
-    )
-    .bind(f.id);
-    fence::bind(q, f, &threadsync::queue::Finish::Done)
-        .execute(&db.pool)
-        .await
 }

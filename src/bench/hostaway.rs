@@ -65,9 +65,7 @@ pub struct HostawayBenchReport {
 }
 
 fn keys(window_secs: u32) -> String {
-    format!(
-        "client_id = \"0\"\nwindow_requests = {IP_LIMIT}\nwindow_secs = {window_secs}\n"
-    )
+    format!("client_id = \"0\"\nwindow_requests = {IP_LIMIT}\nwindow_secs = {window_secs}\n")
 }
 
 fn floor_s(calls: u64, window_secs: u32) -> f64 {

@@ -846,7 +846,15 @@ pub async fn run_cli(args: SimArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64() * 1000.0
     );
     for a in handle.accounts().iter().take(5) {
-        println!("  {a}: token {}", handle.token(a));
+        match args.provider {
+            // threadsync mints Hostaway tokens itself, from the client id and secret.
+            Provider::Hostaway => println!(
+                "  {a}: token {}, client_id {}, client secret sim-secret-{a}",
+                handle.token(a),
+                a.trim_start_matches("acct-")
+            ),
+            _ => println!("  {a}: token {}", handle.token(a)),
+        }
     }
     tokio::signal::ctrl_c().await?;
     handle.shutdown().await;

@@ -177,8 +177,8 @@ impl Marker {
 }
 
 /// Markers per thread (absent: never fetched in full, or unknown thread).
-pub async fn fetched_ids(
-    pool: &PgPool,
+pub async fn fetched_ids<'c>(
+    db: impl sqlx::PgExecutor<'c>,
     account: &str,
     thread_ids: &[String],
 ) -> sqlx::Result<HashMap<String, Marker>> {
@@ -189,7 +189,7 @@ pub async fn fetched_ids(
     )
     .bind(account)
     .bind(thread_ids)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     Ok(rows
         .into_iter()

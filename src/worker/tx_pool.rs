@@ -122,4 +122,31 @@ mod tests {
         pool.close().await;
         scratch.close().await;
     }
+    #[tokio::test]
+    async fn synchronous_commit_false_reaches_every_job_connection() {
+        // A durable server: a throwaway one runs with synchronous_commit off throughout.
+        let scratch = Scratch::create("ts_txpool", Durability::Durable)
+            .await
+            .expect("scratch database");
+        let pool = db::connect(&scratch.url, 2).await.expect("connect");
+        for (synchronous_commit, want) in [(true, "on"), (false, "off")] {
+            let tuning = Tuning {
+                synchronous_commit,
+                ..Tuning::default()
+            };
+            let tx = super::new((*pool.connect_options()).clone(), 2, &tuning);
+            // Both connections of the pool, not only the first.
+            let mut a = super::get(&tx).await.expect("connection");
+            let mut b = super::get(&tx).await.expect("connection");
+            for conn in [&mut a, &mut b] {
+                let v: String = sqlx::query_scalar("SHOW synchronous_commit")
+                    .fetch_one(&mut **conn)
+                    .await
+                    .expect("show");
+                assert_eq!(v, want, "synchronous_commit = {synchronous_commit}");
+            }
+        }
+        pool.close().await;
+        scratch.close().await;
+    }
 }

@@ -242,9 +242,12 @@ fn offset_of(at: &PageAt) -> Result<u32, ProviderError> {
     }
 }
 
-/// The page after one of `len` rows read at `offset`: offset pages end short.
-fn next_offset(offset: u32, len: usize, limit: u32) -> Option<PageAt> {
-    (len >= limit as usize).then(|| PageAt::Offset(offset.saturating_add(limit)))
+/// The page after one of `len` rows read at `offset`: offset pages end short, or where
+/// the envelope's `count` of all rows says this page reached it.
+fn next_offset(offset: u32, len: usize, limit: u32, count: Option<u32>) -> Option<PageAt> {
+    let end = offset.saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
+    let more = len >= limit as usize && count.is_none_or(|c| end < c);
+    more.then(|| PageAt::Offset(offset.saturating_add(limit)))
 }
 
 impl Account {
@@ -345,7 +348,7 @@ impl ThreadSource for Account {
                 let len = e.result.len();
                 Ok(ThreadPage {
                     total,
-                    next: next_offset(offset, len, limit),
+                    next: next_offset(offset, len, limit, total),
                     ..empty(self.conversations(e))
                 })
             }
@@ -398,14 +401,14 @@ impl ThreadSource for Account {
             .client
             .get(&format!("/conversations/{id}/messages"), &query)
             .await?;
-        let len = e.result.len();
+        let (len, count) = (e.result.len(), e.count);
         Ok(MessagePage {
             messages: e
                 .result
                 .into_iter()
                 .map(|v| decode::<Message>("message", v).map(message_row))
                 .collect(),
-            next: next_offset(offset, len, limit),
+            next: next_offset(offset, len, limit, count),
         })
     }
 }
