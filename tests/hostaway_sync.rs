@@ -391,3 +391,38 @@ async fn a_thread_row_keeps_its_reservations_listing_and_dates() {
     );
     rig.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_run_fetches_each_changed_conversation_once() {
+    let rig = Rig::new(opts(sim(150, 0.0))).await;
+    rig.run(Mode::Full).await;
+    let order = reservations(&rig);
+    let targets: Vec<u64> = order[40..44]
+        .iter()
+        .filter_map(|r| r["conversationId"].as_u64())
+        .collect();
+    rig.sim
+        .mutate(&json!({"account": ACCOUNT, "thread_ids": targets, "new_messages": 4}))
+        .expect("messages");
+    rig.sim.reset_stats();
+    let s = rig.run(Mode::Incremental).await;
+    let fetches: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT payload->>'thread_id', attempts::int8, last_error FROM threadsync.jobs
+          WHERE run_id = $1 AND kind = 'hostaway.conversation' ORDER BY 1",
+    )
+    .bind(s.run_id)
+    .fetch_all(&rig.db.pool)
+    .await
+    .expect("jobs");
+    // A conversation both lists name may get a second job; it reads nothing.
+    assert!((4..=8).contains(&fetches.len()), "{fetches:?}");
+    assert_eq!(
+        served(&rig, "GET /v1/conversations/{id}/messages"),
+        4,
+        "one call per changed conversation: {fetches:?}"
+    );
+    // The reservations' page, the conversations' head, one list per changed reservation.
+    assert_eq!(rig.calls(), 4 + 6, "{s:?}");
+    rig.assert_exact().await;
+    rig.close().await;
+}

@@ -68,18 +68,41 @@ impl Handler for FetchThread {
             .as_ref()
             .and_then(|c| serde_json::from_value::<Checkpoint>(c.clone()).ok());
         let head = Checkpoint::default().at();
+        let fresh = checkpoint.is_none() && p.from.is_none();
         let mut at = match (checkpoint, p.from) {
             (Some(c), _) => c.at(),
             (None, Some(from)) => from,
             (None, None) => head.clone(),
         };
-        // Newest-first pages stop where they reach what a complete fetch already holds.
-        let marker = match source.newest_first() {
+        // A run's fetch that another list of the run already had done (a booking's
+        // conversations and the head of the conversation list both name a changed thread)
+        // has nothing left to read: the thread's newest message as listed is held.
+        if fresh
+            && run_id.is_some()
+            && store::listed_message_held(&job.pool, &a.id, &p.thread_id).await?
+        {
+            let mut tx = job.begin(Finish::Done).await?;
+            store::add_progress(&mut tx, run_id, None, &Progress::default()).await?;
+            return job.commit(tx).await;
+        }
+        let held = match source.newest_first() || (source.appends() && fresh) {
             true => store::fetched_ids(&job.pool, &a.id, std::slice::from_ref(&p.thread_id))
                 .await?
                 .remove(&p.thread_id),
             false => None,
         };
+        // Appended pages resume at the newest message a complete fetch holds, which the
+        // first page must show first (else messages were removed and offsets moved: read
+        // from the head). Newest-first pages stop where they reach it.
+        let mut resume_at: Option<String> = None;
+        if let (true, Some(k)) = (source.appends(), &held) {
+            let count = store::message_count(&job.pool, &a.id, &p.thread_id).await?;
+            if let Some(offset) = u32::try_from(count).ok().and_then(|c| c.checked_sub(1)) {
+                at = PageAt::Offset(offset);
+                resume_at = Some(k.message_id.clone());
+            }
+        }
+        let marker = held.filter(|_| source.newest_first());
         let mut restarted = false;
         loop {
             if let Err(e) = source.ready().await {
@@ -127,6 +150,12 @@ impl Handler for FetchThread {
             let listed = page.messages.len();
             let mut progress = Progress::default();
             let rows = progress.take_good(page.messages);
+            if let Some(expected) = resume_at.take() {
+                if rows.first().map(|m| &m.message_id) != Some(&expected) {
+                    at = head.clone();
+                    continue;
+                }
+            }
             // An offset page with no rows is the end, whatever `next` says; a cursor page
             // may be empty while more follow.
             let next = match page.next {

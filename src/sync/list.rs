@@ -212,8 +212,8 @@ impl Handler for ListPage {
             false => store::fetched_ids(&mut *tx, &a.id, &ids).await?,
         };
         follow_ups.extend(fetches.into_iter().filter_map(|(latest, fetch, thread)| {
-            let reached = latest
-                .is_some_and(|m| now_held.get(&thread).is_some_and(|k| k.message_id == m));
+            let reached =
+                latest.is_some_and(|m| now_held.get(&thread).is_some_and(|k| k.message_id == m));
             (!reached).then_some(fetch)
         }));
         crate::queue::enqueue_batch(&mut *tx, &follow_ups).await?;

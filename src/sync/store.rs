@@ -544,6 +544,36 @@ pub async fn thread_list(
     .flatten())
 }
 
+/// Whether a complete fetch of the thread already reached the newest message its list
+/// row names.
+pub async fn listed_message_held(
+    pool: &PgPool,
+    account: &str,
+    thread_id: &str,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM threadsync.threads t JOIN threadsync.thread_fetches f
+                         ON f.account_id = t.account_id AND f.thread_id = t.thread_id
+                      WHERE t.account_id = $1 AND t.thread_id = $2
+                        AND f.fetched_message_id = t.latest_message_id)",
+    )
+    .bind(account)
+    .bind(thread_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Messages held of one thread.
+pub async fn message_count(pool: &PgPool, account: &str, thread_id: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM threadsync.messages WHERE account_id = $1 AND thread_id = $2",
+    )
+    .bind(account)
+    .bind(thread_id)
+    .fetch_one(pool)
+    .await
+}
+
 /// The account's incremental watermark: the start of its last complete run.
 pub async fn watermark(pool: &PgPool, account: &str) -> sqlx::Result<Option<DateTime<Utc>>> {
     Ok(

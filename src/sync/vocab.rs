@@ -199,6 +199,11 @@ pub trait ThreadSource: Send + Sync + 'static {
     fn newest_first(&self) -> bool {
         false
     }
+    /// A thread's message pages come oldest first at offsets that only grow as messages
+    /// are added: a fetch of a thread held in full starts at its newest message held.
+    fn appends(&self) -> bool {
+        false
+    }
     /// The share (0..=1) of the account's provider budget in use, as the provider's last
     /// answers reported it; None: unknown. Pacing slows down as it nears 1.
     fn usage(&self) -> Option<f64> {

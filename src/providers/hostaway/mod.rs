@@ -383,6 +383,11 @@ impl ThreadSource for Account {
         }
     }
 
+    /// Messages come oldest first (`insertedOn`) by offset.
+    fn appends(&self) -> bool {
+        true
+    }
+
     async fn messages(
         &self,
         thread_id: &str,
