@@ -126,3 +126,41 @@ fn demo_hostaway_says_its_window_and_ends_exact() {
         "{out}"
     );
 }
+
+#[test]
+fn bench_sync_states_the_latency_floor_when_the_simulator_is_slow() {
+    let (ok, out, err) = cli(&[
+        "bench",
+        "sync",
+        "--threads",
+        "100",
+        "--messages",
+        "2",
+        "--latency-ms",
+        "20",
+        "--in-flight",
+        "10",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON report");
+    assert_eq!(r["latency_ms"], 20, "{r}");
+    let calls = r["http_calls"].as_f64().unwrap_or(0.0);
+    let floor = r["latency_floor_s"].as_f64().unwrap_or(0.0);
+    assert!((floor - calls * 0.020 / 10.0).abs() < 1e-9, "{r}");
+    // Nothing answers faster than the simulator's delay allows.
+    assert!(r["latency_floor_ratio"].as_f64() >= Some(1.0), "{r}");
+    for k in ["missing", "extra", "misfiled", "differing"] {
+        assert_eq!(r[k], 0, "{k}: {r}");
+    }
+    let (ok, _, err) = cli(&[
+        "bench",
+        "sync",
+        "--provider",
+        "facebook",
+        "--latency-ms",
+        "5",
+    ]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

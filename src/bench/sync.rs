@@ -66,6 +66,9 @@ pub struct SyncBenchArgs {
     /// Requests in flight per account (fleet-wide).
     #[arg(long, default_value_t = LAB_IN_FLIGHT)]
     pub in_flight: i32,
+    /// The simulator answers each request after this many milliseconds (eBay).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
     /// Hostaway: reservations that gain a message before the incremental run.
     #[arg(long, default_value_t = 50)]
     pub changed: usize,
@@ -91,6 +94,11 @@ pub struct SyncBenchReport {
     pub max_rps_1s: u64,
     /// Rate-limited runs: wall time over (calls / rate), the floor no client can beat.
     pub floor_ratio: Option<f64>,
+    /// The simulator's answer delay, and the floor it sets: calls x latency / requests in
+    /// flight (with the ratio of the wall time to it).
+    pub latency_ms: u64,
+    pub latency_floor_s: Option<f64>,
+    pub latency_floor_ratio: Option<f64>,
     /// Differences from the simulator's data: threads plus messages we lack, hold that it
     /// does not, hold under the wrong thread, or hold with other fields.
     pub missing: usize,
@@ -435,6 +443,14 @@ pub async fn run(args: SyncBenchArgs) -> anyhow::Result<Report> {
     if let Some(r) = args.rate_limit {
         anyhow::ensure!(r > 0.0, "--rate-limit must be positive");
     }
+    anyhow::ensure!(
+        args.latency_ms <= 60_000,
+        "--latency-ms must be at most 60000"
+    );
+    anyhow::ensure!(
+        args.latency_ms == 0 || args.provider == BenchProvider::Ebay,
+        "--latency-ms is for the eBay benchmark"
+    );
     match args.provider {
         BenchProvider::Ebay => run_ebay(args).await.map(Report::Ebay),
         BenchProvider::Facebook => run_facebook(args).await.map(Report::Facebook),
@@ -450,6 +466,7 @@ async fn run_ebay(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
             messages: args.messages,
             seed: 42,
             rps_limit: args.rate_limit,
+            latency_ms: args.latency_ms,
             ..SimConfig::default()
         },
         requests_per_second: args.rate_limit.unwrap_or(0.0),
@@ -470,6 +487,9 @@ async fn run_ebay(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
         let c = lab.compare().await?;
         let stats = lab.account_stats();
         let wall_s = wall.as_secs_f64();
+        let latency_floor = (args.latency_ms > 0).then(|| {
+            stats.total as f64 * args.latency_ms as f64 / 1000.0 / f64::from(args.in_flight)
+        });
         Ok(SyncBenchReport {
             threads: c.db_threads,
             messages: c.db_messages,
@@ -481,6 +501,9 @@ async fn run_ebay(args: SyncBenchArgs) -> anyhow::Result<SyncBenchReport> {
             throttled_429: stats.throttled_429,
             max_rps_1s: stats.max_rps_1s,
             floor_ratio: args.rate_limit.map(|r| wall_s / (stats.total as f64 / r)),
+            latency_ms: args.latency_ms,
+            latency_floor_s: latency_floor,
+            latency_floor_ratio: latency_floor.map(|f| wall_s / f),
             missing: c.missing_threads + c.missing_messages,
             extra: c.extra_threads + c.extra_messages,
             misfiled: c.misfiled_messages,
@@ -626,6 +649,12 @@ fn print_ebay(r: &SyncBenchReport) {
     );
     if let Some(f) = r.floor_ratio {
         println!("floor ratio: {f:.3} (wall time / (calls / rate limit))");
+    }
+    if let (Some(floor), Some(f)) = (r.latency_floor_s, r.latency_floor_ratio) {
+        println!(
+            "latency:     {} ms per answer; floor {floor:.2} s (calls x latency / in flight), ratio {f:.3}",
+            r.latency_ms
+        );
     }
     println!(
         "vs truth:    missing {}, extra {}, misfiled {}, differing {}",
