@@ -12,7 +12,7 @@ use crate::worker::{Handler, JobCtx, JobError, JobResult};
 use super::engine::Engine;
 use super::plan::{self, ListPayload, Walk, MAX_FANOUT};
 use super::store::{self, Progress};
-use super::vocab::{ListRole, MessageRow, PageAt, ProviderError, ThreadPage};
+use super::vocab::{Group, ListRole, MessageRow, PageAt, ProviderError, ThreadPage};
 
 pub struct ListPage {
     pub provider: &'static str,
@@ -89,7 +89,7 @@ impl Handler for ListPage {
         // Messages the list carried inline, and the threads they complete.
         let mut messages: BTreeMap<String, Vec<MessageRow>> = BTreeMap::new();
         let mut complete: Vec<(String, String)> = Vec::new();
-        let (mut changed, mut groups_changed) = (0, 0);
+        let mut changed = 0;
         let mut recent = false;
         for r in &rows {
             let marker = fetched.get(&r.thread_id);
@@ -131,30 +131,11 @@ impl Handler for ListPage {
             }
             messages.insert(r.thread_id.clone(), rows);
         }
-        // Groups that changed since they were last read in full, each read by a job of its own.
-        let names: Vec<String> = groups.iter().map(|g| g.list.clone()).collect();
-        let held = match names.is_empty() {
-            true => Default::default(),
-            false => store::group_versions(&job.pool, &a.id, &names).await?,
-        };
-        for g in &groups {
-            let in_window = match (g.activity, cutoff) {
-                (Some(at), Some(cut)) => {
-                    recent |= at >= cut;
-                    older += usize::from(at < cut);
-                    at >= cut
-                }
-                _ => true,
-            };
-            if let (true, Some(run_id)) = (in_window, run_id) {
-                if held.get(&g.list) != Some(&g.version) {
-                    groups_changed += 1;
-                    let mut head = plan::list_head(a, &g.list, None, Walk::Next { total: None });
-                    head.group_version = Some(g.version.clone());
-                    follow_ups.push(plan::list_job(a, run_id, head));
-                }
-            }
-        }
+        let scan = scan_groups(&job.pool, a, run_id, &groups, cutoff).await?;
+        recent |= scan.recent;
+        older += scan.older;
+        let groups_changed = scan.jobs.len();
+        follow_ups.extend(scan.jobs);
         // Counted before this page's threads are written: at worst one page too many.
         let unseen = match (p.walk, run_id, total) {
             (
@@ -232,6 +213,48 @@ impl Handler for ListPage {
     async fn after(&self, job: &JobCtx) {
         super::start::advance_run(&self.engine, &job.pool, job.run_id).await
     }
+}
+
+/// What a page's groups say: the list jobs of those that changed since they were last
+/// read in full, and their activity against the walk's cutoff.
+struct GroupScan {
+    jobs: Vec<crate::queue::NewJob>,
+    recent: bool,
+    older: usize,
+}
+
+async fn scan_groups(
+    pool: &sqlx::PgPool,
+    a: &AccountConfig,
+    run_id: Option<i64>,
+    groups: &[Group],
+    cutoff: Option<chrono::DateTime<chrono::Utc>>,
+) -> sqlx::Result<GroupScan> {
+    let mut scan = GroupScan {
+        jobs: Vec::new(),
+        recent: false,
+        older: 0,
+    };
+    let (Some(run_id), false) = (run_id, groups.is_empty()) else {
+        return Ok(scan);
+    };
+    let names: Vec<String> = groups.iter().map(|g| g.list.clone()).collect();
+    let held = store::group_versions(pool, &a.id, &names).await?;
+    for g in groups {
+        if let (Some(at), Some(cut)) = (g.activity, cutoff) {
+            scan.recent |= at >= cut;
+            scan.older += usize::from(at < cut);
+            if at < cut {
+                continue;
+            }
+        }
+        if held.get(&g.list) != Some(&g.version) {
+            let mut head = plan::list_head(a, &g.list, None, Walk::Next { total: None });
+            head.group_version = Some(g.version.clone());
+            scan.jobs.push(plan::list_job(a, run_id, head));
+        }
+    }
+    Ok(scan)
 }
 
 /// Restarts from the head after which a walk gives up: the list keeps losing the items
