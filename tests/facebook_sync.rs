@@ -479,26 +479,8 @@ async fn a_signed_webhook_refreshes_its_conversation_once_and_a_forged_one_nothi
         .await;
     assert_eq!(runs_after, runs_before + 1);
 
-    // Resumed, the refreshes and the run bring the copy level with the provider. Every job
-    // is parked first: one still parking as the resume lands would look again only after
-    // its minute.
-    rig.db
-        .wait_count(
-            "SELECT count(*) FROM threadsync.jobs WHERE status = 'running'",
-            0,
-            Duration::from_secs(20),
-        )
-        .await;
-    assert!(sync::flow::resume(&rig.db.pool, ACCOUNT)
-        .await
-        .expect("resume"));
-    rig.db
-        .wait_count(
-            "SELECT count(*) FROM threadsync.jobs WHERE status IN ('pending', 'running')",
-            0,
-            Duration::from_secs(60),
-        )
-        .await;
+    // Resumed, the refreshes and the run bring the copy level with the provider.
+    rig.resume_and_settle().await;
     rig.assert_exact().await;
     server.abort();
     rig.close().await;

@@ -351,23 +351,7 @@ async fn a_webhook_for_a_new_message_refreshes_exactly_that_conversation() {
         runs_before + 1
     );
 
-    rig.db
-        .wait_count(
-            "SELECT count(*) FROM threadsync.jobs WHERE status = 'running'",
-            0,
-            Duration::from_secs(20),
-        )
-        .await;
-    assert!(sync::flow::resume(&rig.db.pool, ACCOUNT)
-        .await
-        .expect("resume"));
-    rig.db
-        .wait_count(
-            "SELECT count(*) FROM threadsync.jobs WHERE status IN ('pending', 'running')",
-            0,
-            Duration::from_secs(60),
-        )
-        .await;
+    rig.resume_and_settle().await;
     rig.assert_exact().await;
     server.abort();
     rig.close().await;

@@ -321,6 +321,28 @@ impl Rig {
         })
     }
 
+    /// Resumes the paused account and waits until no job is left. Every job is parked
+    /// first: one still parking as the resume lands would look again only after its minute.
+    pub async fn resume_and_settle(&self) {
+        self.db
+            .wait_count(
+                "SELECT count(*) FROM threadsync.jobs WHERE status = 'running'",
+                0,
+                Duration::from_secs(20),
+            )
+            .await;
+        assert!(sync::flow::resume(&self.db.pool, ACCOUNT)
+            .await
+            .expect("resume"));
+        self.db
+            .wait_count(
+                "SELECT count(*) FROM threadsync.jobs WHERE status IN ('pending', 'running')",
+                0,
+                Duration::from_secs(60),
+            )
+            .await;
+    }
+
     /// `threadsync serve`'s router over the rig's database on 127.0.0.1:0, with `provider`'s
     /// webhook secrets; returns the receiver's URL (`/webhooks/{provider}`) and the server.
     pub async fn serve_webhooks(
