@@ -98,7 +98,7 @@ async fn demo(lab: &Lab) -> anyhow::Result<()> {
 fn summary(s: &RunStatus, wall: std::time::Duration, lab: &Lab) {
     let stats = lab.account_stats();
     println!(
-        "   {}: {} conversations read, {} messages written, {} calls, {} answered 429, {:.1} s",
+        "   {}: {} conversations listed, {} messages written, {} calls, {} answered 429, {:.1} s",
         s.state,
         s.threads_seen,
         s.messages_written,
