@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use crate::bench::hostaway::{ACCOUNT_LIMIT, IP_LIMIT};
+use crate::bench::hostaway::{keys, ACCOUNT_LIMIT, IP_LIMIT};
 use crate::bench::sync::{Lab, LabOptions};
 use crate::pg::Durability;
 use crate::sim::{Provider, SimConfig};
@@ -45,7 +45,7 @@ pub async fn run(reservations: usize, messages: usize) -> anyhow::Result<()> {
         in_flight: 10,
         processes: 0,
         durability: Durability::Throwaway,
-        account_keys: format!("client_id = \"0\"\nwindow_requests = {IP_LIMIT}\nwindow_secs = 1\n"),
+        account_keys: keys(1),
     })
     .await?;
     let result = demo(&lab).await;

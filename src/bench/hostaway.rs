@@ -64,7 +64,8 @@ pub struct HostawayBenchReport {
     pub incremental: Phase,
 }
 
-fn keys(window_secs: u32) -> String {
+/// The account's own keys: its client id, and Hostaway's per-IP limit on `window_secs`.
+pub fn keys(window_secs: u32) -> String {
     format!("client_id = \"0\"\nwindow_requests = {IP_LIMIT}\nwindow_secs = {window_secs}\n")
 }
 

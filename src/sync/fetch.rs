@@ -13,7 +13,7 @@ use crate::worker::{Handler, JobCtx, JobError, JobResult};
 use super::engine::Engine;
 use super::plan::FetchPayload;
 use super::store::{self, Progress};
-use super::vocab::{PageAt, ProviderError};
+use super::vocab::{ListRole, PageAt, ProviderError};
 
 pub struct FetchThread {
     pub provider: &'static str,
@@ -74,10 +74,12 @@ impl Handler for FetchThread {
             (None, Some(from)) => from,
             (None, None) => head.clone(),
         };
-        // A run's fetch that another list of the run already had done (a booking's
-        // conversations and the head of the conversation list both name a changed thread)
-        // has nothing left to read: the thread's newest message as listed is held.
+        // Where a groups feed and a list both name a thread (a booking's conversations and
+        // the head of the conversation list), a run's second fetch of it, enqueued while the
+        // first was ending, has nothing left to read: the newest message listed is held.
+        let named_twice = source.lists().iter().any(|l| l.role == ListRole::Groups);
         if fresh
+            && named_twice
             && run_id.is_some()
             && store::listed_message_held(&job.pool, &a.id, &p.thread_id).await?
         {

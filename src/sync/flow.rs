@@ -247,59 +247,67 @@ async fn reserve_windows(pool: &PgPool, windows: &[Window]) -> Result<(), FlowEr
         .iter()
         .map(|w| (pad(w) - f64::from(w.secs)) / 2.0)
         .fold(f64::INFINITY, f64::min);
+    let room = |w: &Window| chrono::Duration::milliseconds((pad(w) * 1000.0) as i64);
     for attempt in 0..=MAX_RESLOTS {
         let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO threadsync.limit_windows (key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-        )
-        .bind(&keys)
-        .execute(&mut *tx)
-        .await?;
-        let rows: Vec<(String, Vec<DateTime<Utc>>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT key, sends, clock_timestamp() FROM threadsync.limit_windows
-              WHERE key = ANY($1) ORDER BY key FOR UPDATE",
-        )
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut rows: Vec<(String, Vec<DateTime<Utc>>, DateTime<Utc>)> = Vec::new();
+        for first_use in [false, true] {
+            if first_use {
+                sqlx::query(
+                    "INSERT INTO threadsync.limit_windows (key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+                )
+                .bind(&keys)
+                .execute(&mut *tx)
+                .await?;
+            }
+            rows = sqlx::query_as(
+                "SELECT key, sends, clock_timestamp() FROM threadsync.limit_windows
+                  WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.len() == keys.len() {
+                break;
+            }
+        }
         let now = rows.first().map_or_else(Utc::now, |r| r.2);
+        // Both are in key order, one row per key.
+        let held: Vec<(&Window, &Vec<DateTime<Utc>>)> = windows
+            .iter()
+            .copied()
+            .zip(rows.iter().map(|r| &r.1))
+            .collect();
         let mut slot = now;
-        for (key, sends, _) in &rows {
-            let Some(w) = windows.iter().find(|w| w.key == *key) else {
-                continue;
-            };
+        for (w, sends) in &held {
             if let Some(last) = sends.last() {
                 slot = slot.max(*last);
             }
             let n = w.requests as usize;
             if sends.len() >= n {
-                let nth = sends[sends.len() - n];
-                let room = nth + chrono::Duration::milliseconds((pad(w) * 1000.0) as i64);
-                slot = slot.max(room);
+                slot = slot.max(sends[sends.len() - n] + room(w));
             }
         }
-        let mut kept: Vec<String> = Vec::new();
-        let mut lists: Vec<String> = Vec::new();
-        for (key, sends, _) in &rows {
-            let Some(w) = windows.iter().find(|w| w.key == *key) else {
-                continue;
-            };
-            let n = w.requests as usize;
-            // Sends older than a window constrain nothing: keep the rest, at most N.
-            let horizon = now - chrono::Duration::milliseconds((pad(w) * 1000.0) as i64);
-            let mut sends: Vec<DateTime<Utc>> =
-                sends.iter().copied().filter(|t| *t > horizon).collect();
-            sends.push(slot);
-            let from = sends.len().saturating_sub(n);
-            let literal: Vec<String> = sends[from..].iter().map(|t| t.to_rfc3339()).collect();
-            kept.push(key.clone());
-            lists.push(format!("{{{}}}", literal.join(",")));
-        }
+        // Sends older than a window constrain nothing: keep the rest and this one, at most N.
+        let lists: Vec<String> = held
+            .iter()
+            .map(|(w, sends)| {
+                let mut kept: Vec<DateTime<Utc>> = sends
+                    .iter()
+                    .copied()
+                    .filter(|t| *t > now - room(w))
+                    .collect();
+                kept.push(slot);
+                let from = kept.len().saturating_sub(w.requests as usize);
+                let literal: Vec<String> = kept[from..].iter().map(|t| t.to_rfc3339()).collect();
+                format!("{{{}}}", literal.join(","))
+            })
+            .collect();
         sqlx::query(
             "UPDATE threadsync.limit_windows w SET sends = u.sends::timestamptz[]
                FROM unnest($1::text[], $2::text[]) AS u(key, sends) WHERE w.key = u.key",
         )
-        .bind(&kept)
+        .bind(&keys)
         .bind(&lists)
         .execute(&mut *tx)
         .await?;

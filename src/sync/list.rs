@@ -84,8 +84,6 @@ impl Handler for ListPage {
         // Entries with a time before the cutoff: in a strictly ordered list, the end.
         let mut older = 0;
         let mut follow_ups = Vec::new();
-        // Fetches of changed threads, with the latest message each should reach.
-        let mut fetches: Vec<(Option<String>, crate::queue::NewJob, String)> = Vec::new();
         // Messages the list carried inline, and the threads they complete.
         let mut messages: BTreeMap<String, Vec<MessageRow>> = BTreeMap::new();
         let mut complete: Vec<(String, String)> = Vec::new();
@@ -107,11 +105,7 @@ impl Handler for ListPage {
             changed += 1;
             let list = r.conversation_type.as_deref();
             let Some(first) = inline.remove(&r.thread_id) else {
-                fetches.push((
-                    r.latest_message_id.clone(),
-                    plan::fetch_job(a, run_id, &r.thread_id, list, None),
-                    r.thread_id.clone(),
-                ));
+                follow_ups.push(plan::fetch_job(a, run_id, &r.thread_id, list, None));
                 continue;
             };
             let rows = progress.take_good(first.messages);
@@ -184,19 +178,6 @@ impl Handler for ListPage {
         progress.threads_skipped = count(rows.len().saturating_sub(changed));
         progress.threads_fetched = count(complete.len());
         let mut tx = job.begin(Finish::Done).await?;
-        // Another list (a group, the head) may have had the same thread fetched since this
-        // page read the markers: a fetch that already reached the listed message is done;
-        // one still pending or running is deduplicated by its key.
-        let ids: Vec<String> = fetches.iter().map(|(_, _, t)| t.clone()).collect();
-        let now_held = match ids.is_empty() {
-            true => Default::default(),
-            false => store::fetched_ids(&mut *tx, &a.id, &ids).await?,
-        };
-        follow_ups.extend(fetches.into_iter().filter_map(|(latest, fetch, thread)| {
-            let reached =
-                latest.is_some_and(|m| now_held.get(&thread).is_some_and(|k| k.message_id == m));
-            (!reached).then_some(fetch)
-        }));
         crate::queue::enqueue_batch(&mut *tx, &follow_ups).await?;
         let written = store::upsert_messages(&mut tx, &a.id, &messages).await?;
         progress.messages_written = i32::try_from(written).unwrap_or(i32::MAX);

@@ -266,7 +266,7 @@ pub fn catch_up(
         .iter()
         .filter(|l| match main.walked_whole_lists {
             true => l.role != ListRole::Groups,
-            // A time filter can hide changes (eBay's `start_time` and seller replies):
+            // A time filter can hide changes (replies it does not count as activity):
             // its catch-up reads the unfiltered head.
             false => l.incremental == Incremental::Since || main.paged.contains(&l.name),
         })
