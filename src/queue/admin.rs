@@ -142,7 +142,7 @@ pub async fn cancel(pool: &PgPool, id: i64) -> anyhow::Result<()> {
     let r = sqlx::query(
         "UPDATE threadsync.jobs
             SET status = 'cancelled', finished_at = now(), last_error = coalesce(last_error, 'cancelled by operator'),
-                lease_token = NULL, lease_expires_at = NULL
+                lease_token = NULL, lease_expires_at = NULL, holds_key = false
           WHERE id = $1 AND status IN ('pending', 'running')",
     )
     .bind(id)

@@ -18,6 +18,30 @@ pub struct ClaimedJob {
     pub lease_token: Uuid,
     pub checkpoint: Option<Value>,
     pub run_id: Option<i64>,
+    /// For a job that was snoozed: how long after the time it was snoozed to it was claimed.
+    #[sqlx(skip)]
+    pub woke_late: Option<Duration>,
+}
+
+/// The jobs that count under their concurrency key: running ones and snoozed ones (two
+/// arms, so each reads its own partial index).
+macro_rules! key_holders {
+    () => {
+        "SELECT concurrency_key, concurrency_limit FROM threadsync.jobs
+          WHERE status = 'running' AND concurrency_key IS NOT NULL
+         UNION ALL
+         SELECT concurrency_key, concurrency_limit FROM threadsync.jobs
+          WHERE status = 'pending' AND holds_key AND concurrency_key IS NOT NULL"
+    };
+}
+
+/// A candidate with a concurrency key.
+struct Keyed {
+    id: i64,
+    key: String,
+    limit: i32,
+    /// Snoozed: it holds its place under the key already.
+    held: bool,
 }
 
 /// Claims up to `limit` due jobs for `owner`, skipping kinds in `skip_kinds` (those whose
@@ -40,18 +64,19 @@ pub async fn claim(
         .begin_with("BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
         .await?;
     // Keys already at their limit are filtered out up front so a backlog of one busy
-    // account never starves the rest of the queue.
-    let candidates = sqlx::query(
-        "SELECT id, concurrency_key, concurrency_limit FROM threadsync.jobs
+    // account never starves the rest of the queue. A snoozed job already holds its place.
+    let candidates = sqlx::query(concat!(
+        "SELECT id, concurrency_key, concurrency_limit, holds_key,
+                extract(epoch FROM clock_timestamp() - run_at)::float8 FROM threadsync.jobs
           WHERE status = 'pending' AND run_at <= now() AND kind <> ALL($2)
-            AND (concurrency_key IS NULL OR concurrency_key <> ALL(ARRAY(
-                   SELECT concurrency_key FROM threadsync.jobs
-                    WHERE status = 'running' AND concurrency_key IS NOT NULL
-                    GROUP BY concurrency_key HAVING count(*) >= min(concurrency_limit))))
+            AND (holds_key OR concurrency_key IS NULL OR concurrency_key <> ALL(ARRAY(
+                   SELECT concurrency_key FROM (",
+        key_holders!(),
+        ") h GROUP BY concurrency_key HAVING count(*) >= min(concurrency_limit))))
           ORDER BY priority DESC, run_at, id
           LIMIT $1
-          FOR UPDATE SKIP LOCKED",
-    )
+          FOR UPDATE SKIP LOCKED"
+    ))
     .bind(limit as i64)
     .bind(skip_kinds)
     .fetch_all(&mut *tx)
@@ -61,14 +86,26 @@ pub async fn claim(
     }
 
     let order: Vec<i64> = candidates.iter().map(|r| r.get(0)).collect();
-    let keyed: Vec<(i64, String, i32)> = candidates
+    let woke_late: HashMap<i64, f64> = candidates
         .iter()
-        .filter_map(|r| Some((r.get(0), r.get::<Option<String>, _>(1)?, r.get(2))))
+        .filter(|r| r.get::<bool, _>(3))
+        .map(|r| (r.get(0), r.get::<Option<f64>, _>(4).unwrap_or(0.0)))
+        .collect();
+    let keyed: Vec<Keyed> = candidates
+        .iter()
+        .filter_map(|r| {
+            Some(Keyed {
+                id: r.get(0),
+                key: r.get::<Option<String>, _>(1)?,
+                limit: r.get(2),
+                held: r.get(3),
+            })
+        })
         .collect();
     let ids: Vec<i64> = if keyed.is_empty() {
         order
     } else {
-        let keyed_ids: HashSet<i64> = keyed.iter().map(|k| k.0).collect();
+        let keyed_ids: HashSet<i64> = keyed.iter().map(|k| k.id).collect();
         let admitted: HashSet<i64> = admit_keyed(&mut tx, keyed).await?.into_iter().collect();
         order
             .into_iter()
@@ -81,7 +118,7 @@ pub async fn claim(
 
     let mut jobs = sqlx::query_as::<_, ClaimedJob>(
         "UPDATE threadsync.jobs
-            SET status = 'running', attempts = attempts + 1, lease_owner = $2,
+            SET status = 'running', attempts = attempts + 1, lease_owner = $2, holds_key = false,
                 lease_token = gen_random_uuid(),
                 lease_expires_at = now() + make_interval(secs => $3), started_at = now()
           WHERE id = ANY($1)
@@ -96,17 +133,19 @@ pub async fn claim(
     // RETURNING has no defined order: start jobs in claim order.
     let rank: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     jobs.sort_by_key(|j| rank.get(&j.id).copied().unwrap_or(usize::MAX));
+    for j in &mut jobs {
+        j.woke_late = woke_late
+            .get(&j.id)
+            .map(|s| Duration::from_secs_f64(s.max(0.0)));
+    }
     Ok(jobs)
 }
 
 /// Decides which keyed candidates may start. Claimers serialize per key on a
 /// transaction-scoped advisory lock (taken in key order, so no deadlock), then count the
 /// running jobs that committed before them.
-async fn admit_keyed(
-    tx: &mut sqlx::PgConnection,
-    mut keyed: Vec<(i64, String, i32)>,
-) -> sqlx::Result<Vec<i64>> {
-    let mut keys: Vec<String> = keyed.iter().map(|(_, k, _)| k.clone()).collect();
+async fn admit_keyed(tx: &mut sqlx::PgConnection, keyed: Vec<Keyed>) -> sqlx::Result<Vec<i64>> {
+    let mut keys: Vec<String> = keyed.iter().map(|k| k.key.clone()).collect();
     keys.sort();
     keys.dedup();
     for key in &keys {
@@ -115,21 +154,26 @@ async fn admit_keyed(
             .execute(&mut *tx)
             .await?;
     }
-    let running: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT concurrency_key, count(*) FROM threadsync.jobs
-          WHERE status = 'running' AND concurrency_key = ANY($1) GROUP BY concurrency_key",
-    )
+    let running: Vec<(String, i64)> = sqlx::query_as(concat!(
+        "SELECT concurrency_key, count(*) FROM (",
+        key_holders!(),
+        ") h WHERE concurrency_key = ANY($1) GROUP BY concurrency_key"
+    ))
     .bind(&keys)
     .fetch_all(&mut *tx)
     .await?;
     let mut used: HashMap<String, i64> = running.into_iter().collect();
     let mut admitted = Vec::new();
-    // `keyed` is still in claim order.
-    for (id, key, limit) in keyed.drain(..) {
-        let n = used.entry(key).or_insert(0);
-        if *n < limit as i64 {
+    // `keyed` is still in claim order. A snoozed job is already counted under its key.
+    for k in keyed {
+        if k.held {
+            admitted.push(k.id);
+            continue;
+        }
+        let n = used.entry(k.key).or_insert(0);
+        if *n < i64::from(k.limit) {
             *n += 1;
-            admitted.push(id);
+            admitted.push(k.id);
         }
     }
     Ok(admitted)

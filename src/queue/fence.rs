@@ -205,6 +205,29 @@ pub async fn retry_at<'c>(
     Ok(n == 1)
 }
 
+/// Sends the job back to pending until `at` without using an attempt, keeping its place
+/// under its concurrency key until it is claimed again (see migration 0012). Returns the
+/// seconds from now to `at` by the database's clock, which is the one `run_at` is read by.
+pub async fn snooze<'c>(
+    db: impl PgExecutor<'c>,
+    fence: Fence,
+    at: DateTime<Utc>,
+) -> sqlx::Result<Option<f64>> {
+    sqlx::query_scalar(
+        "UPDATE threadsync.jobs
+            SET status = 'pending', run_at = $3, attempts = greatest(attempts - 1, 0),
+                holds_key = concurrency_key IS NOT NULL,
+                lease_token = NULL, lease_owner = NULL, lease_expires_at = NULL
+          WHERE id = $1 AND lease_token = $2 AND status = 'running'
+      RETURNING extract(epoch FROM $3 - clock_timestamp())::float8",
+    )
+    .bind(fence.id)
+    .bind(fence.token)
+    .bind(at)
+    .fetch_optional(db)
+    .await
+}
+
 /// Retrying cannot help: fail now and keep the reason.
 pub async fn fail_permanent<'c>(
     db: impl PgExecutor<'c>,

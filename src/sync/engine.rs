@@ -11,9 +11,9 @@ use sqlx::PgPool;
 use crate::config::AccountConfig;
 use crate::queue::RetryPolicy;
 use crate::worker::group_commit::GroupCommit;
-use crate::worker::{JobError, JobResult};
+use crate::worker::{JobCtx, JobError, JobResult};
 
-use super::flow::{Flow, FlowError};
+use super::flow::{Flow, FlowError, Slot};
 use super::runs::RunEnds;
 use super::store::ConversationPages;
 use super::vocab::{MessageStream, ProviderError, Source, ThreadSource};
@@ -153,8 +153,10 @@ impl Account {
         super::metrics::request(self.cfg.provider, &self.cfg.id, r);
     }
 
-    /// Waits for the account's next request slot; a paused account parks the job.
-    pub(super) async fn pace(&self, engine: &Engine, pool: &PgPool) -> JobResult {
+    /// Takes the account's next request slot: waits for a near one, snoozes the job until
+    /// a later one (it sends at once when it runs again), and parks the job while the
+    /// account is paused.
+    pub(super) async fn pace(&self, engine: &Engine, job: &JobCtx) -> JobResult {
         let t = std::time::Instant::now();
         let usage = match &self.source {
             Ok(Source::Threads(t)) => t.usage(),
@@ -163,11 +165,18 @@ impl Account {
         let rate = super::flow::slowed(self.cfg.requests_per_second, usage);
         let slot = engine
             .flow
-            .acquire(pool, &self.cfg.id, rate, &self.cfg.windows)
+            .acquire(
+                &job.pool,
+                &self.cfg.id,
+                rate,
+                &self.cfg.windows,
+                job.take_woke_late(),
+            )
             .await;
         super::metrics::paced(self.cfg.provider, &self.cfg.id, t.elapsed());
         match slot {
-            Ok(()) => Ok(()),
+            Ok(Slot::Now) => Ok(()),
+            Ok(Slot::WakeAt(at)) => Err(JobError::Snooze { at }),
             // Parked until the pause ends, but looking again at least every minute: a
             // worker that saw the pause a moment late (its cache) after a resume must not
             // park the job for the pause's whole length.

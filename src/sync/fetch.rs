@@ -110,7 +110,7 @@ impl Handler for FetchThread {
             if let Err(e) = source.ready().await {
                 return Err(account.classify(&self.engine, &job.pool, e).await);
             }
-            account.pace(&self.engine, &job.pool).await?;
+            account.pace(&self.engine, job).await?;
             let page = source.messages(&p.thread_id, list.as_deref(), &at).await;
             account.observe(&page);
             let page = match page {

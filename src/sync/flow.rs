@@ -3,7 +3,10 @@
 //!   any number of processes together stay under the provider's rate without retry storms;
 //! - windows: at most N requests in any W seconds, per account and per named limit group
 //!   (accounts that leave through one IP), from the send times the fleet recorded;
-//! - in-flight cap: the queue's concurrency key (one HTTP call per running job);
+//! - waiting: a slot more than a moment away is waited for snoozed, without a worker slot
+//!   (the job keeps its place under its concurrency key and sends when it runs again), so
+//!   a few worker slots keep any number of accounts at their own rates;
+//! - in-flight cap: the queue's concurrency key (one HTTP call per running or snoozed job);
 //! - pauses: an account paused (daily quota spent, token rejected) parks its jobs until then.
 
 use std::collections::BTreeMap;
@@ -18,8 +21,11 @@ use crate::config::Window;
 /// Slots are spaced for this share of the configured rate: request arrival jitters by a few
 /// milliseconds, and a provider counting a sliding 1 s window must never see more than its limit.
 pub const PACE_MARGIN: f64 = 0.96;
-/// A request that wakes later than half a slot after its reserved time gives the slot up
-/// and takes a new one, so a stalled process never fires two requests back to back.
+/// How late a paced request may leave after its slot: the spacing's margin lets a sliding
+/// 1 s window take a send up to 1/PACE_MARGIN - 1 s (about 40 ms) late, and half of that
+/// is kept for the provider's own jitter. A later request gives the slot up and takes a
+/// new one, so a stalled process never fires two requests back to back.
+const SLOT_LATE_SECS: f64 = 0.02;
 const MAX_RESLOTS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +48,29 @@ pub struct Flow {
     pauses: Mutex<BTreeMap<String, (Instant, PauseState)>>,
 }
 
+/// What pacing decided for one request.
+#[derive(Debug, PartialEq)]
+pub enum Slot {
+    /// Send now.
+    Now,
+    /// The request's reserved send time is too far off to wait for in a worker slot: the
+    /// job waits snoozed until this time, [`WAKE_LEAD_SECS`] before its slot, and then for
+    /// the rest in the worker slot, so it sends on time though claims take a moment.
+    WakeAt(DateTime<Utc>),
+}
+
+/// A reserved send time closer than this is waited for in the worker slot: snoozing costs
+/// two more round trips to the queue.
+const SNOOZE_AFTER_SECS: f64 = 0.025;
+/// A snoozed job is woken this long before its slot.
+const WAKE_LEAD_SECS: f64 = 0.01;
+
 impl Flow {
-    /// Waits for this account's next request slot, then for room in each of its windows.
+    /// Reserves this account's next request slot and room in each of its windows. A slot
+    /// due within [`SNOOZE_AFTER_SECS`] is waited for here; for a later one the job is to
+    /// wait without holding a worker slot. `woke_late` is set for a job that waited so (how
+    /// long after its wake time it was claimed): its reserved slot is now, unless it woke
+    /// too late to keep the spacing.
     /// `requests_per_second = 0` means unpaced: then only pauses and windows apply.
     pub async fn acquire(
         &self,
@@ -51,13 +78,65 @@ impl Flow {
         account: &str,
         requests_per_second: f64,
         windows: &[Window],
-    ) -> Result<(), FlowError> {
-        if requests_per_second <= 0.0 {
-            self.check_cached(pool, account).await?;
-        } else {
-            reserve_slot(pool, account, requests_per_second).await?;
+        woke_late: Option<Duration>,
+    ) -> Result<Slot, FlowError> {
+        let paced = requests_per_second > 0.0;
+        let interval = paced.then(|| 1.0 / (requests_per_second * PACE_MARGIN));
+        let tolerance = interval
+            .map(|i| (i / 2.0).min(SLOT_LATE_SECS))
+            .into_iter()
+            .chain(windows.iter().map(window_tolerance))
+            .fold(f64::INFINITY, f64::min);
+        if let Some(woke) = woke_late {
+            let early = WAKE_LEAD_SECS - woke.as_secs_f64();
+            if early >= -tolerance {
+                match paced {
+                    true => check_pause(pool, account).await?,
+                    false => self.check_cached(pool, account).await?,
+                }
+                if let Ok(rest) = Duration::try_from_secs_f64(early) {
+                    tokio::time::sleep(rest).await;
+                }
+                return Ok(Slot::Now);
+            }
         }
-        reserve_windows(pool, windows).await
+        for attempt in 0..=MAX_RESLOTS {
+            let mut slot = match interval {
+                Some(interval) => match reserve_slot(pool, account, interval).await? {
+                    Some(slot) => Some(slot),
+                    // Not registered yet: unpaced until it is.
+                    None => {
+                        return reserve_windows(pool, windows, None)
+                            .await
+                            .map(|_| Slot::Now)
+                    }
+                },
+                None => {
+                    self.check_cached(pool, account).await?;
+                    None
+                }
+            };
+            if let Some(w) = reserve_windows(pool, windows, slot.map(|s| s.at)).await? {
+                slot = Some(w);
+            }
+            let Some(slot) = slot else {
+                return Ok(Slot::Now);
+            };
+            let wait = (slot.at - slot.now).to_std().unwrap_or_default();
+            if wait.as_secs_f64() > SNOOZE_AFTER_SECS {
+                let lead = chrono::Duration::milliseconds((WAKE_LEAD_SECS * 1000.0) as i64);
+                return Ok(Slot::WakeAt(slot.at - lead));
+            }
+            let at = Instant::now() + wait;
+            tokio::time::sleep_until(at.into()).await;
+            // A send much later than its slot would crowd the next one (and make a window
+            // look emptier than it is): take a new slot.
+            let late = Instant::now().saturating_duration_since(at).as_secs_f64();
+            if late <= tolerance || attempt == MAX_RESLOTS {
+                return Ok(Slot::Now);
+            }
+        }
+        Ok(Slot::Now)
     }
 
     async fn check_cached(&self, pool: &PgPool, account: &str) -> Result<(), FlowError> {
@@ -184,45 +263,41 @@ pub async fn resume(pool: &PgPool, account: &str) -> sqlx::Result<bool> {
     Ok(true)
 }
 
-/// Reserves the account's next send slot (slots 1/rate apart, shared by the fleet) and
-/// waits for it, unless the account is paused.
+/// A reserved send time, and the database's clock when it was reserved.
+#[derive(Clone, Copy)]
+struct Reserved {
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+}
+
+/// Reserves the account's next send slot (slots `interval` seconds apart, shared by the
+/// fleet), unless the account is paused. None: the account has no flow row yet (it is
+/// created, and this request goes unpaced).
 async fn reserve_slot(
     pool: &PgPool,
     account: &str,
-    requests_per_second: f64,
-) -> Result<(), FlowError> {
-    let interval = 1.0 / (requests_per_second * PACE_MARGIN);
-    for attempt in 0..=MAX_RESLOTS {
-        let wait: Option<f64> = sqlx::query_scalar(
-            "UPDATE threadsync.flow f
-                SET next_slot = greatest(f.next_slot, clock_timestamp()) + make_interval(secs => $2)
-              WHERE f.account_id = $1
-                AND NOT EXISTS (SELECT 1 FROM threadsync.accounts a WHERE a.id = $1 AND a.paused_until > now())
-          RETURNING extract(epoch FROM f.next_slot - make_interval(secs => $2) - clock_timestamp())::float8",
-        )
-        .bind(account)
-        .bind(interval)
-        .fetch_optional(pool)
-        .await?;
-        let Some(wait) = wait else {
-            check_pause(pool, account).await?;
-            // Not paused: the flow row is missing (accounts not registered yet). Create it.
-            sqlx::query(
-                "INSERT INTO threadsync.flow (account_id) VALUES ($1) ON CONFLICT DO NOTHING",
-            )
-            .bind(account)
-            .execute(pool)
-            .await?;
-            return Ok(());
-        };
-        let slot = Instant::now() + Duration::from_secs_f64(wait.max(0.0));
-        tokio::time::sleep_until(slot.into()).await;
-        let late = Instant::now().saturating_duration_since(slot).as_secs_f64();
-        if late <= interval / 2.0 || attempt == MAX_RESLOTS {
-            return Ok(());
-        }
+    interval: f64,
+) -> Result<Option<Reserved>, FlowError> {
+    let row: Option<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "UPDATE threadsync.flow f
+            SET next_slot = greatest(f.next_slot, clock_timestamp()) + make_interval(secs => $2)
+          WHERE f.account_id = $1
+            AND NOT EXISTS (SELECT 1 FROM threadsync.accounts a WHERE a.id = $1 AND a.paused_until > now())
+      RETURNING f.next_slot - make_interval(secs => $2), clock_timestamp()",
+    )
+    .bind(account)
+    .bind(interval)
+    .fetch_optional(pool)
+    .await?;
+    if let Some((at, now)) = row {
+        return Ok(Some(Reserved { at, now }));
     }
-    Ok(())
+    check_pause(pool, account).await?;
+    sqlx::query("INSERT INTO threadsync.flow (account_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(account)
+        .execute(pool)
+        .await?;
+    Ok(None)
 }
 
 /// Extra seconds a window's sends are spaced by, of the window's length, beyond a fixed
@@ -231,98 +306,96 @@ async fn reserve_slot(
 const WINDOW_MARGIN: f64 = 0.02;
 const WINDOW_PAD_SECS: f64 = 0.1;
 
-/// Waits until every window has room, counting this request in each: the send time is the
-/// earliest at which each window's N-th latest send is a whole window (and a margin) old,
-/// and never before a send already recorded, so each window's times stay in order. The
-/// rows are locked in key order, so accounts sharing a group never deadlock.
-async fn reserve_windows(pool: &PgPool, windows: &[Window]) -> Result<(), FlowError> {
+fn window_pad(w: &Window) -> f64 {
+    f64::from(w.secs) * (1.0 + WINDOW_MARGIN) + WINDOW_PAD_SECS
+}
+
+/// How late a send may leave after the time it recorded in the window.
+fn window_tolerance(w: &Window) -> f64 {
+    (window_pad(w) - f64::from(w.secs)) / 2.0
+}
+
+/// Reserves room in every window, counting this request in each: the send time is the
+/// earliest at or after `not_before` at which each window's N-th latest send is a whole
+/// window (and a margin) old, and never before a send already recorded, so each window's
+/// times stay in order. The rows are locked in key order, so accounts sharing a group never
+/// deadlock. None when there are no windows.
+async fn reserve_windows(
+    pool: &PgPool,
+    windows: &[Window],
+    not_before: Option<DateTime<Utc>>,
+) -> Result<Option<Reserved>, FlowError> {
     if windows.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut windows: Vec<&Window> = windows.iter().collect();
     windows.sort_by(|a, b| a.key.cmp(&b.key));
     let keys: Vec<String> = windows.iter().map(|w| w.key.clone()).collect();
-    let pad = |w: &Window| f64::from(w.secs) * (1.0 + WINDOW_MARGIN) + WINDOW_PAD_SECS;
-    let tolerance = windows
-        .iter()
-        .map(|w| (pad(w) - f64::from(w.secs)) / 2.0)
-        .fold(f64::INFINITY, f64::min);
-    let room = |w: &Window| chrono::Duration::milliseconds((pad(w) * 1000.0) as i64);
-    for attempt in 0..=MAX_RESLOTS {
-        let mut tx = pool.begin().await?;
-        let mut rows: Vec<(String, Vec<DateTime<Utc>>, DateTime<Utc>)> = Vec::new();
-        for first_use in [false, true] {
-            if first_use {
-                sqlx::query(
-                    "INSERT INTO threadsync.limit_windows (key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-                )
-                .bind(&keys)
-                .execute(&mut *tx)
-                .await?;
-            }
-            rows = sqlx::query_as(
-                "SELECT key, sends, clock_timestamp() FROM threadsync.limit_windows
-                  WHERE key = ANY($1) ORDER BY key FOR UPDATE",
+    let room = |w: &Window| chrono::Duration::milliseconds((window_pad(w) * 1000.0) as i64);
+    let mut tx = pool.begin().await?;
+    let mut rows: Vec<(String, Vec<DateTime<Utc>>, DateTime<Utc>)> = Vec::new();
+    for first_use in [false, true] {
+        if first_use {
+            sqlx::query(
+                "INSERT INTO threadsync.limit_windows (key) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
             )
             .bind(&keys)
-            .fetch_all(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-            if rows.len() == keys.len() {
-                break;
-            }
         }
-        let now = rows.first().map_or_else(Utc::now, |r| r.2);
-        // Both are in key order, one row per key.
-        let held: Vec<(&Window, &Vec<DateTime<Utc>>)> = windows
-            .iter()
-            .copied()
-            .zip(rows.iter().map(|r| &r.1))
-            .collect();
-        let mut slot = now;
-        for (w, sends) in &held {
-            if let Some(last) = sends.last() {
-                slot = slot.max(*last);
-            }
-            let n = w.requests as usize;
-            if sends.len() >= n {
-                slot = slot.max(sends[sends.len() - n] + room(w));
-            }
-        }
-        // Sends older than a window constrain nothing: keep the rest and this one, at most N.
-        let lists: Vec<String> = held
-            .iter()
-            .map(|(w, sends)| {
-                let mut kept: Vec<DateTime<Utc>> = sends
-                    .iter()
-                    .copied()
-                    .filter(|t| *t > now - room(w))
-                    .collect();
-                kept.push(slot);
-                let from = kept.len().saturating_sub(w.requests as usize);
-                let literal: Vec<String> = kept[from..].iter().map(|t| t.to_rfc3339()).collect();
-                format!("{{{}}}", literal.join(","))
-            })
-            .collect();
-        sqlx::query(
-            "UPDATE threadsync.limit_windows w SET sends = u.sends::timestamptz[]
-               FROM unnest($1::text[], $2::text[]) AS u(key, sends) WHERE w.key = u.key",
+        rows = sqlx::query_as(
+            "SELECT key, sends, clock_timestamp() FROM threadsync.limit_windows
+              WHERE key = ANY($1) ORDER BY key FOR UPDATE",
         )
         .bind(&keys)
-        .bind(&lists)
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
-        let wait = (slot - now).to_std().unwrap_or_default();
-        let at = Instant::now() + wait;
-        tokio::time::sleep_until(at.into()).await;
-        let late = Instant::now().saturating_duration_since(at).as_secs_f64();
-        // A send much later than the time it recorded would make its window look emptier
-        // than it is: record a new time (the stale one only makes the window stricter).
-        if late <= tolerance || attempt == MAX_RESLOTS {
-            return Ok(());
+        if rows.len() == keys.len() {
+            break;
         }
     }
-    Ok(())
+    let now = rows.first().map_or_else(Utc::now, |r| r.2);
+    // Both are in key order, one row per key.
+    let held: Vec<(&Window, &Vec<DateTime<Utc>>)> = windows
+        .iter()
+        .copied()
+        .zip(rows.iter().map(|r| &r.1))
+        .collect();
+    let mut slot = not_before.map_or(now, |t| t.max(now));
+    for (w, sends) in &held {
+        if let Some(last) = sends.last() {
+            slot = slot.max(*last);
+        }
+        let n = w.requests as usize;
+        if sends.len() >= n {
+            slot = slot.max(sends[sends.len() - n] + room(w));
+        }
+    }
+    // Sends older than a window constrain nothing: keep the rest and this one, at most N.
+    let lists: Vec<String> = held
+        .iter()
+        .map(|(w, sends)| {
+            let mut kept: Vec<DateTime<Utc>> = sends
+                .iter()
+                .copied()
+                .filter(|t| *t > now - room(w))
+                .collect();
+            kept.push(slot);
+            let from = kept.len().saturating_sub(w.requests as usize);
+            let literal: Vec<String> = kept[from..].iter().map(|t| t.to_rfc3339()).collect();
+            format!("{{{}}}", literal.join(","))
+        })
+        .collect();
+    sqlx::query(
+        "UPDATE threadsync.limit_windows w SET sends = u.sends::timestamptz[]
+           FROM unnest($1::text[], $2::text[]) AS u(key, sends) WHERE w.key = u.key",
+    )
+    .bind(&keys)
+    .bind(&lists)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(Reserved { at: slot, now }))
 }
 
 async fn check_pause(pool: &PgPool, account: &str) -> Result<(), FlowError> {

@@ -34,7 +34,7 @@ impl Handler for ListPage {
         if let Err(e) = source.ready().await {
             return Err(account.classify(&self.engine, &job.pool, e).await);
         }
-        account.pace(&self.engine, &job.pool).await?;
+        account.pace(&self.engine, job).await?;
         let page = source.list(&p.list, &at, p.since).await;
         account.observe(&page);
         let page = match page {

@@ -52,7 +52,7 @@ impl Handler for StatusCheck {
             let tx = job.begin(Finish::Done).await?;
             return job.commit(tx).await;
         };
-        account.pace(&self.engine, &job.pool).await?;
+        account.pace(&self.engine, job).await?;
         let answer = source.check(p.id, &f.validity, f.expires_at).await;
         account.observe(&answer);
         let answer = match answer {

@@ -37,7 +37,7 @@ impl Handler for StreamBatchJob {
             None => Utc::now().checked_sub_signed(source.cold_start()),
             Some(_) => None,
         };
-        account.pace(&self.engine, &job.pool).await?;
+        account.pace(&self.engine, job).await?;
         let batch = source.read(&p.stream, after, since).await;
         account.observe(&batch);
         let batch = match batch {

@@ -21,6 +21,11 @@ pub enum JobError {
     /// The provider said when to come back; does not use an attempt.
     #[error("retry after {at}: {reason}")]
     RetryAfter { at: DateTime<Utc>, reason: String },
+    /// The handler waits for a time of its own choosing (a send slot) without a worker
+    /// slot: pending until `at`, using no attempt and keeping the job's place under its
+    /// concurrency key. When it runs again, [`JobCtx::take_woke_late`] says how late.
+    #[error("snoozed until {at}")]
+    Snooze { at: DateTime<Utc> },
     /// Retrying cannot help (bad payload, 4xx, unknown kind): fail now, keep the reason.
     #[error("{0}")]
     Permanent(String),
@@ -102,6 +107,8 @@ pub struct JobCtx {
     /// Set once the handler returned: its outcome is being recorded, so a heartbeat that no
     /// longer finds the lease must not treat it as lost.
     pub(crate) returned: AtomicBool,
+    /// Set when the job was claimed after a snooze; taken by the first to ask.
+    woke_late: std::sync::Mutex<Option<std::time::Duration>>,
 }
 
 impl JobCtx {
@@ -122,7 +129,14 @@ impl JobCtx {
             },
             finished: AtomicBool::new(false),
             returned: AtomicBool::new(false),
+            woke_late: std::sync::Mutex::new(job.woke_late),
         }
+    }
+
+    /// For a job claimed after a [`JobError::Snooze`]: how long after the time it was
+    /// snoozed to it was claimed. Given once per run, to the first caller.
+    pub fn take_woke_late(&self) -> Option<std::time::Duration> {
+        super::lock(&self.woke_late).take()
     }
 
     /// Decodes the payload; an undecodable payload fails this job only, permanently.

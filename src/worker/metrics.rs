@@ -1,4 +1,5 @@
-//! What a worker process counts, by job kind: jobs claimed, completed, failed and retried,
+//! What a worker process counts, by job kind: jobs claimed, completed, failed, retried and
+//! snoozed,
 //! and how long they ran. Process-wide (every runtime of the process adds to the same
 //! series); `threadsync worker --metrics ADDR` serves them with the engine's.
 
@@ -21,6 +22,7 @@ pub struct Metrics {
     pub completed: Family<KindLabel, Counter>,
     pub failed: Family<KindLabel, Counter>,
     pub retried: Family<KindLabel, Counter>,
+    pub snoozed: Family<KindLabel, Counter>,
     pub duration: Family<KindLabel, Histogram>,
 }
 
@@ -36,6 +38,7 @@ pub fn get() -> &'static Metrics {
         completed: Family::default(),
         failed: Family::default(),
         retried: Family::default(),
+        snoozed: Family::default(),
         duration: Family::new_with_constructor(duration_histogram),
     })
 }
@@ -50,7 +53,7 @@ pub fn claimed(kind: &str) {
     get().claimed.get_or_create(&label(kind)).inc();
 }
 
-/// A job's outcome: `done`, `failed` or `retried`, after `took`.
+/// A job's outcome: `done`, `failed`, `retried` or `snoozed`, after `took`.
 pub fn ended(kind: &str, outcome: Outcome, took: Duration) {
     let m = get();
     let l = label(kind);
@@ -58,6 +61,7 @@ pub fn ended(kind: &str, outcome: Outcome, took: Duration) {
         Outcome::Done => m.completed.get_or_create(&l).inc(),
         Outcome::Failed => m.failed.get_or_create(&l).inc(),
         Outcome::Retried => m.retried.get_or_create(&l).inc(),
+        Outcome::Snoozed => m.snoozed.get_or_create(&l).inc(),
     };
     m.duration.get_or_create(&l).observe(took.as_secs_f64());
 }
@@ -67,6 +71,7 @@ pub enum Outcome {
     Done,
     Failed,
     Retried,
+    Snoozed,
 }
 
 pub fn register(r: &mut Registry) {
@@ -82,6 +87,11 @@ pub fn register(r: &mut Registry) {
         "jobs_retried",
         "Jobs sent back to pending (backoff or a provider's retry-after), by kind",
         m.retried.clone(),
+    );
+    r.register(
+        "jobs_snoozed",
+        "Jobs sent back to pending until a time their handler chose, keeping their concurrency slot, by kind",
+        m.snoozed.clone(),
     );
     r.register(
         "job_duration_seconds",

@@ -46,8 +46,8 @@ struct Shared {
     name: Arc<str>,
     concurrency: usize,
     slots: Arc<Semaphore>,
-    /// Woken by NOTIFY, by finished jobs and by shutdown.
-    wake: Notify,
+    /// Woken by NOTIFY, by finished jobs, by snoozed jobs coming due and by shutdown.
+    wake: Arc<Notify>,
     inflight: Mutex<HashMap<i64, InFlight>>,
     running_by_kind: Mutex<HashMap<String, usize>>,
     acks: mpsc::UnboundedSender<Fence>,
@@ -88,7 +88,7 @@ impl Worker {
                 name: Arc::from(name),
                 concurrency,
                 slots: Arc::new(Semaphore::new(concurrency)),
-                wake: Notify::new(),
+                wake: Arc::new(Notify::new()),
                 inflight: Mutex::new(HashMap::new()),
                 running_by_kind: Mutex::new(HashMap::new()),
                 acks: tx,
@@ -166,7 +166,10 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
                 let n = jobs.len();
                 start_jobs(s, jobs).await;
                 last_full = n == want;
-                if last_full {
+                // A short batch may have left out jobs whose concurrency key filled up
+                // within it (one key's jobs first in claim order): claim again at once,
+                // and the next claim skips those keys.
+                if n > 0 {
                     continue;
                 }
                 tokio::select! {
@@ -380,6 +383,22 @@ async fn record(s: &Shared, ctx: &JobCtx, outcome: JobResult) -> Option<metrics:
                 fence::retry_at(&s.control, ctx.fence, *at, reason)
                     .await
                     .map(|_| metrics::Outcome::Retried)
+            }
+            JobError::Snooze { at } => {
+                fence::snooze(&s.control, ctx.fence, *at).await.map(|wait| {
+                    // This runtime claims the job when it is due; the poll is the floor for
+                    // every other runtime.
+                    if let Some(wait) =
+                        wait.and_then(|w| Duration::try_from_secs_f64(w.max(0.0)).ok())
+                    {
+                        let wake = s.wake.clone();
+                        tokio::spawn(async move {
+                            sleep(wait).await;
+                            wake.notify_one();
+                        });
+                    }
+                    metrics::Outcome::Snoozed
+                })
             }
             JobError::Permanent(reason) => {
                 warn!(job = ctx.id, kind = %ctx.kind, reason = %reason, "job failed permanently");

@@ -76,9 +76,13 @@ impl Provider {
     /// The secret a worker is given for the account: the simulator's static token, or for
     /// Hostaway the client secret threadsync mints its tokens with.
     pub fn secret(self, sim: &SimHandle) -> String {
+        self.secret_of(sim, ACCOUNT)
+    }
+
+    fn secret_of(self, sim: &SimHandle, account: &str) -> String {
         match self {
-            Provider::Hostaway => format!("sim-secret-{ACCOUNT}"),
-            _ => sim.token(ACCOUNT),
+            Provider::Hostaway => format!("sim-secret-{account}"),
+            _ => sim.token(account),
         }
     }
 
@@ -117,6 +121,9 @@ pub struct Opts {
     /// `[kinds."<kind>"]` table here replaces the rig's own for that kind.
     pub extra: String,
     pub lease_secs: u64,
+    /// Accounts `acct-0` .. `acct-{n-1}`, each with the same keys (the simulator serves at
+    /// least as many); the rig's single-account helpers speak of [`ACCOUNT`].
+    pub accounts: usize,
 }
 
 impl Default for Opts {
@@ -131,6 +138,7 @@ impl Default for Opts {
             account_keys: String::new(),
             extra: String::new(),
             lease_secs: 3,
+            accounts: 1,
         }
     }
 }
@@ -151,16 +159,29 @@ pub fn config_text(opts: &Opts, base_url: &str) -> String {
     if !text.ends_with('\n') {
         text.push('\n');
     }
-    text += &format!(
-        "[[accounts]]\nid = \"{ACCOUNT}\"\nprovider = \"{n}\"\nbase_url = \"{base_url}\"\n\
-         token_env = \"{}\"\nrequests_per_second = {:?}\nmax_in_flight = {}\n\
-         request_timeout_secs = 2\n{}",
-        p.token_env(),
-        opts.requests_per_second,
-        opts.max_in_flight,
-        opts.account_keys,
-    );
+    for i in 0..opts.accounts.max(1) {
+        text += &format!(
+            "[[accounts]]\nid = \"acct-{i}\"\nprovider = \"{n}\"\nbase_url = \"{base_url}\"\n\
+             token_env = \"{}\"\nrequests_per_second = {:?}\nmax_in_flight = {}\n\
+             request_timeout_secs = 2\n{}",
+            token_env(p, i),
+            opts.requests_per_second,
+            opts.max_in_flight,
+            opts.account_keys,
+        );
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+    }
     text
+}
+
+/// The variable account `acct-{i}`'s token is read from.
+fn token_env(p: Provider, i: usize) -> String {
+    match i {
+        0 => p.token_env().to_string(),
+        i => format!("{}_{i}", p.token_env()),
+    }
 }
 
 pub struct Rig {
@@ -171,6 +192,7 @@ pub struct Rig {
     /// The jobs.toml worker processes load.
     pub config_path: PathBuf,
     slots: usize,
+    accounts: usize,
     stop: CancellationToken,
     workers: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -180,6 +202,7 @@ impl Rig {
         let db = TestDb::new().await;
         let sim = sim::start(SimConfig {
             provider: opts.provider.simulator(),
+            accounts: opts.sim.accounts.max(opts.accounts),
             ..opts.sim.clone()
         })
         .await
@@ -189,10 +212,15 @@ impl Rig {
         sync::register_accounts(&db.pool, &cfg.accounts)
             .await
             .expect("register");
-        let tokens = Tokens::Given(HashMap::from([(
-            ACCOUNT.to_string(),
-            opts.provider.secret(&sim),
-        )]));
+        let tokens = Tokens::Given(
+            (0..opts.accounts.max(1))
+                .map(|i| {
+                    let id = format!("acct-{i}");
+                    let secret = opts.provider.secret_of(&sim, &id);
+                    (id, secret)
+                })
+                .collect(),
+        );
         let stop = CancellationToken::new();
         let workers = (0..opts.workers)
             .map(|i| {
@@ -214,28 +242,39 @@ impl Rig {
             sim,
             cfg,
             slots: opts.slots,
+            accounts: opts.accounts.max(1),
             stop,
             workers,
         }
     }
 
     /// A `threadsync worker` process on the rig's database and config, with the
-    /// account's token in its environment.
+    /// accounts' tokens in its environment.
     pub fn process(&self, name: &str) -> WorkerProc {
-        let token = self.provider.secret(&self.sim);
-        WorkerProc::start_with_env(
-            &self.db.url,
-            &self.config_path,
-            name,
-            self.slots,
-            &[(self.provider.token_env(), token.as_str())],
-        )
+        let env: Vec<(String, String)> = (0..self.accounts)
+            .map(|i| {
+                let secret = self.provider.secret_of(&self.sim, &format!("acct-{i}"));
+                (token_env(self.provider, i), secret)
+            })
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        WorkerProc::start_with_env(&self.db.url, &self.config_path, name, self.slots, &env)
+    }
+
+    /// The rig's account ids, `acct-0` first.
+    pub fn account_ids(&self) -> Vec<String> {
+        (0..self.accounts).map(|i| format!("acct-{i}")).collect()
     }
 
     /// Starts a run as `threadsync resync`/`sync` would; returns its id.
     pub async fn start(&self, mode: Mode) -> i64 {
+        self.start_for(ACCOUNT, mode).await
+    }
+
+    /// Starts a run of `account`; returns its id.
+    pub async fn start_for(&self, account: &str, mode: Mode) -> i64 {
         let mut tx = self.db.pool.begin().await.expect("begin");
-        let (id, created) = sync::start_run(&mut tx, ACCOUNT, mode)
+        let (id, created) = sync::start_run(&mut tx, account, mode)
             .await
             .expect("start");
         tx.commit().await.expect("commit");
@@ -288,8 +327,13 @@ impl Rig {
 
     /// The database against the rows the simulator says a synced copy holds.
     pub async fn compare(&self) -> Comparison {
-        let expected = self.sim.expected(ACCOUNT).expect("expected rows");
-        verify::compare(&self.db.pool, ACCOUNT, &expected)
+        self.compare_for(ACCOUNT).await
+    }
+
+    /// `account`'s copy against the rows the simulator says it should hold.
+    pub async fn compare_for(&self, account: &str) -> Comparison {
+        let expected = self.sim.expected(account).expect("expected rows");
+        verify::compare(&self.db.pool, account, &expected)
             .await
             .expect("compare")
     }

@@ -1,0 +1,6 @@
+-- A snoozed job waits, pending, until its run_at without a worker slot but keeps its place
+-- under its concurrency key: the key's limit counts running jobs and snoozed ones, so a
+-- key's waiting jobs cannot be claimed past it while the snoozed ones wait.
+ALTER TABLE threadsync.jobs ADD COLUMN holds_key boolean NOT NULL DEFAULT false;
+CREATE INDEX jobs_held_concurrency ON threadsync.jobs (concurrency_key)
+    WHERE status = 'pending' AND holds_key AND concurrency_key IS NOT NULL;
