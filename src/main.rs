@@ -220,6 +220,8 @@ enum BenchCmd {
     Queue(bench::queue::QueueBenchArgs),
     /// Full resync throughput against the eBay simulator.
     Sync(bench::sync::SyncBenchArgs),
+    /// Full resyncs of many eBay accounts at once, each held to its own request rate.
+    Fleet(bench::fleet::FleetBenchArgs),
     /// Simulator start-up time and requests/s from a local load client.
     Sim(threadsync::sim::SimBenchArgs),
     /// Thread refreshes/s and latency through `serve`, with the dedupe check.
@@ -430,6 +432,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let json = args.json;
             let report = bench::sync::run(args).await?;
             bench::sync::print(&report, json)
+        }
+        Cmd::Bench(BenchCmd::Fleet(args)) => {
+            let json = args.json;
+            let report = bench::fleet::run(args).await?;
+            bench::fleet::print(&report, json)?;
+            bench::fleet::verdict(&report)
         }
         Cmd::Bench(BenchCmd::Api(args)) => {
             let json = args.json;

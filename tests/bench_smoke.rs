@@ -1,6 +1,6 @@
-//! Smoke tests of `bench sync` and `demo` for Facebook and Hostaway at small sizes: they
-//! run, make the fewest calls (Hostaway: at most those plus the head read), are never
-//! throttled and end exact. Not timed.
+//! Smoke tests of `bench sync` and `demo` for Facebook and Hostaway, and of `bench fleet`,
+//! at small sizes: they run, make the fewest calls (Hostaway: at most those plus the head
+//! read), are never throttled and end exact. Not timed.
 
 use std::process::Command;
 
@@ -163,4 +163,69 @@ fn bench_sync_states_the_latency_floor_when_the_simulator_is_slow() {
     ]);
     assert!(!ok);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn bench_fleet_holds_every_account_to_its_rate_and_ends_exact() {
+    let (ok, out, err) = cli(&[
+        "bench",
+        "fleet",
+        "--accounts",
+        "3",
+        "--threads",
+        "40",
+        "--messages",
+        "3",
+        "--rate-limit",
+        "20",
+        "--processes",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON report");
+    assert_eq!(r["accounts"], 3, "{r}");
+    assert_eq!(r["accounts_exact"], 3, "{r}");
+    assert_eq!(r["accounts_differing"], 0, "{r}");
+    assert_eq!(r["failed_runs"].as_array().map(Vec::len), Some(0), "{r}");
+    assert_eq!(r["throttled_429"], 0, "{r}");
+    let accounts = r["per_account"].as_array().expect("per-account figures");
+    assert_eq!(accounts.len(), 3, "{r}");
+    let mut busiest = 0;
+    for a in accounts {
+        assert_eq!(a["exact"], true, "{a}");
+        assert_eq!(a["state"], "done", "{a}");
+        assert_eq!(a["threads"], 40, "{a}");
+        let (calls, min) = (
+            a["http_calls"].as_u64().unwrap_or(0),
+            a["min_http_calls"].as_u64().unwrap_or(u64::MAX),
+        );
+        assert!(calls >= min, "{a}");
+        assert_eq!(a["throttled_429"], 0, "{a}");
+        busiest = busiest.max(calls);
+    }
+    // The floor is the busiest account's calls over the rate, and nothing beats it.
+    let floor = r["floor_s"].as_f64().unwrap_or(0.0);
+    assert!((floor - busiest as f64 / 20.0).abs() < 1e-9, "{r}");
+    let (wall, ratio) = (
+        r["wall_s"].as_f64().unwrap_or(0.0),
+        r["floor_ratio"].as_f64().unwrap_or(0.0),
+    );
+    assert!((ratio - wall / floor).abs() < 1e-9, "{r}");
+    assert!(ratio >= 1.0, "{r}");
+    assert!(r["slots_peak"].as_i64() >= Some(1), "{r}");
+
+    let (ok, _, err) = cli(&[
+        "bench",
+        "fleet",
+        "--accounts",
+        "3",
+        "--threads",
+        "10",
+        "--rate-limit",
+        "0",
+    ]);
+    assert!(!ok);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--rate-limit"), "{err}");
 }

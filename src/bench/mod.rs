@@ -1,6 +1,7 @@
 //! Benchmarks (subcommands, not timed tests). Each compares figures measured in one run.
 
 pub mod api;
+pub mod fleet;
 pub mod hostaway;
 pub mod queue;
 pub mod sync;

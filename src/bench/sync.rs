@@ -175,14 +175,63 @@ pub struct LabOptions {
     pub account_keys: String,
 }
 
+/// One account of a lab's jobs.toml and the simulator account it syncs.
+#[derive(Clone)]
+pub struct LabAccount {
+    pub id: String,
+    pub sim_account: String,
+    pub token_env: String,
+    pub requests_per_second: f64,
+    /// None: the key is left out, so the config's default applies.
+    pub in_flight: Option<i32>,
+    /// Provider-specific keys appended to the account.
+    pub keys: String,
+}
+
+/// A lab of any number of accounts in one simulator.
+#[derive(Clone)]
+pub struct LabSetup {
+    pub sim: SimConfig,
+    pub accounts: Vec<LabAccount>,
+    /// Worker processes; 0 runs two worker runtimes in this process.
+    pub processes: usize,
+    /// Job slots per runtime or process; None: the worker's default (queue.concurrency),
+    /// and processes are started without `--concurrency`.
+    pub concurrency: Option<usize>,
+    pub durability: Durability,
+}
+
+impl From<LabOptions> for LabSetup {
+    fn from(o: LabOptions) -> Self {
+        LabSetup {
+            sim: o.sim,
+            accounts: vec![LabAccount {
+                id: o.account,
+                sim_account: SIM_ACCOUNT.into(),
+                token_env: TOKEN_ENV.into(),
+                requests_per_second: o.requests_per_second,
+                in_flight: Some(o.in_flight),
+                keys: o.account_keys,
+            }],
+            processes: o.processes,
+            concurrency: Some(LAB_SLOTS),
+            durability: o.durability,
+        }
+    }
+}
+
+/// Job slots of each of the lab's workers (runtimes or processes).
+const LAB_SLOTS: usize = 48;
+
 /// A scratch database, a simulator and workers, wired together.
 pub struct Lab {
     pub pool: PgPool,
     pub sim: SimHandle,
+    /// The first account's id (the only one, for a lab started from [`LabOptions`]).
     pub account: String,
     scratch: Scratch,
     workers: Workers,
-    options: LabOptions,
+    setup: LabSetup,
 }
 
 enum Workers {
@@ -197,8 +246,8 @@ enum Workers {
     },
 }
 
-/// The lab's jobs.toml: quick retries for every sync kind, and the one account.
-fn lab_config(o: &LabOptions, base_url: &str) -> String {
+/// The lab's jobs.toml: quick retries for every sync kind, and its accounts.
+fn lab_config(o: &LabSetup, base_url: &str) -> String {
     let provider = match o.sim.provider {
         sim::Provider::Smseagle => "smseagle",
         sim::Provider::Facebook => "facebook",
@@ -215,16 +264,26 @@ fn lab_config(o: &LabOptions, base_url: &str) -> String {
             }
         }
     }
-    text += &format!(
-        "[[accounts]]\nid = \"{}\"\nprovider = \"{provider}\"\nbase_url = \"{base_url}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
-         requests_per_second = {}\nmax_in_flight = {}\nrequest_timeout_secs = 10\n{}",
-        o.account, o.requests_per_second, o.in_flight, o.account_keys
-    );
+    for a in &o.accounts {
+        let in_flight = a
+            .in_flight
+            .map_or(String::new(), |n| format!("max_in_flight = {n}\n"));
+        text += &format!(
+            "[[accounts]]\nid = \"{}\"\nprovider = \"{provider}\"\nbase_url = \"{base_url}\"\ntoken_env = \"{}\"\n\
+             requests_per_second = {}\n{in_flight}request_timeout_secs = 10\n{}",
+            a.id, a.token_env, a.requests_per_second, a.keys
+        );
+    }
     text
 }
 
 impl Lab {
     pub async fn start(o: LabOptions) -> anyhow::Result<Lab> {
+        Lab::start_setup(o.into()).await
+    }
+
+    pub async fn start_setup(o: LabSetup) -> anyhow::Result<Lab> {
+        anyhow::ensure!(!o.accounts.is_empty(), "a lab needs an account");
         let scratch = Scratch::create("threadsync_lab", o.durability).await?;
         let pool = db::connect(&scratch.url, 64).await?;
         db::migrate(&pool).await?;
@@ -235,20 +294,50 @@ impl Lab {
         Ok(Lab {
             pool,
             sim,
-            account: o.account.clone(),
+            account: o.accounts[0].id.clone(),
             scratch,
             workers,
-            options: o,
+            setup: o,
         })
     }
 
-    /// Stops the workers and starts them again with the account's own keys replaced by
-    /// `account_keys`.
+    /// The lab's accounts, in the order they were given.
+    pub fn accounts(&self) -> &[LabAccount] {
+        &self.setup.accounts
+    }
+
+    fn first(&self) -> &LabAccount {
+        &self.setup.accounts[0]
+    }
+
+    /// Stops the workers and starts them again with the first account's own keys replaced
+    /// by `account_keys`.
     pub async fn reconfigure(&mut self, account_keys: String) -> anyhow::Result<()> {
-        self.options.account_keys = account_keys;
-        let fresh = start_workers(&self.options, &self.pool, &self.sim, &self.scratch.url).await?;
+        self.setup.accounts[0].keys = account_keys;
+        let fresh = start_workers(&self.setup, &self.pool, &self.sim, &self.scratch.url).await?;
         let old = std::mem::replace(&mut self.workers, fresh);
         old.stop().await;
+        Ok(())
+    }
+
+    /// An error naming the first worker process that has exited (in-process workers: the
+    /// first runtime that stopped).
+    pub fn check_workers(&mut self) -> anyhow::Result<()> {
+        match &mut self.workers {
+            Workers::InProcess { tasks, .. } => {
+                anyhow::ensure!(
+                    tasks.iter().all(|t| !t.is_finished()),
+                    "a worker runtime stopped"
+                );
+            }
+            Workers::Processes { children, .. } => {
+                for (i, c) in children.iter_mut().enumerate() {
+                    if let Some(status) = c.try_wait().context("checking a worker process")? {
+                        anyhow::bail!("worker process {i} exited ({status})");
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -284,14 +373,24 @@ impl Lab {
 
     /// The database against what the simulator's account holds now.
     pub async fn compare(&self) -> anyhow::Result<Comparison> {
-        let expected = self.sim.expected(SIM_ACCOUNT)?;
-        verify::compare(&self.pool, &self.account, &expected).await
+        self.compare_account(self.first()).await
+    }
+
+    /// One account of the database against what its simulator account holds now.
+    pub async fn compare_account(&self, a: &LabAccount) -> anyhow::Result<Comparison> {
+        let expected = self.sim.expected(&a.sim_account)?;
+        verify::compare(&self.pool, &a.id, &expected).await
     }
 
     /// Fewest requests any client needs for the current dataset: one per list page of
     /// each conversation type, one per 50 messages of each thread.
     pub fn min_http_calls(&self) -> u64 {
-        let truth = self.sim.truth(Some(SIM_ACCOUNT));
+        self.min_http_calls_of(&self.first().sim_account)
+    }
+
+    /// [`min_http_calls`](Self::min_http_calls) for one simulator account.
+    pub fn min_http_calls_of(&self, sim_account: &str) -> u64 {
+        let truth = self.sim.truth(Some(sim_account));
         let threads = truth["accounts"][0]["threads"]
             .as_array()
             .cloned()
@@ -316,7 +415,7 @@ impl Lab {
     /// list page of 100, one per further page of 100 messages of each conversation that
     /// does not fit the inline window, and the catch-up pass's head read.
     pub fn facebook_min_calls(&self) -> anyhow::Result<MinCalls> {
-        let expected = self.sim.expected(SIM_ACCOUNT)?;
+        let expected = self.sim.expected(&self.first().sim_account)?;
         let list_pages = expected.threads.len().div_ceil(FB_PAGE).max(1) as u64;
         let (mut long_conversations, mut message_pages) = (0, 0);
         for t in &expected.threads {
@@ -337,10 +436,15 @@ impl Lab {
     }
 
     pub fn account_stats(&self) -> crate::sim::stats::AccountStats {
+        self.account_stats_of(&self.first().sim_account)
+    }
+
+    /// The simulator's counts for one of its accounts.
+    pub fn account_stats_of(&self, sim_account: &str) -> crate::sim::stats::AccountStats {
         self.sim
             .stats()
             .accounts
-            .get(SIM_ACCOUNT)
+            .get(sim_account)
             .cloned()
             .unwrap_or_default()
     }
@@ -355,7 +459,7 @@ impl Lab {
 
 /// The lab's workers: two runtimes in this process, or `processes` worker processes.
 async fn start_workers(
-    o: &LabOptions,
+    o: &LabSetup,
     pool: &PgPool,
     sim: &SimHandle,
     db_url: &str,
@@ -365,12 +469,24 @@ async fn start_workers(
     let settings = Arc::new(cfg.queue.clone());
     sync::register_accounts(pool, &cfg.accounts).await?;
     // Hostaway's secret is the client secret threadsync mints its tokens with.
-    let token = match o.sim.provider {
-        sim::Provider::Hostaway => format!("sim-secret-{SIM_ACCOUNT}"),
-        _ => sim.token(SIM_ACCOUNT),
-    };
+    let tokens: Vec<(&LabAccount, String)> = o
+        .accounts
+        .iter()
+        .map(|a| {
+            let token = match o.sim.provider {
+                sim::Provider::Hostaway => format!("sim-secret-{}", a.sim_account),
+                _ => sim.token(&a.sim_account),
+            };
+            (a, token)
+        })
+        .collect();
     if o.processes == 0 {
-        let tokens = Tokens::Given(HashMap::from([(o.account.clone(), token)]));
+        let given = tokens
+            .iter()
+            .map(|(a, token)| (a.id.clone(), token.clone()))
+            .collect();
+        let tokens = Tokens::Given(given);
+        let slots = o.concurrency.unwrap_or(settings.tuning.concurrency);
         let stop = CancellationToken::new();
         let tasks = (0..2)
             .map(|i| {
@@ -380,7 +496,7 @@ async fn start_workers(
                     settings.clone(),
                     registry,
                     &format!("lab-{i}"),
-                    48,
+                    slots,
                 );
                 tokio::spawn(w.run(stop.clone()))
             })
@@ -393,17 +509,19 @@ async fn start_workers(
     let exe = std::env::current_exe().context("locating the threadsync binary")?;
     let children = (0..o.processes)
         .map(|i| {
-            Command::new(&exe)
-                .arg("--config")
-                .arg(&config)
-                .args(["worker", "--concurrency", "48"])
-                .args(["--name", &format!("lab-p{i}")])
+            let mut cmd = Command::new(&exe);
+            cmd.arg("--config").arg(&config).arg("worker");
+            if let Some(c) = o.concurrency {
+                cmd.args(["--concurrency", &c.to_string()]);
+            }
+            cmd.args(["--name", &format!("lab-p{i}")])
                 .env("DATABASE_URL", db_url)
-                .env(TOKEN_ENV, &token)
                 .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .spawn()
-                .context("starting a worker process")
+                .stdin(Stdio::null());
+            for (a, token) in &tokens {
+                cmd.env(&a.token_env, token);
+            }
+            cmd.spawn().context("starting a worker process")
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(Workers::Processes {

@@ -92,6 +92,9 @@ pub struct SimConfig {
     pub accounts: usize,
     /// Threads (conversations / phone numbers / reservations) per account.
     pub threads: usize,
+    /// eBay: the threads of account i, for each i it holds, in place of `threads` (empty:
+    /// every account has `threads`).
+    pub threads_by_account: Vec<usize>,
     /// Mean messages per thread.
     pub messages: usize,
     pub seed: u64,
@@ -152,6 +155,7 @@ impl Default for SimConfig {
             provider: Provider::Ebay,
             accounts: 1,
             threads: 100,
+            threads_by_account: Vec::new(),
             messages: 20,
             seed: 1,
             latency_ms: 0,

@@ -144,7 +144,11 @@ impl EbaySim {
                 RwLock::new(AccountData::generate(
                     config.seed,
                     i,
-                    config.threads,
+                    config
+                        .threads_by_account
+                        .get(i)
+                        .copied()
+                        .unwrap_or(config.threads),
                     config.messages,
                     data::DataOptions {
                         user_ids: config.ebay_user_ids,
