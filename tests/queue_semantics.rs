@@ -74,14 +74,16 @@ async fn claims_follow_priority_then_run_at_and_respect_the_limit() {
 
     let got = claim(&db.pool, "t", 2, Duration::from_secs(30), &[])
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(
         got.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![high_old, high_new]
     );
     let got = claim(&db.pool, "t", 10, Duration::from_secs(30), &[])
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(
         got.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![low_old],
@@ -119,7 +121,8 @@ async fn dedupe_key_is_unique_among_active_jobs_only() {
     // Claimed (running) still dedupes; once done, a new one is created.
     let claimed = claim(&db.pool, "t", 1, Duration::from_secs(30), &[])
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(enqueue(&db.pool, &job).await.unwrap(), a);
     let f = threadsync::queue::Fence {
         id: claimed[0].id,
@@ -149,6 +152,7 @@ async fn concurrency_key_caps_running_jobs_across_concurrent_claimers() {
             claim(&pool, &format!("c{i}"), 10, Duration::from_secs(30), &[])
                 .await
                 .unwrap()
+                .jobs
         }));
     }
     let mut claimed = Vec::new();
@@ -177,8 +181,73 @@ async fn concurrency_key_caps_running_jobs_across_concurrent_claimers() {
     .unwrap();
     let next = claim(&db.pool, "c", 10, Duration::from_secs(30), &[])
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(next.len(), 1);
+    db.close().await;
+}
+
+fn fence_of(j: &threadsync::queue::ClaimedJob) -> threadsync::queue::Fence {
+    threadsync::queue::Fence {
+        id: j.id,
+        token: j.lease_token,
+    }
+}
+
+#[tokio::test]
+async fn a_snoozed_job_keeps_its_place_under_its_key_and_uses_no_attempt() {
+    let db = TestDb::new().await;
+    let jobs: Vec<NewJob> = (0..4)
+        .map(|_| NewJob::new("k", json!({})).concurrency("acct:s", 2))
+        .collect();
+    enqueue_batch(&db.pool, &jobs).await.unwrap();
+    let lease = Duration::from_secs(30);
+
+    // One claim of room for 4 takes the key's 2 and says it left some out.
+    let first = claim(&db.pool, "c", 4, lease, &[]).await.unwrap();
+    assert_eq!(first.jobs.len(), 2);
+    assert!(first.capped, "the key filled up within the claim");
+    let a = &first.jobs[0];
+    assert_eq!(a.woke_late, None, "not snoozed");
+
+    // Snoozed for a moment, it still counts under the key: the other two wait.
+    let at = Utc::now() + chrono::Duration::milliseconds(600);
+    let wait = fence::snooze(&db.pool, fence_of(a), at).await.unwrap();
+    assert!(wait.is_some_and(|w| w > 0.0 && w <= 0.6), "{wait:?}");
+    let none = claim(&db.pool, "c", 4, lease, &[]).await.unwrap();
+    assert!(none.jobs.is_empty(), "claimed past the key's cap: {none:?}");
+    assert!(!none.capped, "keys at their cap are skipped up front");
+
+    // Due, it is claimed again, told how late, with its attempt given back.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let again = claim(&db.pool, "c", 4, lease, &[]).await.unwrap();
+    assert_eq!(again.jobs.len(), 1, "{again:?}");
+    let woken = &again.jobs[0];
+    assert_eq!(woken.id, a.id);
+    assert_eq!(woken.attempts, 1, "the snooze used no attempt");
+    let late = woken.woke_late.expect("claimed after a snooze");
+    assert!(late < Duration::from_secs(5), "{late:?}");
+    assert!(
+        fence::snooze(&db.pool, fence_of(a), at)
+            .await
+            .unwrap()
+            .is_none(),
+        "the old lease cannot snooze the job"
+    );
+    // A cancelled snoozed job gives its place up.
+    let b = &first.jobs[1];
+    fence::snooze(
+        &db.pool,
+        fence_of(b),
+        Utc::now() + chrono::Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    threadsync::queue::admin::cancel(&db.pool, b.id)
+        .await
+        .unwrap();
+    let freed = claim(&db.pool, "c", 4, lease, &[]).await.unwrap();
+    assert_eq!(freed.jobs.len(), 1, "one place freed: {freed:?}");
     db.close().await;
 }
 
@@ -401,6 +470,7 @@ async fn a_handler_whose_lease_was_lost_commits_nothing() {
     let newer = claim(&db.pool, "new", 1, Duration::from_secs(30), &[])
         .await
         .unwrap()
+        .jobs
         .remove(0);
     assert_eq!(newer.attempts, 2, "the lost attempt counts");
     // The old handler wakes and commits: the fence refuses it, and its row is not written.
@@ -598,6 +668,7 @@ async fn checkpoints_persist_and_reschedule_resets_attempts() {
     let job = claim(&db.pool, "w", 1, Duration::from_secs(30), &[])
         .await
         .unwrap()
+        .jobs
         .remove(0);
     let f = Fence {
         id,

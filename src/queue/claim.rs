@@ -35,6 +35,16 @@ macro_rules! key_holders {
     };
 }
 
+/// What one claim took.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// In claim order.
+    pub jobs: Vec<ClaimedJob>,
+    /// Some due jobs were left out because their concurrency key filled up within this
+    /// claim: another claim, which skips those keys, may find more.
+    pub capped: bool,
+}
+
 /// A candidate with a concurrency key.
 struct Keyed {
     id: i64,
@@ -52,9 +62,9 @@ pub async fn claim(
     limit: usize,
     lease: Duration,
     skip_kinds: &[String],
-) -> sqlx::Result<Vec<ClaimedJob>> {
+) -> sqlx::Result<Claimed> {
     if limit == 0 {
-        return Ok(Vec::new());
+        return Ok(Claimed::default());
     }
     // Right after a bulk enqueue the planner's row estimate is stale and it picks a bitmap
     // scan plus a sort of the whole backlog (60 ms for 100k jobs instead of 1.5 ms). The
@@ -82,7 +92,7 @@ pub async fn claim(
     .fetch_all(&mut *tx)
     .await?;
     if candidates.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Claimed::default());
     }
 
     let order: Vec<i64> = candidates.iter().map(|r| r.get(0)).collect();
@@ -102,6 +112,7 @@ pub async fn claim(
             })
         })
         .collect();
+    let candidates = order.len();
     let ids: Vec<i64> = if keyed.is_empty() {
         order
     } else {
@@ -112,8 +123,12 @@ pub async fn claim(
             .filter(|id| !keyed_ids.contains(id) || admitted.contains(id))
             .collect()
     };
+    let capped = ids.len() < candidates;
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Claimed {
+            jobs: Vec::new(),
+            capped,
+        });
     }
 
     let mut jobs = sqlx::query_as::<_, ClaimedJob>(
@@ -138,7 +153,7 @@ pub async fn claim(
             .get(&j.id)
             .map(|s| Duration::from_secs_f64(s.max(0.0)));
     }
-    Ok(jobs)
+    Ok(Claimed { jobs, capped })
 }
 
 /// Decides which keyed candidates may start. Claimers serialize per key on a

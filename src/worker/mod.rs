@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 pub use job::{Fenced, Handler, JobCtx, JobError, JobResult, Periodic, Registry};
 
-use crate::queue::{self, cron, fence, maintenance, workers, ClaimedJob, Fence, Settings};
+use crate::queue::{self, cron, fence, maintenance, workers, Claimed, ClaimedJob, Fence, Settings};
 
 /// Largest claim in one statement.
 const MAX_BATCH: usize = 1000;
@@ -160,16 +160,16 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
         let want = free.min(MAX_BATCH);
         let skip = kinds_at_limit(s);
         match queue::claim(&s.control, &s.name, want, s.cfg.lease(), &skip).await {
-            Ok(jobs) => {
+            Ok(Claimed { jobs, capped }) => {
                 s.outage.recovered("claim");
                 backoff.reset();
                 let n = jobs.len();
                 start_jobs(s, jobs).await;
                 last_full = n == want;
-                // A short batch may have left out jobs whose concurrency key filled up
-                // within it (one key's jobs first in claim order): claim again at once,
-                // and the next claim skips those keys.
-                if n > 0 {
+                // A batch that left out jobs of keys that filled up within it (one
+                // account's jobs first in claim order) is followed at once by another,
+                // which skips those keys.
+                if last_full || (capped && n > 0) {
                     continue;
                 }
                 tokio::select! {
