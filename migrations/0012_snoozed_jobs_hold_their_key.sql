@@ -2,5 +2,7 @@
 -- under its concurrency key: the key's limit counts running jobs and snoozed ones, so a
 -- key's waiting jobs cannot be claimed past it while the snoozed ones wait.
 ALTER TABLE threadsync.jobs ADD COLUMN holds_key boolean NOT NULL DEFAULT false;
+-- Due snoozed jobs are claimed first, from their own index.
+CREATE INDEX jobs_held_due ON threadsync.jobs (run_at) WHERE status = 'pending' AND holds_key;
 CREATE INDEX jobs_held_concurrency ON threadsync.jobs (concurrency_key)
     WHERE status = 'pending' AND holds_key AND concurrency_key IS NOT NULL;

@@ -9,7 +9,7 @@ use chrono::Utc;
 use common::TestDb;
 use serde_json::json;
 use threadsync::config::Config;
-use threadsync::queue::{claim, cron, enqueue, enqueue_batch, fence, maintenance, NewJob};
+use threadsync::queue::{claim, cron, enqueue, enqueue_batch, fence, maintenance, NewJob, Scope};
 use threadsync::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +72,7 @@ async fn claims_follow_priority_then_run_at_and_respect_the_limit() {
     .await
     .unwrap();
 
-    let got = claim(&db.pool, "t", 2, Duration::from_secs(30), &[])
+    let got = claim(&db.pool, "t", 2, Duration::from_secs(30), &[], Scope::All)
         .await
         .unwrap()
         .jobs;
@@ -80,7 +80,7 @@ async fn claims_follow_priority_then_run_at_and_respect_the_limit() {
         got.iter().map(|j| j.id).collect::<Vec<_>>(),
         vec![high_old, high_new]
     );
-    let got = claim(&db.pool, "t", 10, Duration::from_secs(30), &[])
+    let got = claim(&db.pool, "t", 10, Duration::from_secs(30), &[], Scope::All)
         .await
         .unwrap()
         .jobs;
@@ -119,7 +119,7 @@ async fn dedupe_key_is_unique_among_active_jobs_only() {
     );
 
     // Claimed (running) still dedupes; once done, a new one is created.
-    let claimed = claim(&db.pool, "t", 1, Duration::from_secs(30), &[])
+    let claimed = claim(&db.pool, "t", 1, Duration::from_secs(30), &[], Scope::All)
         .await
         .unwrap()
         .jobs;
@@ -149,10 +149,17 @@ async fn concurrency_key_caps_running_jobs_across_concurrent_claimers() {
     for i in 0..8 {
         let pool = db.pool.clone();
         tasks.push(tokio::spawn(async move {
-            claim(&pool, &format!("c{i}"), 10, Duration::from_secs(30), &[])
-                .await
-                .unwrap()
-                .jobs
+            claim(
+                &pool,
+                &format!("c{i}"),
+                10,
+                Duration::from_secs(30),
+                &[],
+                Scope::All,
+            )
+            .await
+            .unwrap()
+            .jobs
         }));
     }
     let mut claimed = Vec::new();
@@ -179,7 +186,7 @@ async fn concurrency_key_caps_running_jobs_across_concurrent_claimers() {
     )
     .await
     .unwrap();
-    let next = claim(&db.pool, "c", 10, Duration::from_secs(30), &[])
+    let next = claim(&db.pool, "c", 10, Duration::from_secs(30), &[], Scope::All)
         .await
         .unwrap()
         .jobs;
@@ -204,7 +211,9 @@ async fn a_snoozed_job_keeps_its_place_under_its_key_and_uses_no_attempt() {
     let lease = Duration::from_secs(30);
 
     // One claim of room for 4 takes the key's 2 and says it left some out.
-    let first = claim(&db.pool, "c", 4, lease, &[]).await.unwrap();
+    let first = claim(&db.pool, "c", 4, lease, &[], Scope::All)
+        .await
+        .unwrap();
     assert_eq!(first.jobs.len(), 2);
     assert!(first.capped, "the key filled up within the claim");
     let a = &first.jobs[0];
@@ -214,19 +223,34 @@ async fn a_snoozed_job_keeps_its_place_under_its_key_and_uses_no_attempt() {
     let at = Utc::now() + chrono::Duration::milliseconds(600);
     let wait = fence::snooze(&db.pool, fence_of(a), at).await.unwrap();
     assert!(wait.is_some_and(|w| w > 0.0 && w <= 0.6), "{wait:?}");
-    let none = claim(&db.pool, "c", 4, lease, &[]).await.unwrap();
+    let none = claim(&db.pool, "c", 4, lease, &[], Scope::All)
+        .await
+        .unwrap();
     assert!(none.jobs.is_empty(), "claimed past the key's cap: {none:?}");
     assert!(!none.capped, "keys at their cap are skipped up front");
 
-    // Due, it is claimed again, told how late, with its attempt given back.
+    // Due, it is claimed again, told how late, with its attempt given back; a claim of
+    // snoozed jobs only leaves other due jobs alone.
+    let plain = enqueue(&db.pool, &NewJob::new("plain", json!({})))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let again = claim(&db.pool, "c", 4, lease, &[]).await.unwrap();
+    let again = claim(&db.pool, "c", 4, lease, &[], Scope::Snoozed)
+        .await
+        .unwrap();
     assert_eq!(again.jobs.len(), 1, "{again:?}");
     let woken = &again.jobs[0];
     assert_eq!(woken.id, a.id);
     assert_eq!(woken.attempts, 1, "the snooze used no attempt");
     let late = woken.woke_late.expect("claimed after a snooze");
     assert!(late < Duration::from_secs(5), "{late:?}");
+    let rest = claim(&db.pool, "c", 4, lease, &[], Scope::All)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![plain]
+    );
     assert!(
         fence::snooze(&db.pool, fence_of(a), at)
             .await
@@ -246,7 +270,9 @@ async fn a_snoozed_job_keeps_its_place_under_its_key_and_uses_no_attempt() {
     threadsync::queue::admin::cancel(&db.pool, b.id)
         .await
         .unwrap();
-    let freed = claim(&db.pool, "c", 4, lease, &[]).await.unwrap();
+    let freed = claim(&db.pool, "c", 4, lease, &[], Scope::All)
+        .await
+        .unwrap();
     assert_eq!(freed.jobs.len(), 1, "one place freed: {freed:?}");
     db.close().await;
 }
@@ -467,7 +493,7 @@ async fn a_handler_whose_lease_was_lost_commits_nothing() {
         maintenance::reap(&db.pool, &cfg.queue).await.unwrap()
     };
     assert_eq!(expire().await, 1);
-    let newer = claim(&db.pool, "new", 1, Duration::from_secs(30), &[])
+    let newer = claim(&db.pool, "new", 1, Duration::from_secs(30), &[], Scope::All)
         .await
         .unwrap()
         .jobs
@@ -665,7 +691,7 @@ async fn checkpoints_persist_and_reschedule_resets_attempts() {
     let id = enqueue(&db.pool, &NewJob::new("k", json!({})))
         .await
         .unwrap();
-    let job = claim(&db.pool, "w", 1, Duration::from_secs(30), &[])
+    let job = claim(&db.pool, "w", 1, Duration::from_secs(30), &[], Scope::All)
         .await
         .unwrap()
         .jobs

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -50,18 +50,28 @@ struct Keyed {
     id: i64,
     key: String,
     limit: i32,
-    /// Snoozed: it holds its place under the key already.
-    held: bool,
+}
+
+/// Which due jobs a claim looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Snoozed jobs that came due, then every other due job.
+    All,
+    /// Snoozed jobs that came due only: nothing else can have become claimable (no job
+    /// ended, none was enqueued), and this path reads only their small index.
+    Snoozed,
 }
 
 /// Claims up to `limit` due jobs for `owner`, skipping kinds in `skip_kinds` (those whose
-/// local per-kind limit is reached).
+/// local per-kind limit is reached). Due snoozed jobs come first: they hold their key's
+/// place already and wait for a time they chose.
 pub async fn claim(
     pool: &PgPool,
     owner: &str,
     limit: usize,
     lease: Duration,
     skip_kinds: &[String],
+    scope: Scope,
 ) -> sqlx::Result<Claimed> {
     if limit == 0 {
         return Ok(Claimed::default());
@@ -73,57 +83,62 @@ pub async fn claim(
     let mut tx = pool
         .begin_with("BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
         .await?;
-    // Keys already at their limit are filtered out up front so a backlog of one busy
-    // account never starves the rest of the queue. A snoozed job already holds its place.
-    let candidates = sqlx::query(concat!(
-        "SELECT id, concurrency_key, concurrency_limit, holds_key,
-                extract(epoch FROM clock_timestamp() - run_at)::float8 FROM threadsync.jobs
-          WHERE status = 'pending' AND run_at <= now() AND kind <> ALL($2)
-            AND (holds_key OR concurrency_key IS NULL OR concurrency_key <> ALL(ARRAY(
-                   SELECT concurrency_key FROM (",
-        key_holders!(),
-        ") h GROUP BY concurrency_key HAVING count(*) >= min(concurrency_limit))))
-          ORDER BY priority DESC, run_at, id
+    let snoozed: Vec<(i64, f64)> = sqlx::query_as(
+        "SELECT id, extract(epoch FROM clock_timestamp() - run_at)::float8 FROM threadsync.jobs
+          WHERE status = 'pending' AND holds_key AND run_at <= now() AND kind <> ALL($2)
+          ORDER BY run_at
           LIMIT $1
-          FOR UPDATE SKIP LOCKED"
-    ))
+          FOR UPDATE SKIP LOCKED",
+    )
     .bind(limit as i64)
     .bind(skip_kinds)
     .fetch_all(&mut *tx)
     .await?;
-    if candidates.is_empty() {
-        return Ok(Claimed::default());
-    }
-
-    let order: Vec<i64> = candidates.iter().map(|r| r.get(0)).collect();
-    let woke_late: HashMap<i64, f64> = candidates
-        .iter()
-        .filter(|r| r.get::<bool, _>(3))
-        .map(|r| (r.get(0), r.get::<Option<f64>, _>(4).unwrap_or(0.0)))
-        .collect();
-    let keyed: Vec<Keyed> = candidates
-        .iter()
-        .filter_map(|r| {
-            Some(Keyed {
-                id: r.get(0),
-                key: r.get::<Option<String>, _>(1)?,
-                limit: r.get(2),
-                held: r.get(3),
+    let woke_late: HashMap<i64, f64> = snoozed.iter().copied().collect();
+    let mut ids: Vec<i64> = snoozed.iter().map(|(id, _)| *id).collect();
+    let mut capped = false;
+    let room = limit.saturating_sub(ids.len());
+    if scope == Scope::All && room > 0 {
+        // Keys already at their limit are filtered out up front so a backlog of one busy
+        // account never starves the rest of the queue.
+        let candidates: Vec<(i64, Option<String>, i32)> = sqlx::query_as(concat!(
+            "SELECT id, concurrency_key, concurrency_limit FROM threadsync.jobs
+              WHERE status = 'pending' AND run_at <= now() AND NOT holds_key AND kind <> ALL($2)
+                AND (concurrency_key IS NULL OR concurrency_key <> ALL(ARRAY(
+                       SELECT concurrency_key FROM (",
+            key_holders!(),
+            ") h GROUP BY concurrency_key HAVING count(*) >= min(concurrency_limit))))
+              ORDER BY priority DESC, run_at, id
+              LIMIT $1
+              FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(room as i64)
+        .bind(skip_kinds)
+        .fetch_all(&mut *tx)
+        .await?;
+        let keyed: Vec<Keyed> = candidates
+            .iter()
+            .filter_map(|(id, key, limit)| {
+                Some(Keyed {
+                    id: *id,
+                    key: key.clone()?,
+                    limit: *limit,
+                })
             })
-        })
-        .collect();
-    let candidates = order.len();
-    let ids: Vec<i64> = if keyed.is_empty() {
-        order
-    } else {
-        let keyed_ids: HashSet<i64> = keyed.iter().map(|k| k.id).collect();
-        let admitted: HashSet<i64> = admit_keyed(&mut tx, keyed).await?.into_iter().collect();
-        order
-            .into_iter()
-            .filter(|id| !keyed_ids.contains(id) || admitted.contains(id))
-            .collect()
-    };
-    let capped = ids.len() < candidates;
+            .collect();
+        let admitted: HashSet<i64> = match keyed.is_empty() {
+            true => HashSet::new(),
+            false => admit_keyed(&mut tx, keyed).await?.into_iter().collect(),
+        };
+        let before = ids.len();
+        ids.extend(
+            candidates
+                .iter()
+                .filter(|(id, key, _)| key.is_none() || admitted.contains(id))
+                .map(|(id, _, _)| *id),
+        );
+        capped = ids.len() - before < candidates.len();
+    }
     if ids.is_empty() {
         return Ok(Claimed {
             jobs: Vec::new(),
@@ -179,12 +194,8 @@ async fn admit_keyed(tx: &mut sqlx::PgConnection, keyed: Vec<Keyed>) -> sqlx::Re
     .await?;
     let mut used: HashMap<String, i64> = running.into_iter().collect();
     let mut admitted = Vec::new();
-    // `keyed` is still in claim order. A snoozed job is already counted under its key.
+    // `keyed` is still in claim order.
     for k in keyed {
-        if k.held {
-            admitted.push(k.id);
-            continue;
-        }
         let n = used.entry(k.key).or_insert(0);
         if *n < i64::from(k.limit) {
             *n += 1;

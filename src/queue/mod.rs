@@ -10,7 +10,7 @@ pub mod maintenance;
 pub mod settings;
 pub mod workers;
 
-pub use claim::{claim, Claimed, ClaimedJob};
+pub use claim::{claim, Claimed, ClaimedJob, Scope};
 pub use enqueue::{enqueue, enqueue_batch, NewJob};
 pub use fence::{Fence, Finish};
 pub use settings::{KindConfig, RetryPolicy, Schedule, Settings, Tuning};

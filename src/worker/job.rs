@@ -107,8 +107,9 @@ pub struct JobCtx {
     /// Set once the handler returned: its outcome is being recorded, so a heartbeat that no
     /// longer finds the lease must not treat it as lost.
     pub(crate) returned: AtomicBool,
-    /// Set when the job was claimed after a snooze; taken by the first to ask.
-    woke_late: std::sync::Mutex<Option<std::time::Duration>>,
+    /// Set when the job was claimed after a snooze (how late, and when it was claimed);
+    /// taken by the first to ask.
+    woke_late: std::sync::Mutex<Option<(std::time::Duration, std::time::Instant)>>,
 }
 
 impl JobCtx {
@@ -129,14 +130,18 @@ impl JobCtx {
             },
             finished: AtomicBool::new(false),
             returned: AtomicBool::new(false),
-            woke_late: std::sync::Mutex::new(job.woke_late),
+            woke_late: std::sync::Mutex::new(
+                job.woke_late.map(|late| (late, std::time::Instant::now())),
+            ),
         }
     }
 
-    /// For a job claimed after a [`JobError::Snooze`]: how long after the time it was
-    /// snoozed to it was claimed. Given once per run, to the first caller.
+    /// For a job claimed after a [`JobError::Snooze`]: how long it is now past the time it
+    /// was snoozed to. Given once per run, to the first caller.
     pub fn take_woke_late(&self) -> Option<std::time::Duration> {
-        super::lock(&self.woke_late).take()
+        super::lock(&self.woke_late)
+            .take()
+            .map(|(late, claimed)| late + claimed.elapsed())
     }
 
     /// Decodes the payload; an undecodable payload fails this job only, permanently.

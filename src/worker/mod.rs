@@ -8,6 +8,7 @@ pub(crate) mod tx_pool;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,9 @@ use tracing::{debug, info, warn};
 
 pub use job::{Fenced, Handler, JobCtx, JobError, JobResult, Periodic, Registry};
 
-use crate::queue::{self, cron, fence, maintenance, workers, Claimed, ClaimedJob, Fence, Settings};
+use crate::queue::{
+    self, cron, fence, maintenance, workers, Claimed, ClaimedJob, Fence, Scope, Settings,
+};
 
 /// Largest claim in one statement.
 const MAX_BATCH: usize = 1000;
@@ -48,6 +51,9 @@ struct Shared {
     slots: Arc<Semaphore>,
     /// Woken by NOTIFY, by finished jobs, by snoozed jobs coming due and by shutdown.
     wake: Arc<Notify>,
+    /// Set when more than snoozed jobs may have become claimable (a job ended, one was
+    /// enqueued, the poll came round): the next claim looks at every due job.
+    look_wide: AtomicBool,
     inflight: Mutex<HashMap<i64, InFlight>>,
     running_by_kind: Mutex<HashMap<String, usize>>,
     acks: mpsc::UnboundedSender<Fence>,
@@ -89,6 +95,7 @@ impl Worker {
                 concurrency,
                 slots: Arc::new(Semaphore::new(concurrency)),
                 wake: Arc::new(Notify::new()),
+                look_wide: AtomicBool::new(true),
                 inflight: Mutex::new(HashMap::new()),
                 running_by_kind: Mutex::new(HashMap::new()),
                 acks: tx,
@@ -151,7 +158,7 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
         if free == 0 || (last_full && free < s.concurrency / 2) {
             tokio::select! {
                 _ = s.wake.notified() => {}
-                _ = sleep(poll) => {}
+                _ = sleep(poll) => s.look_wide.store(true, Ordering::Release),
                 _ = shutdown.cancelled() => break,
             }
             last_full = false;
@@ -159,26 +166,34 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
         }
         let want = free.min(MAX_BATCH);
         let skip = kinds_at_limit(s);
-        match queue::claim(&s.control, &s.name, want, s.cfg.lease(), &skip).await {
+        let scope = match s.look_wide.swap(false, Ordering::AcqRel) {
+            true => Scope::All,
+            false => Scope::Snoozed,
+        };
+        match queue::claim(&s.control, &s.name, want, s.cfg.lease(), &skip, scope).await {
             Ok(Claimed { jobs, capped }) => {
                 s.outage.recovered("claim");
                 backoff.reset();
                 let n = jobs.len();
                 start_jobs(s, jobs).await;
                 last_full = n == want;
-                // A batch that left out jobs of keys that filled up within it (one
-                // account's jobs first in claim order) is followed at once by another,
-                // which skips those keys.
+                // A full batch may have left more behind, and one that left out jobs of
+                // keys that filled up within it (one account's jobs first in claim order)
+                // is followed at once by another, which skips those keys.
                 if last_full || (capped && n > 0) {
+                    if scope == Scope::All {
+                        s.look_wide.store(true, Ordering::Release);
+                    }
                     continue;
                 }
                 tokio::select! {
                     _ = s.wake.notified() => {}
-                    _ = sleep(poll) => {}
+                    _ = sleep(poll) => s.look_wide.store(true, Ordering::Release),
                     _ = shutdown.cancelled() => break,
                 }
             }
             Err(e) => {
+                s.look_wide.store(true, Ordering::Release);
                 s.outage.failed("claim", &e);
                 let wait = backoff.next();
                 tokio::select! {
@@ -310,8 +325,13 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
         task_ctx
             .returned
             .store(true, std::sync::atomic::Ordering::Release);
-        if let Some(counted) = record(&shared, &task_ctx, outcome).await {
+        let counted = record(&shared, &task_ctx, outcome).await;
+        if let Some(counted) = counted {
             metrics::ended(&task_ctx.kind, counted, started.elapsed());
+        }
+        // A job that ended (not one that snoozed) frees its key's place.
+        if !matches!(counted, Some(metrics::Outcome::Snoozed)) {
+            shared.look_wide.store(true, Ordering::Release);
         }
         if let Some(h) = handler {
             h.after(&task_ctx).await;
@@ -483,6 +503,7 @@ async fn listen(s: Arc<Shared>, stop: CancellationToken) {
                         s.outage.recovered("listen");
                         backoff.reset();
                         // Notifications sent while we were away are lost: look now.
+                        s.look_wide.store(true, Ordering::Release);
                         s.wake.notify_one();
                         listener.insert(l)
                     }
@@ -497,7 +518,10 @@ async fn listen(s: Arc<Shared>, stop: CancellationToken) {
         };
         tokio::select! {
             n = l.recv() => match n {
-                Ok(_) => s.wake.notify_one(),
+                Ok(_) => {
+                    s.look_wide.store(true, Ordering::Release);
+                    s.wake.notify_one()
+                }
                 Err(e) => {
                     debug!(error = %e, "listener connection lost");
                     listener = None;
