@@ -45,6 +45,29 @@ pub struct Claimed {
     pub capped: bool,
 }
 
+/// Due snoozed jobs, as the first part of a claim's one statement.
+macro_rules! snoozed_due {
+    () => {
+        "WITH s AS (SELECT id, concurrency_key, concurrency_limit,
+                           extract(epoch FROM clock_timestamp() - run_at)::float8 AS late
+                      FROM threadsync.jobs
+                     WHERE status = 'pending' AND holds_key AND run_at <= now()
+                       AND kind <> ALL($2)
+                     ORDER BY run_at
+                     LIMIT $1
+                     FOR UPDATE SKIP LOCKED)"
+    };
+}
+
+/// A due job a claim looked at; `late` is set for snoozed ones (seconds past their time).
+#[derive(sqlx::FromRow)]
+struct Candidate {
+    id: i64,
+    concurrency_key: Option<String>,
+    concurrency_limit: i32,
+    late: Option<f64>,
+}
+
 /// A candidate with a concurrency key.
 struct Keyed {
     id: i64,
@@ -83,62 +106,69 @@ pub async fn claim(
     let mut tx = pool
         .begin_with("BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
         .await?;
-    let snoozed: Vec<(i64, f64)> = sqlx::query_as(
-        "SELECT id, extract(epoch FROM clock_timestamp() - run_at)::float8 FROM threadsync.jobs
-          WHERE status = 'pending' AND holds_key AND run_at <= now() AND kind <> ALL($2)
-          ORDER BY run_at
-          LIMIT $1
-          FOR UPDATE SKIP LOCKED",
-    )
-    .bind(limit as i64)
-    .bind(skip_kinds)
-    .fetch_all(&mut *tx)
-    .await?;
-    let woke_late: HashMap<i64, f64> = snoozed.iter().copied().collect();
-    let mut ids: Vec<i64> = snoozed.iter().map(|(id, _)| *id).collect();
-    let mut capped = false;
-    let room = limit.saturating_sub(ids.len());
-    if scope == Scope::All && room > 0 {
-        // Keys already at their limit are filtered out up front so a backlog of one busy
-        // account never starves the rest of the queue.
-        let candidates: Vec<(i64, Option<String>, i32)> = sqlx::query_as(concat!(
-            "SELECT id, concurrency_key, concurrency_limit FROM threadsync.jobs
-              WHERE status = 'pending' AND run_at <= now() AND NOT holds_key AND kind <> ALL($2)
-                AND (concurrency_key IS NULL OR concurrency_key <> ALL(ARRAY(
-                       SELECT concurrency_key FROM (",
+    // One round trip either way: due snoozed jobs (they hold their key's place already),
+    // and with them, for a wide look, every other due job whose key has room. Keys already
+    // at their limit are filtered out up front so a backlog of one busy account never
+    // starves the rest of the queue.
+    let query = match scope {
+        Scope::Snoozed => {
+            sqlx::query_as::<_, Candidate>(concat!(snoozed_due!(), " SELECT * FROM s"))
+        }
+        Scope::All => sqlx::query_as::<_, Candidate>(concat!(
+            snoozed_due!(),
+            ", o AS (SELECT id, concurrency_key, concurrency_limit, NULL::float8 AS late
+                       FROM threadsync.jobs
+                      WHERE status = 'pending' AND run_at <= now() AND NOT holds_key
+                        AND kind <> ALL($2)
+                        AND (concurrency_key IS NULL OR concurrency_key <> ALL(ARRAY(
+                               SELECT concurrency_key FROM (",
             key_holders!(),
             ") h GROUP BY concurrency_key HAVING count(*) >= min(concurrency_limit))))
-              ORDER BY priority DESC, run_at, id
-              LIMIT $1
-              FOR UPDATE SKIP LOCKED"
-        ))
-        .bind(room as i64)
+                      ORDER BY priority DESC, run_at, id
+                      LIMIT $1
+                      FOR UPDATE SKIP LOCKED)
+             SELECT * FROM s UNION ALL SELECT * FROM o"
+        )),
+    };
+    let rows: Vec<Candidate> = query
+        .bind(limit as i64)
         .bind(skip_kinds)
         .fetch_all(&mut *tx)
         .await?;
-        let keyed: Vec<Keyed> = candidates
-            .iter()
-            .filter_map(|(id, key, limit)| {
-                Some(Keyed {
-                    id: *id,
-                    key: key.clone()?,
-                    limit: *limit,
-                })
+    let (snoozed, others): (Vec<Candidate>, Vec<Candidate>) =
+        rows.into_iter().partition(|c| c.late.is_some());
+    let woke_late: HashMap<i64, f64> = snoozed
+        .iter()
+        .map(|c| (c.id, c.late.unwrap_or(0.0)))
+        .collect();
+    let mut ids: Vec<i64> = snoozed.iter().map(|c| c.id).collect();
+    // Others only fill the room the snoozed left (the rest stay pending at commit).
+    let others: Vec<Candidate> = others
+        .into_iter()
+        .take(limit.saturating_sub(ids.len()))
+        .collect();
+    let keyed: Vec<Keyed> = others
+        .iter()
+        .filter_map(|c| {
+            Some(Keyed {
+                id: c.id,
+                key: c.concurrency_key.clone()?,
+                limit: c.concurrency_limit,
             })
-            .collect();
-        let admitted: HashSet<i64> = match keyed.is_empty() {
-            true => HashSet::new(),
-            false => admit_keyed(&mut tx, keyed).await?.into_iter().collect(),
-        };
-        let before = ids.len();
-        ids.extend(
-            candidates
-                .iter()
-                .filter(|(id, key, _)| key.is_none() || admitted.contains(id))
-                .map(|(id, _, _)| *id),
-        );
-        capped = ids.len() - before < candidates.len();
-    }
+        })
+        .collect();
+    let admitted: HashSet<i64> = match keyed.is_empty() {
+        true => HashSet::new(),
+        false => admit_keyed(&mut tx, keyed).await?.into_iter().collect(),
+    };
+    let before = ids.len();
+    ids.extend(
+        others
+            .iter()
+            .filter(|c| c.concurrency_key.is_none() || admitted.contains(&c.id))
+            .map(|c| c.id),
+    );
+    let capped = ids.len() - before < others.len();
     if ids.is_empty() {
         return Ok(Claimed {
             jobs: Vec::new(),
