@@ -203,7 +203,7 @@ pub async fn claim(
 
 /// Decides which keyed candidates may start. Claimers serialize per key on a
 /// transaction-scoped advisory lock (taken in key order, so no deadlock), then count the
-/// running jobs that committed before them.
+/// running and snoozed jobs that committed before them.
 async fn admit_keyed(tx: &mut sqlx::PgConnection, keyed: Vec<Keyed>) -> sqlx::Result<Vec<i64>> {
     let mut keys: Vec<String> = keyed.iter().map(|k| k.key.clone()).collect();
     keys.sort();

@@ -102,15 +102,8 @@ impl Flow {
         }
         for attempt in 0..=MAX_RESLOTS {
             let mut slot = match interval {
-                Some(interval) => match reserve_slot(pool, account, interval).await? {
-                    Some(slot) => Some(slot),
-                    // Not registered yet: unpaced until it is.
-                    None => {
-                        return reserve_windows(pool, windows, None)
-                            .await
-                            .map(|_| Slot::Now)
-                    }
-                },
+                // None: not registered yet, so unpaced until it is (windows still apply).
+                Some(interval) => reserve_slot(pool, account, interval).await?,
                 None => {
                     self.check_cached(pool, account).await?;
                     None
