@@ -2,7 +2,7 @@
 //! the caller's free slots, honouring fleet-wide concurrency keys.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sqlx::PgPool;
@@ -18,9 +18,12 @@ pub struct ClaimedJob {
     pub lease_token: Uuid,
     pub checkpoint: Option<Value>,
     pub run_id: Option<i64>,
-    /// For a job that was snoozed: how long after the time it was snoozed to it was claimed.
+    /// For a job that was snoozed: how long past the time it was snoozed to it was as of
+    /// `claimed`, the moment its claim's update answered (the commit after it counts).
     #[sqlx(skip)]
-    pub woke_late: Option<Duration>,
+    pub woke_late: Option<(Duration, Instant)>,
+    /// Seconds past `run_at` when the claim's update took the job.
+    late: f64,
 }
 
 /// The jobs that count under their concurrency key: running ones and snoozed ones (two
@@ -48,8 +51,7 @@ pub struct Claimed {
 /// Due snoozed jobs, as the first part of a claim's one statement.
 macro_rules! snoozed_due {
     () => {
-        "WITH s AS (SELECT id, concurrency_key, concurrency_limit,
-                           extract(epoch FROM clock_timestamp() - run_at)::float8 AS late
+        "WITH s AS (SELECT id, concurrency_key, concurrency_limit, true AS snoozed
                       FROM threadsync.jobs
                      WHERE status = 'pending' AND holds_key AND run_at <= now()
                        AND kind <> ALL($2)
@@ -59,13 +61,13 @@ macro_rules! snoozed_due {
     };
 }
 
-/// A due job a claim looked at; `late` is set for snoozed ones (seconds past their time).
+/// A due job a claim looked at.
 #[derive(sqlx::FromRow)]
 struct Candidate {
     id: i64,
     concurrency_key: Option<String>,
     concurrency_limit: i32,
-    late: Option<f64>,
+    snoozed: bool,
 }
 
 /// A candidate with a concurrency key.
@@ -116,7 +118,7 @@ pub async fn claim(
         }
         Scope::All => sqlx::query_as::<_, Candidate>(concat!(
             snoozed_due!(),
-            ", o AS (SELECT id, concurrency_key, concurrency_limit, NULL::float8 AS late
+            ", o AS (SELECT id, concurrency_key, concurrency_limit, false AS snoozed
                        FROM threadsync.jobs
                       WHERE status = 'pending' AND run_at <= now() AND NOT holds_key
                         AND kind <> ALL($2)
@@ -136,11 +138,8 @@ pub async fn claim(
         .fetch_all(&mut *tx)
         .await?;
     let (snoozed, others): (Vec<Candidate>, Vec<Candidate>) =
-        rows.into_iter().partition(|c| c.late.is_some());
-    let woke_late: HashMap<i64, f64> = snoozed
-        .iter()
-        .map(|c| (c.id, c.late.unwrap_or(0.0)))
-        .collect();
+        rows.into_iter().partition(|c| c.snoozed);
+    let woke: HashSet<i64> = snoozed.iter().map(|c| c.id).collect();
     let mut ids: Vec<i64> = snoozed.iter().map(|c| c.id).collect();
     // Others only fill the room the snoozed left (the rest stay pending at commit).
     let others: Vec<Candidate> = others
@@ -182,21 +181,26 @@ pub async fn claim(
                 lease_token = gen_random_uuid(),
                 lease_expires_at = now() + make_interval(secs => $3), started_at = now()
           WHERE id = ANY($1)
-      RETURNING id, kind, payload, attempts, max_attempts, lease_token, checkpoint, run_id",
+      RETURNING id, kind, payload, attempts, max_attempts, lease_token, checkpoint, run_id,
+                extract(epoch FROM clock_timestamp() - run_at)::float8 AS late",
     )
     .bind(&ids)
     .bind(owner)
     .bind(lease.as_secs_f64())
     .fetch_all(&mut *tx)
     .await?;
+    // Lateness is read as the rows are taken, after any wait for a key's lock, and counted
+    // on from here: a snoozed job must not think itself on time after a slow claim.
+    let claimed = Instant::now();
     tx.commit().await?;
     // RETURNING has no defined order: start jobs in claim order.
     let rank: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     jobs.sort_by_key(|j| rank.get(&j.id).copied().unwrap_or(usize::MAX));
     for j in &mut jobs {
-        j.woke_late = woke_late
-            .get(&j.id)
-            .map(|s| Duration::from_secs_f64(s.max(0.0)));
+        if woke.contains(&j.id) {
+            let late = Duration::try_from_secs_f64(j.late).unwrap_or_default();
+            j.woke_late = Some((late, claimed));
+        }
     }
     Ok(Claimed { jobs, capped })
 }

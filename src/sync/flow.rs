@@ -88,16 +88,21 @@ impl Flow {
             .chain(windows.iter().map(window_tolerance))
             .fold(f64::INFINITY, f64::min);
         if let Some(woke) = woke_late {
-            let early = WAKE_LEAD_SECS - woke.as_secs_f64();
-            if early >= -tolerance {
+            // The reserved slot, in seconds from `woken` (negative: it has passed).
+            let woken = Instant::now();
+            let slot_in = WAKE_LEAD_SECS - woke.as_secs_f64();
+            if slot_in >= -tolerance {
                 match paced {
                     true => check_pause(pool, account).await?,
                     false => self.check_cached(pool, account).await?,
                 }
-                if let Ok(rest) = Duration::try_from_secs_f64(early) {
-                    tokio::time::sleep(rest).await;
+                if let Ok(rest) = Duration::try_from_secs_f64(slot_in) {
+                    tokio::time::sleep_until((woken + rest).into()).await;
                 }
-                return Ok(Slot::Now);
+                // A stalled process gives the slot up rather than send into the next one.
+                if woken.elapsed().as_secs_f64() - slot_in <= tolerance {
+                    return Ok(Slot::Now);
+                }
             }
         }
         for attempt in 0..=MAX_RESLOTS {

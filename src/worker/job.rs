@@ -130,9 +130,7 @@ impl JobCtx {
             },
             finished: AtomicBool::new(false),
             returned: AtomicBool::new(false),
-            woke_late: std::sync::Mutex::new(
-                job.woke_late.map(|late| (late, std::time::Instant::now())),
-            ),
+            woke_late: std::sync::Mutex::new(job.woke_late),
         }
     }
 
