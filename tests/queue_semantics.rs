@@ -235,7 +235,7 @@ async fn a_snoozed_job_keeps_its_place_under_its_key_and_uses_no_attempt() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let again = claim(&db.pool, "c", 4, lease, &[], Scope::Snoozed)
+    let again = claim(&db.pool, "c", 4, lease, &[], Scope::Freed(&[]))
         .await
         .unwrap();
     assert_eq!(again.jobs.len(), 1, "{again:?}");
@@ -278,6 +278,61 @@ async fn a_snoozed_job_keeps_its_place_under_its_key_and_uses_no_attempt() {
         .await
         .unwrap();
     assert_eq!(freed.jobs.len(), 1, "one place freed: {freed:?}");
+    db.close().await;
+}
+
+#[tokio::test]
+async fn a_narrow_claim_reads_only_the_freed_keys_in_priority_order() {
+    let db = TestDb::new().await;
+    let lease = Duration::from_secs(30);
+    let a = |p: i32| {
+        NewJob::new("k", json!({}))
+            .concurrency("acct:a", 1)
+            .priority(p)
+    };
+    let b = NewJob::new("k", json!({})).concurrency("acct:b", 1);
+    let mut ids = Vec::new();
+    for job in [
+        a(0),
+        a(0),
+        a(5),
+        b.clone(),
+        b,
+        NewJob::new("plain", json!({})),
+    ] {
+        ids.push(enqueue(&db.pool, &job).await.unwrap());
+    }
+    let wide = claim(&db.pool, "c", 10, lease, &[], Scope::All)
+        .await
+        .unwrap();
+    let mut taken: Vec<i64> = wide.jobs.iter().map(|j| j.id).collect();
+    taken.sort();
+    assert_eq!(
+        taken,
+        vec![ids[2], ids[3], ids[5]],
+        "each key's first, and the unkeyed"
+    );
+    let a_job = wide.jobs.iter().find(|j| j.id == ids[2]).unwrap();
+    assert_eq!(a_job.concurrency_key.as_deref(), Some("acct:a"));
+
+    // While a's place is taken, naming the key claims nothing; once it ends, its next job
+    // is claimed and no other key's.
+    let keys = ["acct:a".to_string()];
+    let none = claim(&db.pool, "c", 10, lease, &[], Scope::Freed(&keys))
+        .await
+        .unwrap();
+    assert!(none.jobs.is_empty(), "{none:?}");
+    fence::complete_batch(&db.pool, &[fence_of(a_job)])
+        .await
+        .unwrap();
+    let next = claim(&db.pool, "c", 10, lease, &[], Scope::Freed(&keys))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[0]],
+        "one place, the oldest of equal priority"
+    );
     db.close().await;
 }
 

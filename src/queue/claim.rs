@@ -18,6 +18,7 @@ pub struct ClaimedJob {
     pub lease_token: Uuid,
     pub checkpoint: Option<Value>,
     pub run_id: Option<i64>,
+    pub concurrency_key: Option<String>,
     /// For a job that was snoozed: how long past the time it was snoozed to it was as of
     /// `claimed`, the moment its claim's update answered (the commit after it counts).
     #[sqlx(skip)]
@@ -51,7 +52,7 @@ pub struct Claimed {
 /// Due snoozed jobs, as the first part of a claim's one statement.
 macro_rules! snoozed_due {
     () => {
-        "WITH s AS (SELECT id, concurrency_key, concurrency_limit, true AS snoozed
+        "s AS (SELECT id, concurrency_key, concurrency_limit, true AS snoozed
                       FROM threadsync.jobs
                      WHERE status = 'pending' AND holds_key AND run_at <= now()
                        AND kind <> ALL($2)
@@ -79,12 +80,14 @@ struct Keyed {
 
 /// Which due jobs a claim looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
+pub enum Scope<'a> {
     /// Snoozed jobs that came due, then every other due job.
     All,
-    /// Snoozed jobs that came due only: nothing else can have become claimable (no job
-    /// ended, none was enqueued), and this path reads only their small index.
-    Snoozed,
+    /// Snoozed jobs that came due, and due jobs of these concurrency keys (a key once for
+    /// each of its jobs that ended since the last claim): when nothing else can have become
+    /// claimable (no unkeyed job ended, none was enqueued), this reads only small indexes,
+    /// however many other keys sit at their cap with a backlog.
+    Freed(&'a [String]),
 }
 
 /// Claims up to `limit` due jobs for `owner`, skipping kinds in `skip_kinds` (those whose
@@ -96,7 +99,7 @@ pub async fn claim(
     limit: usize,
     lease: Duration,
     skip_kinds: &[String],
-    scope: Scope,
+    scope: Scope<'_>,
 ) -> sqlx::Result<Claimed> {
     if limit == 0 {
         return Ok(Claimed::default());
@@ -104,19 +107,37 @@ pub async fn claim(
     // Right after a bulk enqueue the planner's row estimate is stale and it picks a bitmap
     // scan plus a sort of the whole backlog (60 ms for 100k jobs instead of 1.5 ms). The
     // claim index already yields rows in claim order, so forbid those plans for this
-    // transaction only (in the same round trip as BEGIN).
+    // transaction only (in the same round trip as BEGIN). A forbidden plan's cost also
+    // passes the JIT threshold, and compiling (hundreds of ms) never pays off here.
     let mut tx = pool
-        .begin_with("BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off")
+        .begin_with(
+            "BEGIN; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL jit = off",
+        )
         .await?;
     // One round trip either way: due snoozed jobs (they hold their key's place already),
-    // and with them, for a wide look, every other due job whose key has room. Keys already
+    // and with them, for a wide look, every other due job whose key has room (keys already
     // at their limit are filtered out up front so a backlog of one busy account never
-    // starves the rest of the queue.
-    let query = match scope {
-        Scope::Snoozed => {
-            sqlx::query_as::<_, Candidate>(concat!(snoozed_due!(), " SELECT * FROM s"))
-        }
-        Scope::All => sqlx::query_as::<_, Candidate>(concat!(
+    // starves the rest of the queue), or for a narrow one the due jobs of the freed keys,
+    // each read from its own end of the key's index.
+    let sql = match scope {
+        Scope::Freed([]) => concat!("WITH ", snoozed_due!(), " SELECT * FROM s"),
+        Scope::Freed(_) => concat!(
+            "WITH ",
+            snoozed_due!(),
+            ", f AS (SELECT key, count(*) AS n FROM unnest($3::text[]) AS u(key) GROUP BY key),
+               k AS (SELECT j.id, j.concurrency_key, j.concurrency_limit, false AS snoozed
+                       FROM f CROSS JOIN LATERAL (
+                            SELECT id, concurrency_key, concurrency_limit
+                              FROM threadsync.jobs
+                             WHERE status = 'pending' AND NOT holds_key AND concurrency_key = f.key
+                               AND run_at <= now() AND kind <> ALL($2)
+                             ORDER BY priority DESC, run_at, id
+                             LIMIT f.n
+                             FOR UPDATE SKIP LOCKED) j)
+             SELECT * FROM s UNION ALL SELECT * FROM k"
+        ),
+        Scope::All => concat!(
+            "WITH ",
             snoozed_due!(),
             ", o AS (SELECT id, concurrency_key, concurrency_limit, false AS snoozed
                        FROM threadsync.jobs
@@ -130,13 +151,15 @@ pub async fn claim(
                       LIMIT $1
                       FOR UPDATE SKIP LOCKED)
              SELECT * FROM s UNION ALL SELECT * FROM o"
-        )),
+        ),
     };
-    let rows: Vec<Candidate> = query
+    let mut query = sqlx::query_as::<_, Candidate>(sql)
         .bind(limit as i64)
-        .bind(skip_kinds)
-        .fetch_all(&mut *tx)
-        .await?;
+        .bind(skip_kinds);
+    if let Scope::Freed(keys @ [_, ..]) = scope {
+        query = query.bind(keys);
+    }
+    let rows: Vec<Candidate> = query.fetch_all(&mut *tx).await?;
     let (snoozed, others): (Vec<Candidate>, Vec<Candidate>) =
         rows.into_iter().partition(|c| c.snoozed);
     let woke: HashSet<i64> = snoozed.iter().map(|c| c.id).collect();
@@ -181,7 +204,7 @@ pub async fn claim(
                 lease_token = gen_random_uuid(),
                 lease_expires_at = now() + make_interval(secs => $3), started_at = now()
           WHERE id = ANY($1)
-      RETURNING id, kind, payload, attempts, max_attempts, lease_token, checkpoint, run_id,
+      RETURNING id, kind, payload, attempts, max_attempts, lease_token, checkpoint, run_id, concurrency_key,
                 extract(epoch FROM clock_timestamp() - run_at)::float8 AS late",
     )
     .bind(&ids)
@@ -206,18 +229,21 @@ pub async fn claim(
 }
 
 /// Decides which keyed candidates may start. Claimers serialize per key on a
-/// transaction-scoped advisory lock (taken in key order, so no deadlock), then count the
-/// running and snoozed jobs that committed before them.
+/// transaction-scoped advisory lock, then count the running and snoozed jobs that
+/// committed before them (in a statement of its own, so its snapshot follows the locks).
 async fn admit_keyed(tx: &mut sqlx::PgConnection, keyed: Vec<Keyed>) -> sqlx::Result<Vec<i64>> {
     let mut keys: Vec<String> = keyed.iter().map(|k| k.key.clone()).collect();
     keys.sort();
     keys.dedup();
-    for key in &keys {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7301))")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-    }
+    // All in one round trip, in the order of the locks' own ids, so no two claimers ever
+    // wait for each other.
+    sqlx::query(
+        "SELECT count(pg_advisory_xact_lock(h)) FROM (
+             SELECT DISTINCT hashtextextended(k, 7301) AS h FROM unnest($1::text[]) AS k ORDER BY 1) l",
+    )
+    .bind(&keys)
+    .execute(&mut *tx)
+    .await?;
     let running: Vec<(String, i64)> = sqlx::query_as(concat!(
         "SELECT concurrency_key, count(*) FROM (",
         key_holders!(),

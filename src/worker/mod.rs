@@ -51,9 +51,13 @@ struct Shared {
     slots: Arc<Semaphore>,
     /// Woken by NOTIFY, by finished jobs, by snoozed jobs coming due and by shutdown.
     wake: Arc<Notify>,
-    /// Set when more than snoozed jobs may have become claimable (a job ended, one was
-    /// enqueued, the poll came round): the next claim looks at every due job.
+    /// Set when more than snoozed jobs and freed keys' jobs may have become claimable (an
+    /// unkeyed job ended, one was enqueued, the poll came round): the next claim looks at
+    /// every due job.
     look_wide: AtomicBool,
+    /// Keys of jobs that ended here since the last claim, once per job: the next narrow
+    /// claim looks at their due jobs.
+    freed: Mutex<Vec<String>>,
     inflight: Mutex<HashMap<i64, InFlight>>,
     running_by_kind: Mutex<HashMap<String, usize>>,
     acks: mpsc::UnboundedSender<Fence>,
@@ -96,6 +100,7 @@ impl Worker {
                 slots: Arc::new(Semaphore::new(concurrency)),
                 wake: Arc::new(Notify::new()),
                 look_wide: AtomicBool::new(true),
+                freed: Mutex::new(Vec::new()),
                 inflight: Mutex::new(HashMap::new()),
                 running_by_kind: Mutex::new(HashMap::new()),
                 acks: tx,
@@ -151,6 +156,10 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
     let poll = Duration::from_millis(s.cfg.tuning.poll_ms);
     let mut backoff = Backoff::new();
     let mut last_full = false;
+    // A busy worker is woken every few milliseconds and never waits out the poll: it looks
+    // wide at least once per poll interval anyway (jobs that came due by time, accounts not
+    // started yet).
+    let mut last_wide = Instant::now();
     while !shutdown.is_cancelled() {
         let free = s.slots.available_permits();
         // After a full batch, wait for half the slots before claiming again so claims stay
@@ -166,9 +175,15 @@ async fn claim_loop(s: &Arc<Shared>, shutdown: &CancellationToken) {
         }
         let want = free.min(MAX_BATCH);
         let skip = kinds_at_limit(s);
-        let scope = match s.look_wide.swap(false, Ordering::AcqRel) {
+        // A wide look covers the freed keys too.
+        let freed = std::mem::take(&mut *lock(&s.freed));
+        let wide = s.look_wide.swap(false, Ordering::AcqRel) || last_wide.elapsed() >= poll;
+        if wide {
+            last_wide = Instant::now();
+        }
+        let scope = match wide {
             true => Scope::All,
-            false => Scope::Snoozed,
+            false => Scope::Freed(&freed),
         };
         match queue::claim(&s.control, &s.name, want, s.cfg.lease(), &skip, scope).await {
             Ok(Claimed { jobs, capped }) => {
@@ -286,6 +301,7 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
         id: job.id,
         token: job.lease_token,
     };
+    let key = job.concurrency_key.clone();
     let ctx = Arc::new(JobCtx::new(
         job,
         s.name.clone(),
@@ -329,9 +345,16 @@ fn spawn_job(s: &Arc<Shared>, job: ClaimedJob, permit: OwnedSemaphorePermit) {
         if let Some(counted) = counted {
             metrics::ended(&task_ctx.kind, counted, started.elapsed());
         }
-        // A job that ended (not one that snoozed) frees its key's place.
-        if !matches!(counted, Some(metrics::Outcome::Snoozed)) {
-            shared.look_wide.store(true, Ordering::Release);
+        // A job that ended (not one that snoozed) frees its key's place, once its outcome
+        // committed (a batched acknowledgement has not yet).
+        let snoozed = matches!(counted, Some(metrics::Outcome::Snoozed));
+        let acked_later =
+            matches!(counted, Some(metrics::Outcome::Done)) && !task_ctx.is_finished();
+        if !snoozed {
+            match key {
+                Some(key) if !acked_later => lock(&shared.freed).push(key),
+                _ => shared.look_wide.store(true, Ordering::Release),
+            }
         }
         if let Some(h) = handler {
             h.after(&task_ctx).await;
