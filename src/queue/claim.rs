@@ -23,8 +23,8 @@ pub struct ClaimedJob {
     /// `claimed`, the moment its claim's update answered (the commit after it counts).
     #[sqlx(skip)]
     pub woke_late: Option<(Duration, Instant)>,
-    /// Seconds past `run_at` when the claim's update took the job.
-    late: f64,
+    /// For a snoozed job: seconds past `run_at` when the claim's update took it.
+    late: Option<f64>,
 }
 
 /// The jobs that count under their concurrency key: running ones and snoozed ones (two
@@ -162,7 +162,6 @@ pub async fn claim(
     let rows: Vec<Candidate> = query.fetch_all(&mut *tx).await?;
     let (snoozed, others): (Vec<Candidate>, Vec<Candidate>) =
         rows.into_iter().partition(|c| c.snoozed);
-    let woke: HashSet<i64> = snoozed.iter().map(|c| c.id).collect();
     let mut ids: Vec<i64> = snoozed.iter().map(|c| c.id).collect();
     // Others only fill the room the snoozed left (the rest stay pending at commit).
     let others: Vec<Candidate> = others
@@ -205,11 +204,12 @@ pub async fn claim(
                 lease_expires_at = now() + make_interval(secs => $3), started_at = now()
           WHERE id = ANY($1)
       RETURNING id, kind, payload, attempts, max_attempts, lease_token, checkpoint, run_id, concurrency_key,
-                extract(epoch FROM clock_timestamp() - run_at)::float8 AS late",
+                CASE WHEN id = ANY($4) THEN extract(epoch FROM clock_timestamp() - run_at)::float8 END AS late",
     )
     .bind(&ids)
     .bind(owner)
     .bind(lease.as_secs_f64())
+    .bind(&ids[..snoozed.len()])
     .fetch_all(&mut *tx)
     .await?;
     // Lateness is read as the rows are taken, after any wait for a key's lock, and counted
@@ -220,10 +220,12 @@ pub async fn claim(
     let rank: HashMap<i64, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     jobs.sort_by_key(|j| rank.get(&j.id).copied().unwrap_or(usize::MAX));
     for j in &mut jobs {
-        if woke.contains(&j.id) {
-            let late = Duration::try_from_secs_f64(j.late).unwrap_or_default();
-            j.woke_late = Some((late, claimed));
-        }
+        j.woke_late = j.late.map(|late| {
+            (
+                Duration::try_from_secs_f64(late).unwrap_or_default(),
+                claimed,
+            )
+        });
     }
     Ok(Claimed { jobs, capped })
 }
